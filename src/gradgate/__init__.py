@@ -1,0 +1,3 @@
+"""gradgate: guard and improve the LLM prompts kept in a repository."""
+
+__version__ = "0.1.0"

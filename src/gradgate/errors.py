@@ -1,0 +1,73 @@
+"""Every failure gradgate reports to a user.
+
+Exception tree (the CLI catches only ``GradgateError`` and maps ``exit_code``)::
+
+    GradgateError                 exit 3 unless a subclass says otherwise
+    ├── UsageError                exit 2  bad command-line usage
+    ├── ConfigError               exit 2  gradgate.yaml, prompt or suite files
+    │   └── PathOutsideRepoError  exit 2  a path (or symlink) leads outside the repository
+    ├── ModelError                exit 3  an LLM could not be reached or answered nonsense
+    │   └── UnknownModelError     exit 2  the model string names nothing we can call
+    ├── ParseError                exit 3  a model reply could not be parsed, even after a retry
+    ├── BudgetExhausted           exit 3  the hard budget ran out before a decision
+    └── GitHubError               exit 3  the GitHub REST API or git refused
+
+Each message says what happened, why, and what to do (the ``hint``).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+EXIT_INFRA = 3
+
+
+class GradgateError(Exception):
+    """Root of every error gradgate raises on purpose."""
+
+    exit_code: int = EXIT_INFRA
+
+    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.where = where  # "file[:key.path]" the error is about, when there is one
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class UsageError(GradgateError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(GradgateError):
+    exit_code = EXIT_USAGE
+
+
+class PathOutsideRepoError(ConfigError):
+    pass
+
+
+class ModelError(GradgateError):
+    exit_code = EXIT_INFRA
+
+
+class UnknownModelError(ModelError):
+    exit_code = EXIT_USAGE
+
+
+class ParseError(GradgateError):
+    exit_code = EXIT_INFRA
+
+
+class BudgetExhausted(GradgateError):
+    exit_code = EXIT_INFRA
+
+
+class GitHubError(GradgateError):
+    exit_code = EXIT_INFRA
