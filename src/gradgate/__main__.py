@@ -1,0 +1,3 @@
+from gradgate.cli import main
+
+main()

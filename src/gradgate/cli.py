@@ -1,0 +1,138 @@
+"""The `gradgate` command line: parse options, call a job, map errors to exit codes. No logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gradgate import __version__
+from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
+from gradgate.secrets import RedactingFilter, redact
+
+T = TypeVar("T")
+log = logging.getLogger("gradgate")
+stderr = Console(stderr=True)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.DEBUG, level))
+    for noisy in ("LiteLLM", "litellm", "httpx", "transformers", "datasets", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+
+
+def _run(job: Callable[[], T]) -> T:
+    """Run a job; a GradgateError becomes a message and its exit code, never a traceback."""
+    try:
+        return job()
+    except GradgateError as exc:
+        stderr.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so briefly, full traceback only with -vv
+        log.debug("internal error", exc_info=True)
+        stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {redact(str(exc))}\n"
+                     "  hint: rerun with -vv for the traceback and report it")
+        sys.exit(EXIT_INFRA)
+
+
+def _repo(path: str) -> Path:
+    repo = Path(path).resolve()
+    if not repo.is_dir():
+        raise UsageError(f"repository directory {path} does not exist", hint="pass --repo with an existing directory")
+    return repo
+
+
+def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
+    from gradgate.config import apply_env_overrides, load_config, override_models
+
+    config, _ = load_config(repo, Path(config_path) if config_path else None)
+    return override_models(apply_env_overrides(config), **models)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=stderr, transient=False, disable=not stderr.is_terminal and not os.environ.get("GRADGATE_PROGRESS"))
+
+
+repo_option = click.option("--repo", "repo_path", default=".", show_default=True, help="Repository root.")
+config_option = click.option("--config", "config_path", default=None, help="Config file (default: <repo>/gradgate.yaml).")
+prompt_option = click.option("--prompt", "prompt_ids", multiple=True, help="Only this prompt id (repeatable).")
+model_option = click.option("--model", default=None, help="Task model (any litellm model string).")
+judge_option = click.option("--judge-model", default=None, help="Judge model.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gradgate")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, with full prompts).")
+def main(verbose: int) -> None:
+    """Guard and improve the LLM prompts kept in a repository."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    _setup_logging(verbose)
+
+
+@main.command("eval")
+@repo_option
+@config_option
+@prompt_option
+@model_option
+@judge_option
+@click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for results.json and report.md.")
+@click.option("--no-cache", is_flag=True, help="Ignore and do not write the response cache.")
+def eval_command(repo_path: str, config_path: str | None, prompt_ids: tuple[str, ...], model: str | None,
+                 judge_model: str | None, out_dir: str, no_cache: bool) -> None:
+    """Score every prompt on its eval suite."""
+    from gradgate.jobs import Session, run_eval
+    from gradgate.report import print_table
+
+    def job() -> int:
+        repo = _repo(repo_path)
+        config = _load(repo, config_path, task=model, judge=judge_model)
+        session = Session.open(repo, config, use_cache=not no_cache)
+        with _progress() as progress:
+            tasks: dict[str, Any] = {}
+
+            def on_start(prompt_id: str, total: int) -> None:
+                tasks["current"] = progress.add_task(prompt_id, total=total)
+
+            outcome = asyncio.run(run_eval(session, prompt_ids=prompt_ids, out_dir=Path(out_dir), on_start=on_start,
+                                           on_item=lambda _: progress.advance(tasks["current"])))
+        print_table(outcome.results, Console())
+        click.echo(f"wrote {outcome.results_path} and {outcome.report_path}")
+        if not outcome.complete:
+            stderr.print("[yellow]the budget ran out: the results above are partial[/]")
+            return EXIT_INFRA
+        return EXIT_OK
+
+    sys.exit(_run(job))
+
+
+@main.command("schema")
+@click.option("--results", is_flag=True, help="Print the results.json schema instead of gradgate.yaml's.")
+def schema_command(results: bool) -> None:
+    """Print the JSON Schema of gradgate.yaml (or of results.json)."""
+    from gradgate.config import shipped_schema_text
+    from gradgate.report import results_schema
+
+    click.echo(json.dumps(results_schema(), indent=2) if results else shipped_schema_text().rstrip())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

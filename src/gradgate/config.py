@@ -1,0 +1,235 @@
+"""`gradgate.yaml`: the pydantic models, their JSON Schema, and loading with precise errors.
+
+The file is optional; without it the defaults below apply (prompts under `prompts/`, suites under
+`evals/`, every role on the embedded model). Every error names the file, the key path and a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gradgate.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILENAMES = ("gradgate.yaml", "gradgate.yml")
+DEFAULT_MODEL = "local/smollm2-135m-instruct"
+ROLES = ("task", "judge", "optimizer", "editor")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One model for one role: any litellm model string, plus how to reach it."""
+
+    model: str = Field(DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini or local/smollm2-135m-instruct")
+    api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible server (vLLM, Ollama, transformers serve).")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+
+
+def _as_spec(value: Any) -> Any:
+    return {"model": value} if isinstance(value, str) else value
+
+
+class ModelsConfig(_Strict):
+    task: ModelSpec = Field(default_factory=ModelSpec)
+    judge: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: ModelSpec = Field(default_factory=ModelSpec)
+    editor: ModelSpec | None = Field(None, description="Writes optimizer candidates; defaults to the optimizer model.")
+    concurrency: int = Field(4, ge=1, le=256, description="Concurrent LLM calls.")
+    timeout_seconds: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts, with backoff.")
+
+    _coerce = field_validator("task", "judge", "optimizer", "editor", mode="before")(_as_spec)
+
+    def for_role(self, role: str) -> ModelSpec:
+        if role == "editor":
+            return self.editor or self.optimizer
+        return getattr(self, role)  # type: ignore[no-any-return]
+
+
+class BudgetConfig(_Strict):
+    """Hard limits for one run. `None` means unlimited; the run stops cleanly at the first limit."""
+
+    max_calls: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    max_usd: float | None = Field(None, ge=0)
+    max_seconds: float | None = Field(None, ge=0)
+
+
+class JudgeConfig(_Strict):
+    criteria: str = Field(
+        "The answer is correct, complete and directly addresses the input.",
+        description="What a good output does; the judge scores against this.",
+    )
+    scale: Literal["binary", "1-10"] = "binary"
+    task_description: str | None = None
+    pass_threshold: float = Field(0.5, ge=0, le=1, description="Normalized score at or above which an item passes.")
+
+
+class GateConfig(_Strict):
+    max_drop: float = Field(0.05, ge=0, le=1, description="Largest allowed drop of the mean score before a change counts as a regression.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests.")
+    min_items: int = Field(10, ge=1, description="Fewer paired items than this give 'inconclusive'.")
+    repeats: int = Field(1, ge=1, le=20, description="Score each item this many times (noisy judges) and average.")
+    bootstrap_resamples: int = Field(2000, ge=100)
+    sequential: bool = Field(True, description="Stop early once the verdict cannot change.")
+    batch_size: int = Field(8, ge=1, description="Items scored per look of the sequential test.")
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.5, gt=0, lt=1)
+    dev: float = Field(0.25, gt=0, lt=1)
+    test: float = Field(0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.dev + self.test - 1.0) > 1e-6:
+            raise ValueError("train + dev + test must add up to 1")
+        return self
+
+
+class OptimizeConfig(_Strict):
+    seed: int = 0
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    margin: float = Field(0.0, ge=0, le=1, description="A new prompt must beat the original on test by more than this.")
+    alpha: float = Field(0.1, gt=0, lt=1, description="Significance level for 'beats the original'.")
+    gradsum: dict[str, Any] = Field(default_factory=dict, description="GRAD-SUM settings (see docs).")
+    gpo: dict[str, Any] = Field(default_factory=dict, description="GPO settings (see docs).")
+    greater: dict[str, Any] = Field(default_factory=dict, description="GReaTer settings (see docs).")
+
+
+class Config(_Strict):
+    """The whole of gradgate.yaml."""
+
+    version: Literal[1] = 1
+    prompts: list[str] = Field(
+        default_factory=lambda: ["prompts/**/*.md", "prompts/**/*.txt", "prompts/**/*.prompt"],
+        description="Glob patterns (relative to the repository root) of prompt files.",
+    )
+    suites_dir: str = Field("evals", description="Where a prompt's suite is looked for when its front matter names none: <suites_dir>/<id>.{yaml,yml,jsonl,csv}.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    metrics: list[str | dict[str, Any]] = Field(default_factory=list, description="Default metrics for suites that declare none.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    cache_dir: str = Field(".gradgate/cache", description="LLM response cache, relative to the repository root.")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of gradgate.yaml, generated from the models above."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gradgate.yaml"
+    return schema
+
+
+def shipped_schema_text() -> str:
+    return resources.files("gradgate").joinpath("schema/gradgate.schema.json").read_text(encoding="utf-8")
+
+
+def find_config(repo: Path) -> Path | None:
+    for name in CONFIG_FILENAMES:
+        candidate = repo / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+_HINTS = {
+    "extra_forbidden": "remove the key or check its spelling (`gradgate schema` prints every valid key)",
+    "literal_error": "use one of the allowed values",
+    "missing": "add the key",
+}
+
+
+def format_validation_error(exc: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[_sums_to_one(), SplitConfig]",))
+        hint = _HINTS.get(err["type"], "see `gradgate schema`")
+        lines.append(f"{where}: {_key_path(loc)}: {err['msg']} (hint: {hint})")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), hint="fix the keys above; `gradgate schema` prints the schema")
+
+
+def parse_config(data: Any, where: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of keys to values", where=where, hint="see `gradgate schema`")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, where) from None
+
+
+def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | None]:
+    """Load `path` (or the repository's gradgate.yaml); no file means the documented defaults."""
+    if path is None:
+        path = find_config(repo)
+        if path is None:
+            log.info("no gradgate.yaml in %s; using defaults", repo)
+            return Config(), None
+    elif not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", hint="pass --config with an existing file, or omit it")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"is not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=str(path), hint="check indentation and quoting") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot be read: {exc}", where=str(path)) from None
+    return parse_config(data, str(path)), path
+
+
+def apply_env_overrides(config: Config, env: dict[str, str] | None = None) -> Config:
+    """GRADGATE_<ROLE>_MODEL and GRADGATE_API_BASE override the models (the action passes these)."""
+    env = dict(os.environ) if env is None else env
+    models = config.models
+    updates: dict[str, Any] = {}
+    for role in ROLES:
+        model = env.get(f"GRADGATE_{role.upper()}_MODEL")
+        api_base = env.get("GRADGATE_API_BASE")
+        if model or api_base:
+            current = models.for_role(role)
+            updates[role] = current.model_copy(update={k: v for k, v in (("model", model), ("api_base", api_base)) if v})
+    if not updates:
+        return config
+    return config.model_copy(update={"models": models.model_copy(update=updates)})
+
+
+def override_models(config: Config, **role_models: str | None) -> Config:
+    """Apply --model / --judge-model / --optimizer-model from the command line."""
+    updates = {
+        role: config.models.for_role(role).model_copy(update={"model": model})
+        for role, model in role_models.items()
+        if model
+    }
+    if not updates:
+        return config
+    return config.model_copy(update={"models": config.models.model_copy(update=updates)})
+
+
+def dump_schema(path: Path) -> None:
+    path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")

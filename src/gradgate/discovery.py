@@ -1,0 +1,71 @@
+"""Find the prompts of a repository and the suite each one is scored on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradgate.config import Config
+from gradgate.errors import ConfigError
+from gradgate.files import resolve_inside
+from gradgate.prompts import Prompt, load_prompt
+from gradgate.suites import Suite, load_suite
+
+log = logging.getLogger(__name__)
+
+SUITE_SUFFIXES = (".yaml", ".yml", ".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prompt and the suite it is scored on."""
+
+    prompt: Prompt
+    suite: Suite
+
+
+def find_prompt_files(repo: Path, config: Config) -> list[Path]:
+    root = repo.resolve()
+    found: dict[Path, None] = {}
+    for pattern in config.prompts:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file() and not path.name.startswith("."):
+                resolved = resolve_inside(root, path, what="prompt file")
+                found.setdefault(resolved, None)
+    return list(found)
+
+
+def suite_path_for(prompt: Prompt, repo: Path, config: Config) -> Path:
+    if prompt.suite:
+        return resolve_inside(repo, prompt.suite, what="suite", where=f"{prompt.rel_path}:suite")
+    for suffix in SUITE_SUFFIXES:
+        candidate = repo / config.suites_dir / f"{prompt.id}{suffix}"
+        if candidate.exists():
+            return resolve_inside(repo, candidate, what="suite", where=prompt.rel_path)
+    raise ConfigError(
+        f"no eval suite for prompt {prompt.id!r}",
+        where=prompt.rel_path,
+        hint=f"add `suite: <path>` to its front matter or create {config.suites_dir}/{prompt.id}.yaml",
+    )
+
+
+def discover(repo: Path, config: Config, only: list[str] | tuple[str, ...] = ()) -> list[Target]:
+    """Every prompt (or those named in `only`) with its suite, in a stable order."""
+    prompts = [load_prompt(path, repo) for path in find_prompt_files(repo, config)]
+    seen: dict[str, str] = {}
+    for prompt in prompts:
+        if prompt.id in seen:
+            raise ConfigError(f"prompt id {prompt.id!r} is used by {seen[prompt.id]} and {prompt.rel_path}",
+                              hint="give each prompt a unique `id:` in its front matter")
+        seen[prompt.id] = prompt.rel_path
+    if only:
+        unknown = [p for p in only if p not in seen]
+        if unknown:
+            raise ConfigError(f"unknown prompt id(s): {', '.join(unknown)}",
+                              hint=f"known: {', '.join(sorted(seen)) or 'none (check the `prompts` globs)'}")
+        prompts = [p for p in prompts if p.id in only]
+    if not prompts:
+        raise ConfigError(f"no prompt files match {config.prompts} in {repo}",
+                          hint="put prompts under prompts/ or set `prompts:` globs in gradgate.yaml")
+    return [Target(prompt=p, suite=load_suite(suite_path_for(p, repo, config), repo)) for p in prompts]

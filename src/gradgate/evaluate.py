@@ -1,0 +1,169 @@
+"""Score a prompt on suite items: render, generate (or rank options), apply metrics and the judge.
+
+    scorer = Scorer(gateway, config, target)
+    result = await scorer.score(target.prompt, target.suite.items)
+
+The optimizers score candidate bodies with the same scorer (`prompt.with_body(text)`), so every
+number in a report comes from one code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradgate.config import Config, JudgeConfig
+from gradgate.discovery import Target
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.judge import judge_output
+from gradgate.llm import Gateway
+from gradgate.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
+from gradgate.prompts import Prompt
+from gradgate.suites import Item
+
+log = logging.getLogger(__name__)
+
+NEEDS_EXPECTED = {"exact", "normalized", "contains", "choice", "final_number"}
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    item_id: str
+    vars: dict[str, Any]
+    expected: str | None
+    output: str
+    score: float  # weighted mean of the metric scores, in [0, 1]
+    passed: bool
+    metrics: tuple[MetricResult, ...] = ()
+    judge_explanation: str | None = None
+    error: str | None = None  # set when the item could not be scored (budget ran out)
+
+
+@dataclass(frozen=True)
+class PromptEval:
+    prompt_id: str
+    prompt_hash: str
+    items: tuple[ItemResult, ...]
+    stopped_reason: str | None = None
+
+    @property
+    def scored(self) -> tuple[ItemResult, ...]:
+        return tuple(i for i in self.items if i.error is None)
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped_reason is None
+
+    @property
+    def mean_score(self) -> float:
+        scored = self.scored
+        return sum(i.score for i in scored) / len(scored) if scored else 0.0
+
+    @property
+    def pass_rate(self) -> float:
+        scored = self.scored
+        return sum(i.passed for i in scored) / len(scored) if scored else 0.0
+
+    def scores_by_id(self) -> dict[str, float]:
+        return {i.item_id: i.score for i in self.scored}
+
+
+@dataclass
+class Scorer:
+    gateway: Gateway
+    config: Config
+    target: Target
+    metrics: list[MetricSpec] = field(init=False)
+    judge: JudgeConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        suite = self.target.suite
+        where = f"{suite.rel_path}:metrics"
+        raw = suite.spec.metrics or self.config.metrics
+        if not raw:
+            raw = ["normalized"] if all(i.expected is not None for i in suite.items) else [JUDGE]
+        self.metrics = parse_metrics(raw, where)
+        judge = suite.spec.judge or self.config.judge
+        if judge.task_description is None and suite.spec.description:
+            judge = judge.model_copy(update={"task_description": suite.spec.description})
+        self.judge = judge
+        for index, item in enumerate(suite.items):
+            specs = self.metrics + parse_metrics(list(item.assertions), f"{suite.rel_path}:items[{index}].assert")
+            needs = [s.type for s in specs if s.type in NEEDS_EXPECTED and s.value is None]
+            if needs and item.expected is None:
+                raise ConfigError(f"metric {needs[0]} needs an expected answer but the row has none",
+                                  where=f"{suite.rel_path}:items[{index}]", hint="add `expected:` to the row")
+        if suite.spec.scoring.mode == "loglik" and not suite.spec.scoring.options:
+            raise ConfigError("loglik scoring needs `scoring.options`", where=f"{suite.rel_path}:scoring")
+        for index, item in enumerate(suite.items):
+            # Fail before any call if a row lacks a template variable.
+            self.target.prompt.render(item.vars, where=f"{suite.rel_path}:items[{index}]")
+
+    @property
+    def uses_judge(self) -> bool:
+        return any(s.type == JUDGE for s in self.metrics) or any(
+            a.get("type") == JUDGE for i in self.target.suite.items for a in i.assertions)
+
+    @property
+    def task_description(self) -> str:
+        return self.target.suite.spec.description or self.target.prompt.description or ""
+
+    def messages(self, prompt: Prompt, item: Item) -> list[dict[str, str]]:
+        rendered = prompt.render(item.vars)
+        messages = []
+        if self.target.suite.spec.system:
+            messages.append({"role": "system", "content": self.target.suite.spec.system})
+        messages.append({"role": "user", "content": rendered})
+        return messages
+
+    async def generate(self, prompt: Prompt, item: Item, *, sample: int = 0) -> str:
+        messages = self.messages(prompt, item)
+        scoring = self.target.suite.spec.scoring
+        if scoring.mode == "loglik":
+            scores = await self.gateway.score_options("task", messages, scoring.options)
+            return scoring.options[max(range(len(scores)), key=scores.__getitem__)]
+        reply = await self.gateway.complete("task", messages, max_tokens=self.target.suite.spec.max_tokens, sample=sample)
+        return reply.text
+
+    async def score_item(self, prompt: Prompt, item: Item, *, sample: int = 0) -> ItemResult:
+        output = await self.generate(prompt, item, sample=sample)
+        return await self.judge_item(prompt, item, output, sample=sample)
+
+    async def judge_item(self, prompt: Prompt, item: Item, output: str, *, sample: int = 0) -> ItemResult:
+        specs = self.metrics + parse_metrics(list(item.assertions), self.target.suite.rel_path)
+        results: list[MetricResult] = []
+        explanation = None
+        for spec in specs:
+            if spec.type == JUDGE:
+                verdict = await judge_output(self.gateway, self.judge, input_text=prompt.render(item.vars), output=output,
+                                             expected=item.expected, sample=sample)
+                explanation = verdict.explanation
+                results.append(MetricResult(JUDGE, verdict.score, f"judge: {verdict.raw}"))
+            else:
+                results.append(score_metric(spec, output, item.expected))
+        total_weight = sum(s.weight for s in specs) or 1.0
+        score = sum(r.score * s.weight for r, s in zip(results, specs, strict=True)) / total_weight
+        return ItemResult(item_id=item.id, vars=item.vars, expected=item.expected, output=output, score=score,
+                          passed=score >= self.judge.pass_threshold, metrics=tuple(results), judge_explanation=explanation)
+
+    async def score(self, prompt: Prompt, items: Sequence[Item], *, sample: int = 0,
+                    on_item: Callable[[ItemResult], None] | None = None) -> PromptEval:
+        """Score `items`; when the budget runs out, keep what was scored and say so."""
+
+        async def one(item: Item) -> ItemResult:
+            try:
+                result = await self.score_item(prompt, item, sample=sample)
+            except BudgetExhausted as exc:
+                result = ItemResult(item_id=item.id, vars=item.vars, expected=item.expected, output="", score=0.0,
+                                    passed=False, error=exc.message)
+            if on_item is not None:
+                on_item(result)
+            return result
+
+        results = await asyncio.gather(*(one(item) for item in items))
+        errors = [r.error for r in results if r.error]
+        return PromptEval(prompt_id=prompt.id, prompt_hash=prompt.content_hash(), items=tuple(results),
+                          stopped_reason=errors[0] if errors else None)

@@ -1,0 +1,73 @@
+"""The jobs the CLI runs, wired from the modules that do the work (discover → evaluate → report).
+
+A `Session` holds what one run shares: the repository, the resolved config, the budget and the
+model gateway. `run_eval` is the `gradgate eval` job; the gate and the optimizers have their own
+modules and use the same session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradgate.budget import BudgetTracker
+from gradgate.config import Config
+from gradgate.discovery import Target, discover
+from gradgate.evaluate import ItemResult, Scorer
+from gradgate.llm import Backend, Gateway, gateway_from_config
+from gradgate.report import EvalResults, build_results, prompt_out, write_results
+
+log = logging.getLogger(__name__)
+
+ProgressStart = Callable[[str, int], None]
+ProgressAdvance = Callable[[ItemResult], None]
+
+
+@dataclass
+class Session:
+    repo: Path
+    config: Config
+    budget: BudgetTracker
+    gateway: Gateway
+
+    @classmethod
+    def open(cls, repo: Path, config: Config, *, backend: Backend | None = None, use_cache: bool = True,
+             roles: tuple[str, ...] = ("task", "judge")) -> Session:
+        budget = BudgetTracker(config.budget)
+        gateway = gateway_from_config(repo, config.models, budget, cache_dir=config.cache_dir if use_cache else None,
+                                      backend=backend)
+        gateway.validate(roles)
+        budget.log_start()
+        return cls(repo=repo, config=config, budget=budget, gateway=gateway)
+
+    def models(self, roles: tuple[str, ...] = ("task", "judge")) -> dict[str, str]:
+        return {role: self.config.models.for_role(role).model for role in roles}
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    results: EvalResults
+    results_path: Path
+    report_path: Path
+
+    @property
+    def complete(self) -> bool:
+        return all(p.complete for p in self.results.prompts)
+
+
+async def run_eval(session: Session, *, prompt_ids: tuple[str, ...] = (), out_dir: Path,
+                   targets: list[Target] | None = None, on_start: ProgressStart | None = None,
+                   on_item: ProgressAdvance | None = None) -> EvalOutcome:
+    targets = targets if targets is not None else discover(session.repo, session.config, prompt_ids)
+    scorers = [Scorer(session.gateway, session.config, t) for t in targets]  # validates every suite before any call
+    outs = []
+    for target, scorer in zip(targets, scorers, strict=True):
+        if on_start:
+            on_start(target.prompt.id, len(target.suite.items))
+        evaluation = await scorer.score(target.prompt, target.suite.items, on_item=on_item)
+        outs.append(prompt_out(evaluation, path=target.prompt.rel_path, suite=target.suite.rel_path))
+    results = build_results(outs, models=session.models(), budget=session.budget.snapshot())
+    results_path, report_path = write_results(results, out_dir)
+    return EvalOutcome(results=results, results_path=results_path, report_path=report_path)

@@ -1,0 +1,327 @@
+"""The model gateway: every LLM call goes through here.
+
+    gateway = Gateway(config.models, budget=BudgetTracker(limits), cache=ResponseCache(dir))
+    reply = await gateway.complete("task", [{"role": "user", "content": "2+2?"}])
+
+One gateway per run, passed in (never global). It adds what every caller needs: a concurrency limit,
+retries with backoff on 429/5xx/timeouts, a disk cache keyed on the full request (a rerun with
+nothing changed makes zero calls), hard budgets, and token/cost accounting per role. The backend is
+litellm; tests may pass a scripted backend instead (see `gradgate.testing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gradgate.budget import BudgetTracker
+from gradgate.config import ModelsConfig, ModelSpec
+from gradgate.errors import BudgetExhausted, ModelError, UnknownModelError
+from gradgate.files import atomic_write_text
+from gradgate.secrets import redact
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    model: str
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+class RetryableError(Exception):
+    """A backend failure worth retrying (rate limit, 5xx, timeout, connection)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
+                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply: ...
+
+    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]: ...
+
+    def validate(self, spec: ModelSpec) -> None: ...
+
+    def estimate_usd(self, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float: ...
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    # Deliberately pessimistic (2 characters a token) so reservations are never too small.
+    return sum(math.ceil(len(m.get("content") or "") / 2) + 8 for m in messages)
+
+
+class LiteLLMBackend:
+    """Calls any litellm model string; `local/...` models run in-process (gradgate.local_models)."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.drop_params = True  # providers that lack `seed` or `stop` still answer
+        self._litellm = litellm
+        self._local_registered = False
+
+    def _ensure_local(self) -> None:
+        if not self._local_registered:
+            from gradgate.local_models import register_local_provider
+
+            register_local_provider()
+            self._local_registered = True
+
+    def validate(self, spec: ModelSpec) -> None:
+        if spec.model.startswith("local/"):
+            from gradgate.local_models import EMBEDDED_MODELS
+
+            name = spec.model.removeprefix("local/")
+            if name not in EMBEDDED_MODELS:
+                raise UnknownModelError(f"unknown embedded model {spec.model!r}",
+                                        hint=f"embedded models: {', '.join('local/' + m for m in EMBEDDED_MODELS)}")
+            return
+        try:
+            self._litellm.get_llm_provider(spec.model, api_base=spec.api_base)
+        except Exception:
+            raise UnknownModelError(
+                f"unknown model {spec.model!r}",
+                hint="use a litellm model string with its provider, e.g. openai/gpt-4o-mini, "
+                     "anthropic/claude-3-5-haiku-latest, ollama/llama3, or openai/<name> with api_base",
+            ) from None
+
+    def estimate_usd(self, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
+        if spec.model.startswith("local/") or spec.api_base:
+            return 0.0
+        try:
+            prompt_cost, completion_cost = self._litellm.cost_per_token(
+                model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            return float(prompt_cost + completion_cost)
+        except Exception:
+            return 0.0  # unpriced model: USD limits cannot bind; the gateway warns once
+
+    def _kwargs(self, spec: ModelSpec) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+            kwargs["api_key"] = "unused"
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env)
+            if not key:
+                raise ModelError(f"environment variable {spec.api_key_env} (api_key_env of {spec.model}) is not set",
+                                 hint="export it, or pass it to the action through `env:`")
+            kwargs["api_key"] = key
+        return kwargs
+
+    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
+                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply:
+        litellm = self._litellm
+        if spec.model.startswith("local/"):
+            self._ensure_local()
+        try:
+            response = await litellm.acompletion(
+                model=spec.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
+                seed=seed, stop=stop or None, timeout=timeout, num_retries=0, **self._kwargs(spec))
+        except (litellm.RateLimitError, litellm.InternalServerError, litellm.ServiceUnavailableError,
+                litellm.BadGatewayError, litellm.Timeout, litellm.APIConnectionError) as exc:
+            retry_after = None
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            if "retry-after" in headers:
+                try:
+                    retry_after = float(headers["retry-after"])
+                except ValueError:
+                    retry_after = None
+            raise RetryableError(redact(str(exc))[:500], retry_after) from None
+        except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
+            raise ModelError(f"{spec.model} refused the credentials: {redact(str(exc))[:300]}",
+                             hint="check the API key environment variable for this model") from None
+        except (litellm.NotFoundError, litellm.BadRequestError) as exc:
+            text = redact(str(exc))
+            if "LLM Provider NOT provided" in text:
+                raise UnknownModelError(f"unknown model {spec.model!r}",
+                                        hint="use a litellm model string such as openai/gpt-4o-mini") from None
+            raise ModelError(f"{spec.model} rejected the request: {text[:400]}") from None
+        except litellm.APIError as exc:
+            raise ModelError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = 0.0
+        if not spec.model.startswith("local/") and not spec.api_base:
+            try:
+                cost = float(litellm.completion_cost(completion_response=response) or 0.0)
+            except Exception:
+                cost = self.estimate_usd(spec, prompt_tokens, completion_tokens)
+        return BackendReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
+
+    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        if not spec.model.startswith("local/"):
+            raise ModelError(f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
+                             hint="set the suite's `scoring.mode: generate` or use a local/ task model")
+        from gradgate import local_models
+
+        return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
+
+
+class ResponseCache:
+    """One JSON file per request, named by the SHA-256 of the canonical request."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def key(request: dict[str, Any]) -> str:
+        canonical = json.dumps({"v": CACHE_VERSION, **request}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            atomic_write_text(self._path(key), json.dumps(value, ensure_ascii=False))
+        except OSError as exc:  # a read-only cache must not fail the run
+            log.warning("could not write the response cache: %s", exc)
+
+
+class Gateway:
+    def __init__(self, models: ModelsConfig, *, budget: BudgetTracker, cache: ResponseCache | None = None,
+                 backend: Backend | None = None, sleep: Any = asyncio.sleep) -> None:
+        self.models = models
+        self.budget = budget
+        self.cache = cache
+        self.backend: Backend = backend if backend is not None else LiteLLMBackend()
+        self._semaphore = asyncio.Semaphore(models.concurrency)
+        self._sleep = sleep
+        self._warned_unpriced: set[str] = set()
+
+    def spec(self, role: str) -> ModelSpec:
+        return self.models.for_role(role)
+
+    def validate(self, roles: tuple[str, ...] = ("task", "judge")) -> None:
+        for role in roles:
+            self.backend.validate(self.spec(role))
+
+    def _request(self, kind: str, spec: ModelSpec, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+        return {"kind": kind, "model": spec.model, "api_base": spec.api_base, "messages": messages, **params}
+
+    async def complete(self, role: str, messages: list[dict[str, str]], *, temperature: float | None = None,
+                       max_tokens: int | None = None, seed: int | None = None, stop: list[str] | None = None,
+                       sample: int = 0) -> Completion:
+        """One chat completion. `sample` tells apart repeated samples of the same request (cache key)."""
+        spec = self.spec(role)
+        temperature = spec.temperature if temperature is None else temperature
+        max_tokens = spec.max_tokens if max_tokens is None else max_tokens
+        request = self._request("chat", spec, messages, temperature=temperature, max_tokens=max_tokens,
+                                seed=seed, stop=stop, sample=sample)
+        key = ResponseCache.key(request)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.budget.record_cached(role)
+            return Completion(**{**hit, "cached": True})
+        reply = await self._call(role, spec, estimate_tokens(messages) + max_tokens, max_tokens, lambda timeout: self.backend.complete(
+            spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, timeout=timeout))
+        log.debug("%s %s -> %r", role, spec.model, reply.text[:2000])
+        completion = Completion(text=reply.text, prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                                cost_usd=reply.cost_usd, model=spec.model)
+        if self.cache is not None:
+            self.cache.put(key, {k: v for k, v in asdict(completion).items() if k != "cached"})
+        return completion
+
+    async def score_options(self, role: str, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        """Log-likelihood of each option as the answer (embedded models)."""
+        spec = self.spec(role)
+        request = self._request("loglik", spec, messages, options=options)
+        key = ResponseCache.key(request)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.budget.record_cached(role)
+            return [float(x) for x in hit["scores"]]
+        tokens = estimate_tokens(messages) * len(options)
+
+        async def run(timeout: float) -> BackendReply:
+            scores = await self.backend.score_options(spec, messages, options)
+            return BackendReply(text=json.dumps(scores), prompt_tokens=tokens, completion_tokens=0, cost_usd=0.0)
+
+        reply = await self._call(role, spec, tokens, 0, run)
+        scores = [float(x) for x in json.loads(reply.text)]
+        if self.cache is not None:
+            self.cache.put(key, {"scores": scores})
+        return scores
+
+    async def _call(self, role: str, spec: ModelSpec, reserve_tokens: int, max_tokens: int, attempt: Any) -> BackendReply:
+        usd = self.backend.estimate_usd(spec, reserve_tokens - max_tokens, max_tokens)
+        if usd == 0.0 and self.budget.limits.max_usd is not None and spec.model not in self._warned_unpriced \
+                and not spec.model.startswith("local/") and not spec.api_base:
+            self._warned_unpriced.add(spec.model)
+            log.warning("no price known for %s: the USD limit cannot bind on it", spec.model)
+        retries = self.models.max_retries
+        async with self._semaphore:
+            for attempt_no in range(retries + 1):
+                reservation = self.budget.reserve(reserve_tokens, usd)
+                timeout = self.models.timeout_seconds
+                left = self.budget.seconds_left()
+                if left is not None:
+                    timeout = min(timeout, left)
+                try:
+                    reply: BackendReply = await asyncio.wait_for(attempt(timeout), timeout=timeout + 5)
+                except (RetryableError, TimeoutError) as exc:
+                    # A failed attempt still counts as a call: providers may bill it.
+                    self.budget.settle(reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
+                                       retried=attempt_no > 0)
+                    retry_after = getattr(exc, "retry_after", None)
+                    if attempt_no == retries:
+                        raise ModelError(f"{spec.model} did not answer after {retries + 1} attempts: {exc or 'timeout'}",
+                                         hint="check that the model server is reachable, or raise models.max_retries") from None
+                    delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2 ** attempt_no) * (0.5 + random.random())
+                    left = self.budget.seconds_left()
+                    if left is not None and delay >= left:
+                        raise BudgetExhausted("budget exhausted: no time left to retry",
+                                              hint="raise budget.max_seconds") from None
+                    log.warning("%s: %s; retrying in %.1f s", spec.model, exc or "timeout", delay)
+                    await self._sleep(delay)
+                    continue
+                except BaseException:
+                    self.budget.settle(reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0)
+                    raise
+                self.budget.settle(reservation, role, prompt_tokens=reply.prompt_tokens,
+                                   completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
+                                   retried=attempt_no > 0)
+                return reply
+        raise AssertionError("unreachable")
+
+
+def gateway_from_config(repo: Path, models: ModelsConfig, budget: BudgetTracker, *, cache_dir: str | None,
+                        backend: Backend | None = None) -> Gateway:
+    """The gateway a run uses: the repository's cache directory unless caching is off (None)."""
+    cache = ResponseCache(repo / cache_dir) if cache_dir else None
+    return Gateway(models, budget=budget, cache=cache, backend=backend)

@@ -1,0 +1,177 @@
+"""Prompt files: optional YAML front matter, then a body with `{{variable}}` placeholders.
+
+    ---
+    id: math
+    description: Solve grade-school word problems.
+    suite: evals/math.yaml
+    ---
+    Solve the problem step by step. {{> partials/format.md}}
+    Problem: {{question}}
+
+`{{> path}}` includes another file (relative to the prompt, inside the repository). Writing a prompt
+back replaces only the body: front matter, comments and line endings stay byte-for-byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradgate.errors import ConfigError
+from gradgate.files import atomic_write_bytes, read_text, resolve_inside
+
+VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+INCLUDE_RE = re.compile(r"\{\{>\s*([^}\s]+)\s*\}\}")
+_FRONT_MATTER_RE = re.compile(r"\A(---[ \t]*\r?\n)(.*?)(\r?\n---[ \t]*(?:\r?\n|\Z))", re.DOTALL)
+MAX_INCLUDE_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    path: Path  # absolute
+    rel_path: str  # relative to the repository, posix
+    body: str  # as written, includes not expanded
+    front_matter: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    suite: str | None = None
+    includes: tuple[Path, ...] = ()  # files the body pulls in (for change detection)
+    expanded: str = ""  # body with includes expanded: what is sent to the model
+    body_line: int = 1  # 1-based line where the body starts, for annotations
+
+    @property
+    def variables(self) -> list[str]:
+        return template_variables(self.expanded)
+
+    def render(self, values: dict[str, Any], *, where: str | None = None) -> str:
+        return render_template(self.expanded, values, where=where or self.rel_path)
+
+    def with_body(self, body: str) -> Prompt:
+        """The same prompt with another body (the optimizers' candidates); includes are kept as text."""
+        return Prompt(
+            id=self.id, path=self.path, rel_path=self.rel_path, body=body, front_matter=self.front_matter,
+            description=self.description, suite=self.suite, includes=self.includes,
+            expanded=_expand_known_includes(body, self), body_line=self.body_line,
+        )
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.expanded.encode("utf-8")).hexdigest()
+
+
+def template_variables(text: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for match in VARIABLE_RE.finditer(text):
+        seen.setdefault(match.group(1), None)
+    return list(seen)
+
+
+def render_template(text: str, values: dict[str, Any], *, where: str | None = None) -> str:
+    missing = [name for name in template_variables(text) if _lookup(values, name) is None]
+    if missing:
+        raise ConfigError(
+            f"template variable(s) {', '.join(missing)} have no value",
+            where=where,
+            hint=f"add {', '.join(missing)} to every suite row's vars (have: {', '.join(sorted(values)) or 'none'})",
+        )
+    return VARIABLE_RE.sub(lambda m: str(_lookup(values, m.group(1))), text)
+
+
+def _lookup(values: dict[str, Any], dotted: str) -> Any:
+    current: Any = values
+    for part in dotted.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return None
+        current = current[part]
+    return current
+
+
+def split_front_matter(text: str) -> tuple[str, str]:
+    """(front matter block including both `---` lines, body)."""
+    match = _FRONT_MATTER_RE.match(text)
+    if not match:
+        return "", text
+    return text[: match.end()], text[match.end():]
+
+
+def load_prompt(path: Path, repo: Path) -> Prompt:
+    rel = path.resolve().relative_to(repo.resolve()).as_posix()
+    text = read_text(path, what="prompt file")
+    head, body = split_front_matter(text)
+    meta: dict[str, Any] = {}
+    if head:
+        inner = _FRONT_MATTER_RE.match(text)
+        assert inner is not None  # split_front_matter matched the same text
+        try:
+            loaded = yaml.safe_load(inner.group(2))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"front matter is not valid YAML: {getattr(exc, 'problem', exc)}", where=rel,
+                              hint="front matter sits between two lines of ---") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("front matter must be a mapping", where=rel, hint="e.g. `id: my-prompt`")
+        meta = loaded or {}
+    unknown = set(meta) - {"id", "description", "suite", "variables", "tags"}
+    if unknown:
+        raise ConfigError(f"unknown front matter key(s): {', '.join(sorted(unknown))}", where=rel,
+                          hint="allowed: id, description, suite, variables, tags")
+    prompt_id = str(meta.get("id") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prompt_id):
+        raise ConfigError(f"prompt id {prompt_id!r} is not valid", where=f"{rel}:id", hint="use letters, digits, '-', '_' and '.'")
+    includes: list[Path] = []
+    expanded = _expand_includes(body, path, repo, includes, depth=0, where=rel)
+    declared = meta.get("variables")
+    if declared is not None:
+        if not isinstance(declared, list) or not all(isinstance(v, str) for v in declared):
+            raise ConfigError("variables must be a list of names", where=f"{rel}:variables")
+        undeclared = [v for v in template_variables(expanded) if v not in declared]
+        if undeclared:
+            raise ConfigError(f"placeholder(s) {', '.join(undeclared)} are not in the declared variables", where=rel,
+                              hint="declare them in front matter `variables:` or remove them")
+    return Prompt(
+        id=prompt_id, path=path.resolve(), rel_path=rel, body=body, front_matter=meta,
+        description=meta.get("description"), suite=meta.get("suite"), includes=tuple(includes),
+        expanded=expanded, body_line=head.count("\n") + 1,
+    )
+
+
+def _expand_includes(text: str, origin: Path, repo: Path, acc: list[Path], *, depth: int, where: str) -> str:
+    if depth > MAX_INCLUDE_DEPTH:
+        raise ConfigError("includes nest too deeply (a cycle?)", where=where, hint=f"at most {MAX_INCLUDE_DEPTH} levels")
+
+    def replace(match: re.Match[str]) -> str:
+        target = resolve_inside(repo, origin.parent / match.group(1), what="included file", where=where)
+        acc.append(target)
+        return _expand_includes(read_text(target, what="included file"), target, repo, acc, depth=depth + 1, where=where)
+
+    return INCLUDE_RE.sub(replace, text)
+
+
+def _expand_known_includes(body: str, prompt: Prompt) -> str:
+    repo_root = prompt.path
+    for _ in prompt.rel_path.split("/"):
+        repo_root = repo_root.parent
+    return _expand_includes(body, prompt.path, repo_root, [], depth=0, where=prompt.rel_path)
+
+
+def _dominant_newline(text: str) -> str:
+    crlf = text.count("\r\n")
+    return "\r\n" if crlf and crlf >= text.count("\n") - crlf else "\n"
+
+
+def write_prompt_body(prompt: Prompt, new_body: str) -> None:
+    """Replace only the body of the prompt file; everything before it stays byte-for-byte."""
+    raw = prompt.path.read_bytes()
+    text = raw.decode("utf-8")
+    head, old_body = split_front_matter(text)
+    newline = _dominant_newline(old_body) if old_body else _dominant_newline(text)
+    body = new_body.replace("\r\n", "\n").replace("\n", newline)
+    # Keep the file's trailing-newline habit.
+    if old_body.endswith(newline) and not body.endswith(newline):
+        body += newline
+    elif not old_body.endswith(("\n", "\r")) and body.endswith(newline):
+        body = body[: -len(newline)]
+    atomic_write_bytes(prompt.path, head.encode("utf-8") + body.encode("utf-8"))
