@@ -1,0 +1,207 @@
+"""The container action's input mapping: every input reaches the CLI, bad inputs are named, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gradgate.action import (
+    INPUT_NAMES,
+    ActionInputs,
+    mask_commands,
+    parse_action_inputs,
+    read_input,
+    to_cli_args,
+    to_cli_env,
+)
+from gradgate.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "ghs_s3cr3tT0kenValue"
+API_KEY = "sk-test-0123456789abcdef"
+
+
+def inputs_env(**values: str) -> dict[str, str]:
+    """Environment as GitHub sets it: INPUT_ + upper-cased id, dashes kept."""
+    return {"INPUT_" + name.replace("_", "-").upper(): value for name, value in values.items()}
+
+
+def parse(**values: str) -> ActionInputs:
+    return parse_action_inputs(inputs_env(**values))
+
+
+def error_of(**values: str) -> str:
+    with pytest.raises(UsageError) as info:
+        parse(**values)
+    return info.value.message
+
+
+def test_action_yml_declares_exactly_the_parsed_inputs() -> None:
+    meta = yaml.safe_load((REPO_ROOT / "action.yml").read_text())
+    assert list(meta["inputs"]) == list(INPUT_NAMES)
+    assert meta["runs"] == {"using": "docker", "image": "Dockerfile"}
+    assert set(meta["outputs"]) >= {"verdict", "report-path", "pr-number", "pr-url"}
+    assert meta["inputs"]["github-token"]["default"] == "${{ github.token }}"
+
+
+def test_read_input_keeps_dashes_and_accepts_underscores() -> None:
+    assert read_input({"INPUT_BASE-REF": " main "}, "base-ref") == "main"
+    assert read_input({"INPUT_BASE_REF": "main"}, "base-ref") == "main"
+    assert read_input({}, "base-ref") == ""
+
+
+def test_check_mode_maps_every_check_input() -> None:
+    inputs = parse(
+        mode="check", config="ci/gradgate.yaml", working_directory="sub", prompts="a, b\nc",
+        base_ref="origin/main", head_ref="HEAD", task_model="openai/gpt-4o-mini",
+        judge_model="openai/judge", fail_on_regression="false", comment="FALSE", out="reports",
+    )
+    assert to_cli_args(inputs) == [
+        "check", "--base", "origin/main", "--head", "HEAD", "--repo", "sub", "--config", "ci/gradgate.yaml",
+        "--prompt", "a", "--prompt", "b", "--prompt", "c", "--model", "openai/gpt-4o-mini",
+        "--judge-model", "openai/judge", "--no-fail-on-regression", "--no-comment", "--out", "reports",
+    ]
+
+
+def test_optimize_mode_maps_every_optimize_input() -> None:
+    inputs = parse(
+        mode="optimize", methods="gradsum,GPO greater,gpo", budget_calls="50", budget_tokens="20000",
+        budget_usd="1.5", budget_seconds="600", seed="0", task_model="t", judge_model="j",
+        optimizer_model="o", write="true", open_pr="true", prompts="example",
+    )
+    assert to_cli_args(inputs) == [
+        "optimize", "--prompt", "example", "--model", "t", "--judge-model", "j",
+        "--method", "gradsum", "--method", "gpo", "--method", "greater", "--optimizer-model", "o",
+        "--budget-calls", "50", "--budget-tokens", "20000", "--budget-usd", "1.5", "--budget-seconds", "600",
+        "--seed", "0", "--write", "--open-pr",
+    ]
+
+
+def test_defaults() -> None:
+    check = parse(mode="", base_ref="main")
+    assert check.mode == "check"
+    assert to_cli_args(check) == ["check", "--base", "main"]
+    optimize = parse(mode="optimize")
+    assert to_cli_args(optimize) == ["optimize", "--method", "gradsum"]
+    assert (optimize.fail_on_regression, optimize.comment, optimize.write, optimize.open_pr) == (
+        True, True, False, False,
+    )
+
+
+def test_base_ref_falls_back_to_the_pull_request_event() -> None:
+    event = {"pull_request": {"base": {"sha": "a" * 40, "ref": "main"}}}
+    inputs = parse_action_inputs(inputs_env(mode="check"), event)
+    assert inputs.base_ref == "a" * 40
+    assert "base-ref" in error_of(mode="check")
+
+
+def test_environment_for_the_cli() -> None:
+    inputs = parse(mode="optimize", api_base="http://127.0.0.1:8000/v1", github_token=TOKEN,
+                   env=f"# provider keys\nOPENAI_API_KEY={API_KEY}\n\nEXTRA = a=b\n")
+    assert to_cli_env(inputs) == {
+        "OPENAI_API_KEY": API_KEY, "EXTRA": "a=b",
+        "GRADGATE_API_BASE": "http://127.0.0.1:8000/v1", "GITHUB_TOKEN": TOKEN,
+    }
+    assert TOKEN not in repr(inputs) and API_KEY not in repr(inputs)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"mode": "chek"}, 'mode must be "check" or "optimize"'),
+        ({"mode": "check", "base_ref": "--upload-pack=x"}, "base-ref must be a git branch"),
+        ({"mode": "check", "base_ref": "main..dev"}, "base-ref must be a git branch"),
+        ({"mode": "check", "base_ref": "main", "head_ref": "a b"}, "head-ref must be a git branch"),
+        ({"mode": "optimize", "methods": "gradsum,textgrad"}, "methods must list methods from"),
+        ({"mode": "optimize", "budget_calls": "ten"}, "budget-calls must be a whole number >= 1"),
+        ({"mode": "optimize", "budget_calls": "0"}, "budget-calls must be a whole number >= 1"),
+        ({"mode": "optimize", "budget_tokens": "1.5"}, "budget-tokens must be a whole number"),
+        ({"mode": "optimize", "budget_usd": "-1"}, "budget-usd must be a number > 0"),
+        ({"mode": "optimize", "budget_usd": "nan"}, "budget-usd must be a number > 0"),
+        ({"mode": "optimize", "budget_seconds": "inf"}, "budget-seconds must be a number > 0"),
+        ({"mode": "optimize", "seed": "-3"}, "seed must be a whole number >= 0"),
+        ({"mode": "check", "base_ref": "main", "fail_on_regression": "yes"},
+         'fail-on-regression must be "true" or "false"'),
+        ({"mode": "check", "base_ref": "main", "comment": "1"}, 'comment must be "true" or "false"'),
+        ({"mode": "optimize", "open_pr": "on"}, 'open-pr must be "true" or "false"'),
+        ({"mode": "optimize", "write": "no"}, 'write must be "true" or "false"'),
+        ({"mode": "optimize", "api_base": "127.0.0.1:8000"}, "api-base must be an http(s) URL"),
+        ({"mode": "optimize", "prompts": "ok,--evil"}, "prompts must list prompt ids"),
+        ({"mode": "optimize", "config": "--help"}, "config must not start with '-'"),
+        ({"mode": "optimize", "task_model": "-x"}, "task-model must not start with '-'"),
+        ({"mode": "optimize", "env": "NOT A PAIR"}, "env line 1 must look like KEY=VALUE"),
+    ],
+)
+def test_bad_inputs_name_the_input_and_a_valid_value(values: dict[str, str], expected: str) -> None:
+    assert expected in error_of(**values)
+
+
+def test_every_bad_input_is_reported_at_once() -> None:
+    message = error_of(mode="optimize", budget_calls="x", seed="y", open_pr="maybe")
+    assert "budget-calls" in message and "seed" in message and "open-pr" in message
+
+
+def test_env_errors_do_not_echo_the_line() -> None:
+    message = error_of(mode="optimize", env=f"OPENAI API KEY {API_KEY}")
+    assert API_KEY not in message
+
+
+def test_inputs_meaningless_in_the_mode_are_reported() -> None:
+    check = parse(mode="check", base_ref="main", budget_usd="2", open_pr="true")
+    assert check.ignored == ("budget-usd", "open-pr")
+    optimize = parse(mode="optimize", base_ref="main", fail_on_regression="false")
+    assert optimize.ignored == ("fail-on-regression",)
+    assert parse(mode="check", base_ref="main", open_pr="false").ignored == ()
+
+
+def test_mask_commands_cover_each_line_of_a_secret() -> None:
+    assert mask_commands(["abc", "line1\nline2\n", ""]) == [
+        "::add-mask::abc", "::add-mask::line1", "::add-mask::line2",
+    ]
+
+
+def _run_entrypoint(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("INPUT_")}
+    base["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), base.get("PYTHONPATH", "")])
+    base["HOME"] = str(tmp_path)  # git config --global lands here, not in the real home
+    base.update({"HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    return subprocess.run([sys.executable, "-m", "gradgate.action"], env={**base, **env}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_entrypoint_masks_secrets_before_anything_else_and_exits_2_on_bad_input(tmp_path: Path) -> None:
+    env = inputs_env(mode="optimize", github_token=TOKEN, env=f"OPENAI_API_KEY={API_KEY}", budget_usd="lots")
+    proc = _run_entrypoint(env, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [f"::add-mask::{TOKEN}", f"::add-mask::{API_KEY}"]
+    assert any(line.startswith("::error") and "budget-usd" in line for line in lines)
+    rest = "\n".join(lines[2:]) + proc.stderr
+    assert TOKEN not in rest and API_KEY not in rest
+    assert "Traceback" not in proc.stderr
+
+
+def test_entrypoint_marks_the_workspace_safe_and_runs_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("gradgate.cli")
+    if not (REPO_ROOT / "src" / "gradgate" / "__main__.py").exists():
+        pytest.skip("python -m gradgate is not available yet")
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"base": {"sha": "0" * 40}}}))
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {**inputs_env(mode="check", github_token=TOKEN, config="missing.yaml"),
+           "GITHUB_WORKSPACE": str(workspace), "GITHUB_EVENT_PATH": str(event)}
+    proc = _run_entrypoint(env, tmp_path)
+    # The CLI itself ran and rejected the missing config file: a usage error, not a crash of the entrypoint.
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "missing.yaml" in proc.stdout + proc.stderr
+    assert TOKEN not in "\n".join(proc.stdout.splitlines()[1:]) + proc.stderr
+    safe = subprocess.run(["git", "config", "--global", "--get-all", "safe.directory"],
+                          env={"HOME": str(tmp_path)}, capture_output=True, text=True, check=False)
+    assert safe.stdout.split() == [str(workspace)]
