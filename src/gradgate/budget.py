@@ -55,6 +55,7 @@ class BudgetTracker:
     _reserved_calls: int = 0
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
+    held_back_calls: int = 0  # kept for a later phase (the optimizers' test confirmation)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class BudgetTracker:
         lim = self.limits
         if lim.max_seconds is not None and self.elapsed >= lim.max_seconds:
             raise self._refuse(f"{lim.max_seconds:g} s time limit reached")
-        if lim.max_calls is not None and self.calls + self._reserved_calls + calls > lim.max_calls:
+        if lim.max_calls is not None and self.calls + self._reserved_calls + self.held_back_calls + calls > lim.max_calls:
             raise self._refuse(f"{lim.max_calls} calls used")
         if lim.max_tokens is not None and self.tokens + self._reserved_tokens + tokens > lim.max_tokens:
             raise self._refuse(f"token limit {lim.max_tokens} would be passed")
@@ -114,6 +115,15 @@ class BudgetTracker:
         """Raise BudgetExhausted if spending this much could pass a limit."""
         with self._lock:
             self._check_locked(calls, tokens, usd)
+
+    def hold_back(self, calls: int) -> None:
+        """Keep `calls` out of reach until `release_held()`: a search must leave room to confirm its result."""
+        with self._lock:
+            self.held_back_calls = max(0, calls)
+
+    def release_held(self) -> None:
+        with self._lock:
+            self.held_back_calls = 0
 
     def reserve(self, tokens: int, usd: float) -> Reservation:
         with self._lock:

@@ -1,0 +1,246 @@
+"""The shared optimizer interface: a candidate, a trajectory, a context, an optimizer.
+
+    class MyMethod(Optimizer):
+        name = "mine"
+        async def optimize(self, ctx: OptimizeContext) -> None:
+            for step in ctx.steps(start=ctx.state.get("step", 0)):
+                ...
+                scored = await ctx.evaluate(text, ctx.splits.dev, step=step, parent=..., origin="edit")
+                ctx.save_state({"step": step + 1, ...})
+
+An optimizer never changes its input: it proposes candidate bodies, scores them through
+`ctx.evaluate` (one scorer, one budget, every candidate recorded in the trajectory) and keeps its
+own resumable state. The runner (`optimizers.runner`) splits the suite, confirms the best candidate
+on the held-out test split, writes the artifacts and opens the pull request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gradgate.budget import BudgetTracker
+from gradgate.discovery import Target
+from gradgate.evaluate import PromptEval, Scorer
+from gradgate.files import atomic_write_text
+from gradgate.llm import Gateway
+from gradgate.prompts import template_variables
+from gradgate.suites import Item, Splits
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One prompt body an optimizer proposed, with what it scored and what it cost."""
+
+    id: str  # "c0007"
+    text: str
+    step: int
+    origin: str  # "initial", "edit", "sample", "token", ...
+    parent: str | None = None
+    dev_score: float | None = None
+    train_score: float | None = None
+    rejected: str | None = None  # why it was not scored (lost a template variable, over the edit budget...)
+    edit_words: int | None = None  # word-level edit distance from its parent
+    note: str | None = None  # method-specific: the gradient summary id, the token swap...
+    calls: int = 0  # budget used when it was recorded (cumulative, all roles)
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class GradientNote:
+    """A textual gradient (GRAD-SUM) or update direction (GPO) and the candidates it produced."""
+
+    step: int
+    parent: str
+    summary: str
+    per_item: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+
+@dataclass
+class Trajectory:
+    """Every candidate in order, written to `trajectory.json` after each change (resumable)."""
+
+    path: Path | None
+    method: str
+    prompt_id: str
+    candidates: list[Candidate] = field(default_factory=list)
+    gradients: list[GradientNote] = field(default_factory=list)
+
+    def next_id(self) -> str:
+        return f"c{len(self.candidates):04d}"
+
+    def add(self, candidate: Candidate) -> Candidate:
+        self.candidates.append(candidate)
+        self.save()
+        return candidate
+
+    def add_gradient(self, note: GradientNote) -> None:
+        self.gradients.append(note)
+        self.save()
+
+    def get(self, candidate_id: str) -> Candidate:
+        return next(c for c in self.candidates if c.id == candidate_id)
+
+    def scored(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.dev_score is not None]
+
+    def best(self) -> Candidate:
+        """Highest dev score; ties go to the earliest (the original wins a tie)."""
+        scored = self.scored()
+        return max(scored, key=lambda c: (c.dev_score or 0.0, -self.candidates.index(c)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": TRAJECTORY_VERSION, "method": self.method, "prompt_id": self.prompt_id,
+                "candidates": [asdict(c) for c in self.candidates],
+                "gradients": [asdict(g) for g in self.gradients]}
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, method: str, prompt_id: str) -> Trajectory:
+        trajectory = cls(path=path, method=method, prompt_id=prompt_id)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return trajectory
+        if data.get("version") != TRAJECTORY_VERSION or data.get("method") != method or data.get("prompt_id") != prompt_id:
+            return trajectory
+        trajectory.candidates = [Candidate(**c) for c in data.get("candidates", [])]
+        trajectory.gradients = [GradientNote(**{**g, "per_item": tuple(g.get("per_item", ())),
+                                                "children": tuple(g.get("children", ()))})
+                                for g in data.get("gradients", [])]
+        return trajectory
+
+
+@dataclass
+class RunState:
+    """The optimizer's own resumable state, in `state.json`; `fingerprint` guards against stale files."""
+
+    path: Path | None
+    fingerprint: str
+    data: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def save(self, data: dict[str, Any]) -> None:
+        self.data = dict(data)
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "data": self.data}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path | None, fingerprint: str) -> RunState:
+        if path is None or not path.exists():
+            return cls(path=path, fingerprint=fingerprint)
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            log.warning("ignoring unreadable state file %s", path)
+            return cls(path=path, fingerprint=fingerprint)
+        if stored.get("fingerprint") != fingerprint:
+            log.info("state file %s belongs to another run (prompt, suite, method or seed changed); starting afresh", path)
+            return cls(path=path, fingerprint=fingerprint)
+        return cls(path=path, fingerprint=fingerprint, data=stored.get("data", {}), resumed=True)
+
+
+def missing_variables(original: str, candidate: str) -> list[str]:
+    """Template variables of the original that the candidate lost (such candidates are rejected)."""
+    have = set(template_variables(candidate))
+    return [v for v in template_variables(original) if v not in have]
+
+
+@dataclass
+class OptimizeContext:
+    """What an optimizer gets: the prompt and its splits, the scorer, the gateway and the budget."""
+
+    target: Target
+    scorer: Scorer
+    gateway: Gateway
+    budget: BudgetTracker
+    splits: Splits
+    seed: int
+    settings: dict[str, Any]
+    trajectory: Trajectory
+    state: RunState
+
+    @property
+    def original(self) -> str:
+        return self.target.prompt.body
+
+    @property
+    def task_description(self) -> str:
+        return self.scorer.task_description
+
+    def steps(self, total: int, start: int = 0) -> Iterator[int]:
+        yield from range(start, total)
+
+    def save_state(self, data: dict[str, Any]) -> None:
+        self.state.save(data)
+
+    def _stamp(self, candidate: Candidate) -> Candidate:
+        return replace(candidate, calls=self.budget.calls, tokens=self.budget.tokens, cost_usd=round(self.budget.cost_usd, 6))
+
+    def cached_candidate(self, text: str) -> Candidate | None:
+        """A candidate with this exact text scored before (on resume, or a duplicate proposal)."""
+        return next((c for c in self.trajectory.candidates if c.text == text and c.dev_score is not None), None)
+
+    def reject(self, text: str, *, step: int, parent: str | None, origin: str, reason: str,
+               edit_words: int | None = None, note: str | None = None) -> Candidate:
+        candidate = Candidate(id=self.trajectory.next_id(), text=text, step=step, origin=origin, parent=parent,
+                              rejected=reason, edit_words=edit_words, note=note)
+        log.info("rejected candidate %s: %s", candidate.id, reason)
+        return self.trajectory.add(self._stamp(candidate))
+
+    async def score_text(self, text: str, items: Sequence[Item]) -> PromptEval:
+        """Score a body on items without recording it (train-batch generation, say)."""
+        return await self.scorer.score(self.target.prompt.with_body(text), items)
+
+    async def evaluate(self, text: str, *, step: int, parent: str | None, origin: str,
+                       items: Sequence[Item] | None = None, edit_words: int | None = None,
+                       note: str | None = None) -> Candidate:
+        """Score `text` on dev (or `items`), record it in the trajectory and return it.
+
+        Candidates that lose a template variable are rejected without a call. BudgetExhausted
+        propagates: the runner stops the search there and keeps the best so far.
+        """
+        lost = missing_variables(self.original, text)
+        if lost:
+            return self.reject(text, step=step, parent=parent, origin=origin, edit_words=edit_words, note=note,
+                               reason=f"lost template variable(s): {', '.join(lost)}")
+        evaluation = await self.score_text(text, self.splits.dev if items is None else items)
+        if not evaluation.complete:
+            from gradgate.errors import BudgetExhausted
+
+            raise BudgetExhausted(f"budget exhausted while scoring a candidate: {evaluation.stopped_reason}")
+        candidate = Candidate(id=self.trajectory.next_id(), text=text, step=step, origin=origin, parent=parent,
+                              dev_score=evaluation.mean_score, edit_words=edit_words, note=note)
+        return self.trajectory.add(self._stamp(candidate))
+
+
+class Optimizer(ABC):
+    """One prompt-optimization method. Subclasses set `name` and implement `optimize`."""
+
+    name: ClassVar[str]
+    #: True when the method needs gold answers (GReaTer's loss does).
+    needs_expected: ClassVar[bool] = False
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+
+    @abstractmethod
+    async def optimize(self, ctx: OptimizeContext) -> None:
+        """Propose and score candidates through `ctx` until done or the budget stops it."""
