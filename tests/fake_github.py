@@ -369,7 +369,10 @@ class FakeGitHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-github", daemon=True)
+        # A short poll interval keeps shutdown() (each test's teardown) fast.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="fake-github", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -322,7 +322,8 @@ def _commit_and_push(
         lease = f"--force-with-lease=refs/heads/{branch}:{remote_sha or ''}"
         pushed = wt.run("push", "--porcelain", lease, remote, f"{sha}:refs/heads/{branch}", check=False)
         if pushed.returncode != 0:
-            detail = _scrub((pushed.stderr or pushed.stdout).strip())
+            # --porcelain reports the per-ref reason ("[rejected] (stale info)") on stdout
+            detail = _scrub(f"{pushed.stdout.strip()} {pushed.stderr.strip()}".strip())
             if "stale info" in detail or "rejected" in detail:
                 raise GitHubError(
                     f"{branch} changed on {remote} while gradgate published; not overwriting it: {detail}",
