@@ -1,0 +1,35 @@
+"""Shared test set-up: offline, quiet, and the fixtures other test modules provide."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [m for m in ("tests.fake_github", "tests.openai_server") if importlib.util.find_spec(m)]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture
+def examples_copy(tmp_path: Path) -> Path:
+    """A writable copy of the example repository."""
+    import shutil
+
+    target = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "examples", target, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
+    return target
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside the repository")
+    return SHARED
