@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -359,3 +361,31 @@ def test_context_for_issue_comment_on_a_pull_request(tmp_path: Path) -> None:
     env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": "o/r", "GITHUB_EVENT_PATH": _event(tmp_path, payload)}
     ctx = github_context_from_env(env)
     assert ctx.pr_number == 8 and ctx.can_comment
+
+
+def test_fake_runs_as_a_process(tmp_path: Path) -> None:
+    if not fake_module.spec_path().is_file():
+        pytest.skip("GitHub OpenAPI description not available")
+    record = tmp_path / "record.json"
+    repo_root = Path(__file__).resolve().parents[1]
+    command = ["-m", "tests.fake_github", "--port", "0", "--record", str(record), "--prefix", "/api/v3"]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        api_url = line.strip().rsplit(" ", 1)[-1]
+        assert api_url.endswith("/api/v3")
+        client = GitHubClient(TOKEN, api_url=api_url, repository=REPO)
+        client.upsert_sticky_comment(3, "from a process", "gradgate-report")
+        httpx.post(f"{api_url}/repos/{REPO}/issues/3/comments", json={"body": 1})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    data = json.loads(record.read_text())
+    assert [r["status"] for r in data["requests"]] == [200, 201, 400]
+    assert len(data["violations"]) == 1 and "is not of type 'string'" in data["violations"][0]
