@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gradgate.actions import escape_data
 from gradgate.errors import EXIT_USAGE, UsageError
 
 logger = logging.getLogger(__name__)
@@ -370,7 +371,7 @@ def mask_commands(secrets: list[str]) -> list[str]:
     """GitHub workflow commands that hide each secret (each line of a multi-line one) in the job log."""
     lines: list[str] = []
     for secret in secrets:
-        lines += [f"::add-mask::{part}" for part in secret.splitlines() if part.strip()]
+        lines += [f"::add-mask::{escape_data(part)}" for part in secret.splitlines() if part.strip()]
     return lines
 
 
@@ -410,20 +411,24 @@ def _trust_workspace(workspace: str) -> None:
 def main() -> NoReturn:
     """Container entry point: mask secrets, parse inputs, then become ``python -m gradgate ARGS``."""
     env = dict(os.environ)
-    # Masks first: nothing may be written before GitHub knows what to hide.
-    for line in mask_commands(_raw_secrets(env)):
-        print(line)
-    sys.stdout.flush()
+    in_actions = env.get("GITHUB_ACTIONS") == "true"
+    # Masks first: nothing may be written before GitHub knows what to hide. Outside a runner nobody reads
+    # workflow commands, and printing one would only show the secret.
+    if in_actions:
+        for line in mask_commands(_raw_secrets(env)):
+            print(line)
+        sys.stdout.flush()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         inputs = parse_action_inputs(env, _load_event(env))
     except UsageError as exc:
-        print(f"::error title=gradgate action inputs::{exc.message}")
+        if in_actions:
+            print(f"::error title=gradgate action inputs::{escape_data(exc.message)}")
         print(f"gradgate: {exc}", file=sys.stderr)
         sys.stdout.flush()
         sys.exit(EXIT_USAGE)
     for name in inputs.ignored:
-        print(f"::warning title=gradgate::input {name} has no effect in {inputs.mode} mode")
+        logger.warning("input %s has no effect in %s mode", name, inputs.mode)
     workspace = env.get("GITHUB_WORKSPACE")
     if workspace:
         _trust_workspace(workspace)
