@@ -1,0 +1,73 @@
+"""The command line: bad input gives a clear message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def gradgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """In-process (fast); `test_the_console_script_runs` covers the real entry point."""
+    from click.testing import CliRunner
+
+    from gradgate.cli import main
+
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def test_the_console_script_runs(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "gradgate", "eval", "--repo", str(tmp_path)], capture_output=True,
+                            text=True, env=os.environ.copy(), timeout=120)
+    assert_clean_failure(result, 2, "no prompt files")
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_schema_prints_valid_json() -> None:
+    result = gradgate("schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["title"] == "gradgate.yaml"
+
+
+@pytest.mark.parametrize(("files", "args", "needles"), [
+    ({"gradgate.yaml": "models: [1, 2\n"}, [], ["gradgate.yaml", "not valid YAML"]),
+    ({"gradgate.yaml": "budjet: {}\n"}, [], ["budjet", "hint"]),
+    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {other: 1}}]"}, [], ["name", "have no value"]),
+    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "metrics: [bleu]\nitems: [{vars: {name: x}}]"}, [], ["unknown metric"]),
+    ({"prompts/a.md": "Hi {{name}}", "evals/a.jsonl": "{oops\n"}, [], ["evals/a.jsonl", "line 1"]),
+    ({"prompts/a.md": "---\nsuite: ../../etc/passwd\n---\nHi"}, [], ["outside the repository"]),
+    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
+     ["--model", "nonexistent-provider-model"], ["unknown model"]),
+    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
+     ["--model", "local/not-embedded"], ["unknown embedded model", "local/smollm2-135m-instruct"]),
+    ({}, ["--config", "missing.yaml"], ["does not exist"]),
+    ({}, [], ["no prompt files"]),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path: Path, files: dict[str, str], args: list[str], needles: list[str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = gradgate("eval", "--repo", str(tmp_path), "--out", str(tmp_path / "out"), *args)
+    assert_clean_failure(result, 2, *needles)
+
+
+def test_api_keys_never_reach_the_output(tmp_path: Path) -> None:
+    secret = "sk-test" + "A" * 30
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "a.md").write_text("Hi {{name}}")
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "a.yaml").write_text("metrics: [bleu]\nitems: [{vars: {name: '" + secret + "'}}]")
+    result = gradgate("-vv", "eval", "--repo", str(tmp_path), env={"OPENAI_API_KEY": secret})
+    assert result.returncode == 2
+    assert secret not in result.stdout + result.stderr
