@@ -1,0 +1,283 @@
+"""GRAD-SUM (Austin & Chartock): textual gradients, summarized, then a beam search over edits.
+
+Per iteration, for each prompt in the beam:
+
+1. generate outputs on a training batch with the task model and score them (judge and/or metrics);
+2. for every failing item, the optimizer model writes advice on how the prompt should change
+   (the "gradient"), given the task, input, output, criteria and the judge's explanation;
+3. the gradients are summarized into one general paragraph (`summarize: false` skips this and
+   hands the per-item advice straight to the editor, so the step's value can be measured);
+4. the editor model writes `candidates_per_prompt` new prompts from the prompt and the feedback;
+   a candidate that lost a template variable is rejected without a call;
+5. candidates are scored on dev and the best `beam_width` prompts form the next beam.
+
+State (iteration, beam) is saved after every iteration; a resumed run starts at the next one and
+replays earlier requests from the cache, and candidates already in the trajectory are not rescored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.evaluate import ItemResult
+from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.gradsum_prompts import (
+    NO_EXPLANATION,
+    NO_VARIABLES,
+    TEMPLATES,
+    build_messages,
+    feedback_list,
+    parse_candidates,
+)
+from gradgate.prompts import template_variables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GradSumSettings:
+    """`optimize.gradsum` in gradgate.yaml. Defaults follow the paper where it gives one."""
+
+    beam_width: int = 3  # prompts kept after each iteration (paper: 3)
+    iterations: int = 10  # paper: 10
+    train_batch: int = 30  # training items generated and judged per prompt and iteration (paper: 30)
+    candidates_per_prompt: int = 4  # editor samples per beam prompt; one editor call each
+    summarize: bool = True  # off: per-item gradients go straight to the editor (ablation)
+    # Dev items used to score candidates; None = all. A subset is cheaper but noisier; the test
+    # confirmation in the runner still guards the final choice.
+    dev_size: int | None = None
+    max_gradient_items: int = 10  # failing items that get a gradient, per prompt and iteration
+    editor_temperature: float = 0.7  # > 0 so the N samples differ; `sample` indices keep them cacheable
+    gradient_max_tokens: int = 200
+    edit_max_tokens: int = 400
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GradSumSettings:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown GRAD-SUM setting(s): {', '.join(unknown)}",
+                where="optimize.gradsum",
+                hint=f"known: {', '.join(known)}",
+            )
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            default = getattr(cls, name)
+            if name == "summarize":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{name} must be true or false", where=f"optimize.gradsum.{name}")
+            elif name == "dev_size" and value is None:
+                pass
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ConfigError(f"{name} must be a number ≥ 0", where=f"optimize.gradsum.{name}")
+                value = float(value)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"{name} must be a whole number ≥ 1, not {value!r}", where=f"optimize.gradsum.{name}"
+                )
+            values[name] = value
+        return cls(**values)
+
+
+class GradSum(Optimizer):
+    name: ClassVar[str] = "gradsum"
+    needs_expected: ClassVar[bool] = False
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.config = GradSumSettings.from_dict(self.settings)
+
+    # -- the search -------------------------------------------------------------------------------
+    async def optimize(self, ctx: OptimizeContext) -> None:
+        cfg = self.config
+        start = int(ctx.state.get("iteration", 0))
+        beam = self._initial_beam(ctx, start)
+        # A half-finished iteration is redone: drop the notes it left so they are not duplicated.
+        ctx.trajectory.gradients = [g for g in ctx.trajectory.gradients if g.step < start]
+        dev_items = ctx.splits.dev[: cfg.dev_size] if cfg.dev_size else None
+        for iteration in ctx.steps(cfg.iterations, start=start):
+            batch = self._batch(ctx, iteration)
+            if not batch:
+                log.warning("gradsum: the train split is empty; nothing to learn from")
+                break
+            children: list[Candidate] = []
+            for parent in beam:
+                children += await self._expand(ctx, parent, batch, iteration, dev_items)
+            beam = self._select(ctx, beam, children)
+            ctx.save_state({"iteration": iteration + 1, "beam": [c.id for c in beam]})
+            log.info(
+                "gradsum iteration %d: beam %s",
+                iteration + 1,
+                ", ".join(f"{c.id}={c.dev_score:.3f}" for c in beam),
+            )
+
+    def _initial_beam(self, ctx: OptimizeContext, start: int) -> list[Candidate]:
+        ids = ctx.state.get("beam") if start else None
+        if ids:
+            known = {c.id for c in ctx.trajectory.candidates}
+            beam = [ctx.trajectory.get(i) for i in ids if i in known]
+            if beam:
+                return beam
+        original = ctx.cached_candidate(ctx.original)
+        if original is None:  # the runner scores the original first; be safe when used alone
+            raise ConfigError("gradsum needs the original prompt scored on dev first (the runner does this)")
+        return [original]
+
+    def _batch(self, ctx: OptimizeContext, iteration: int) -> list[Any]:
+        train = list(ctx.splits.train)
+        # Seeded per iteration, so a resumed run draws the same batch (and hits the cache).
+        rng = random.Random(f"gradsum:{ctx.seed}:{iteration}")
+        return rng.sample(train, min(self.config.train_batch, len(train)))
+
+    async def _expand(
+        self, ctx: OptimizeContext, parent: Candidate, batch: list[Any], iteration: int, dev_items: Any
+    ) -> list[Candidate]:
+        cfg = self.config
+        evaluation = await ctx.score_text(parent.text, batch)
+        if not evaluation.complete:
+            raise BudgetExhausted(
+                f"budget exhausted while generating on the train batch: {evaluation.stopped_reason}"
+            )
+        failures = [r for r in evaluation.scored if not r.passed][: cfg.max_gradient_items]
+        if not failures:
+            log.info(
+                "gradsum: %s passes every train item of iteration %d; no gradient", parent.id, iteration + 1
+            )
+            return []
+        # Wait for every request before raising, so no call is left running after a budget stop.
+        replies = await asyncio.gather(
+            *(self._gradient(ctx, parent.text, r) for r in failures), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        per_item = [g for g in replies if isinstance(g, str) and g]
+        if not per_item:
+            log.info("gradsum: the optimizer model gave no usable advice for %s", parent.id)
+            return []
+        if cfg.summarize:
+            summary = await self._summarize(ctx, parent.text, per_item)
+            feedback = summary or feedback_list(per_item)
+        else:
+            summary = ""
+            feedback = feedback_list(per_item)
+        # Recorded before the candidates so gradients.md has it even if the budget stops the edits.
+        shown = summary if summary else ("(summarization off)" if not cfg.summarize else "(empty summary)")
+        ctx.trajectory.add_gradient(
+            GradientNote(step=iteration, parent=parent.id, summary=shown, per_item=tuple(per_item))
+        )
+        note_index = len(ctx.trajectory.gradients) - 1
+        children: list[Candidate] = []
+        for k in range(cfg.candidates_per_prompt):
+            for text in await self._edit(
+                ctx, parent.text, feedback, sample=iteration * cfg.candidates_per_prompt + k
+            ):
+                child = await self._score_child(ctx, text, parent, iteration, dev_items, note_index)
+                if child is not None:
+                    children.append(child)
+                    note = ctx.trajectory.gradients[note_index]
+                    ctx.trajectory.gradients[note_index] = replace(note, children=(*note.children, child.id))
+                    ctx.trajectory.save()
+        return [c for c in children if c.dev_score is not None]
+
+    async def _score_child(
+        self,
+        ctx: OptimizeContext,
+        text: str,
+        parent: Candidate,
+        iteration: int,
+        dev_items: Any,
+        note_index: int,
+    ) -> Candidate | None:
+        if text.strip() == parent.text.strip():
+            return None
+        seen = ctx.cached_candidate(text)
+        if seen is not None:  # a duplicate proposal, or the same one before a resume: no rescoring
+            return seen
+        return await ctx.evaluate(
+            text,
+            step=iteration + 1,
+            parent=parent.id,
+            origin="edit",
+            items=dev_items,
+            note=f"gradient {note_index}",
+        )
+
+    def _select(
+        self, ctx: OptimizeContext, beam: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
+        """Best `beam_width` distinct prompts by dev score; ties keep the earlier candidate."""
+        order = {c.id: i for i, c in enumerate(ctx.trajectory.candidates)}
+        pool: dict[str, Candidate] = {}
+        for c in [*beam, *children]:
+            if c.dev_score is not None:
+                pool.setdefault(c.text, c)
+        ranked = sorted(pool.values(), key=lambda c: (-(c.dev_score or 0.0), order.get(c.id, 0)))
+        return ranked[: self.config.beam_width] or beam
+
+    # -- the three model requests ------------------------------------------------------------------
+    async def _gradient(self, ctx: OptimizeContext, prompt: str, result: ItemResult) -> str:
+        explanation = (
+            result.judge_explanation
+            or "; ".join(f"{m.name}: {m.reason}" for m in result.metrics if m.score < 1.0)
+            or NO_EXPLANATION
+        )
+        expected = (
+            TEMPLATES["expected"][0].format(expected=result.expected) if result.expected is not None else ""
+        )
+        rendered = ctx.target.prompt.with_body(prompt).render(result.vars)
+        messages = build_messages(
+            "gradient",
+            task_description=ctx.task_description or "(not described)",
+            prompt=prompt,
+            criteria=ctx.scorer.judge.criteria if ctx.scorer.uses_judge else _metric_criteria(ctx),
+            input=rendered,
+            output=result.output,
+            expected_section=expected,
+            explanation=explanation.strip(),
+        )
+        reply = await ctx.gateway.complete("optimizer", messages, max_tokens=self.config.gradient_max_tokens)
+        return reply.text.strip()
+
+    async def _summarize(self, ctx: OptimizeContext, prompt: str, per_item: list[str]) -> str:
+        messages = build_messages(
+            "summary",
+            task_description=ctx.task_description or "(not described)",
+            prompt=prompt,
+            count=len(per_item),
+            gradients=feedback_list(per_item),
+        )
+        reply = await ctx.gateway.complete("optimizer", messages, max_tokens=self.config.gradient_max_tokens)
+        return reply.text.strip()
+
+    async def _edit(self, ctx: OptimizeContext, prompt: str, feedback: str, *, sample: int) -> list[str]:
+        variables = template_variables(ctx.original)
+        messages = build_messages(
+            "edit",
+            task_description=ctx.task_description or "(not described)",
+            prompt=prompt.strip(),
+            feedback=feedback,
+            variables=", ".join("{{" + v + "}}" for v in variables) or NO_VARIABLES,
+        )
+        reply = await ctx.gateway.complete(
+            "editor",
+            messages,
+            temperature=self.config.editor_temperature,
+            max_tokens=self.config.edit_max_tokens,
+            sample=sample,
+        )
+        trailing = ctx.original[len(ctx.original.rstrip()) :]  # keep the file's trailing newline habit
+        # One editor call asks for one prompt; extra blocks a model adds anyway are kept as candidates.
+        return [text + trailing for text in parse_candidates(reply.text)]
+
+
+def _metric_criteria(ctx: OptimizeContext) -> str:
+    names = ", ".join(sorted({m.type for m in ctx.scorer.metrics}))
+    return f"The output passes the automatic check(s): {names}." if names else "The output is correct."

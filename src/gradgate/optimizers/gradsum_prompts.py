@@ -1,0 +1,154 @@
+"""Every text GRAD-SUM sends to a model, as named constants, and the one builder that fills them.
+
+Three requests per iteration and prompt of the beam (Austin & Chartock, "GRAD-SUM"):
+
+* GRADIENT: for one failing item, concrete advice on how the prompt should change;
+* SUMMARY: all of a prompt's gradients folded into one general paragraph (keeps the edit from
+  overfitting to single items, and cuts the editor's input);
+* EDIT: a new prompt from the old one and the feedback, between <prompt> tags.
+
+`TEMPLATES` declares each template's fields; a test formats every template with them.
+"""
+
+from __future__ import annotations
+
+import re
+
+GRADIENT_SYSTEM = (
+    "You improve instructions (prompts) for an AI assistant. You read one case where the assistant's "
+    "output failed a quality check and say how the prompt should change so such cases succeed. "
+    "Give advice about the prompt, not a corrected answer."
+)
+
+GRADIENT_TEMPLATE = """Task the prompt is for: {task_description}
+
+The prompt (placeholders like {{{{name}}}} are filled with each case's input):
+<<<PROMPT
+{prompt}
+PROMPT>>>
+
+What a good output does:
+{criteria}
+
+The input the assistant got:
+<<<INPUT
+{input}
+INPUT>>>
+
+The assistant's output:
+<<<OUTPUT
+{output}
+OUTPUT>>>
+{expected_section}
+Why it failed (the evaluator's explanation):
+{explanation}
+
+In two to four sentences, give concrete advice on how the prompt should change so that outputs like \
+this one pass. Do not solve the case yourself."""
+
+EXPECTED_SECTION = """
+The expected answer:
+<<<EXPECTED
+{expected}
+EXPECTED>>>
+"""
+
+SUMMARY_SYSTEM = (
+    "You summarize feedback about a prompt for an AI assistant. Merge many pieces of advice into one "
+    "short, general paragraph that states what the prompt should change. Keep advice that recurs; drop "
+    "details that only fit a single case."
+)
+
+SUMMARY_TEMPLATE = """Task the prompt is for: {task_description}
+
+The prompt:
+<<<PROMPT
+{prompt}
+PROMPT>>>
+
+Advice collected from {count} failing cases:
+{gradients}
+
+Write one general paragraph (at most five sentences) that says how the prompt should change."""
+
+EDIT_SYSTEM = (
+    "You rewrite prompts for an AI assistant so that it does its task better. You keep every "
+    "placeholder written in double curly braces exactly as it is, and you reply with the new prompt "
+    "between <prompt> and </prompt>."
+)
+
+EDIT_TEMPLATE = """Task the prompt is for: {task_description}
+
+Current prompt:
+<prompt>
+{prompt}
+</prompt>
+
+Feedback on how the prompt should change:
+{feedback}
+
+Write an improved version of the prompt that follows the feedback. Keep these placeholders exactly \
+as written: {variables}. Reply with only the new prompt between <prompt> and </prompt>."""
+
+NO_VARIABLES = "(this prompt has none)"
+NO_EXPLANATION = "(no explanation given: the output did not meet the criteria)"
+FEEDBACK_ITEM = "- {text}"
+
+#: template name -> the fields it must be formatted with
+TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gradient": (
+        GRADIENT_TEMPLATE,
+        ("task_description", "prompt", "criteria", "input", "output", "expected_section", "explanation"),
+    ),
+    "expected": (EXPECTED_SECTION, ("expected",)),
+    "summary": (SUMMARY_TEMPLATE, ("task_description", "prompt", "count", "gradients")),
+    "edit": (EDIT_TEMPLATE, ("task_description", "prompt", "feedback", "variables")),
+    "feedback_item": (FEEDBACK_ITEM, ("text",)),
+}
+
+_SYSTEMS = {"gradient": GRADIENT_SYSTEM, "summary": SUMMARY_SYSTEM, "edit": EDIT_SYSTEM}
+
+
+def build_messages(kind: str, **fields: object) -> list[dict[str, str]]:
+    """The chat messages of one GRAD-SUM request (`kind`: gradient, summary or edit)."""
+    template, declared = TEMPLATES[kind]
+    missing = [name for name in declared if name not in fields]
+    if missing:
+        raise KeyError(f"{kind} template needs field(s) {', '.join(missing)}")
+    user = template.format(**{name: fields[name] for name in declared})
+    return [{"role": "system", "content": _SYSTEMS[kind]}, {"role": "user", "content": user}]
+
+
+def feedback_list(texts: list[str]) -> str:
+    return "\n".join(FEEDBACK_ITEM.format(text=" ".join(t.split())) for t in texts)
+
+
+_TAGGED = re.compile(
+    r"<\s*prompt\s*>(.*?)(?:<\s*/\s*prompt\s*>|(?=<\s*prompt\s*>)|\Z)", re.IGNORECASE | re.DOTALL
+)
+_FENCE = re.compile(r"\A```[A-Za-z0-9_-]*\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
+_PREAMBLE = re.compile(
+    r"\A\s*(?:here(?:'s| is) (?:the |an |your )?(?:new |improved |revised )?prompt[^\n]*:\s*\n)",
+    re.IGNORECASE,
+)
+
+
+def parse_candidates(reply: str) -> list[str]:
+    """Prompt bodies in an editor reply, tolerant of what small models write.
+
+    Tagged blocks first (a missing closing tag ends at the next opening tag or the end); with no tags,
+    the whole reply minus a code fence or a "Here is the new prompt:" line. Empty blocks are dropped.
+    """
+    found = [m.group(1) for m in _TAGGED.finditer(reply)]
+    if not found:
+        found = [_PREAMBLE.sub("", reply)]
+    out: list[str] = []
+    for block in found:
+        text = block.strip()
+        fenced = _FENCE.match(text)
+        if fenced:
+            text = fenced.group(1).strip()
+        text = re.sub(r"<\s*/?\s*prompt\s*>", "", text, flags=re.IGNORECASE).strip()
+        if text and text not in out:
+            out.append(text)
+    return out
