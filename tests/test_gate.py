@@ -1,0 +1,265 @@
+"""The pre-merge gate on real git repositories, with a scripted model whose answers depend on the prompt.
+
+The scripted model adds the two numbers in the question correctly, unless the prompt says SLOPPY or
+VAGUE, in which case it answers 0. So a head that adds SLOPPY really scores worse, and a head that
+drops VAGUE really scores better.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gradgate.config import GateConfig, ModelSpec
+from gradgate.errors import ModelError
+from gradgate.gate import decide, run_check, spending
+from gradgate.testing import ScriptedBackend, last_user_text
+from tests.test_changes import commit, git, prompt, write
+
+N_ITEMS = 16
+CONFIG = """\
+version: 1
+prompts: ['prompts/**/*.md']
+gate: {min_items: 6, batch_size: 4, max_drop: 0.05, alpha: 0.05}
+"""
+SUITE = "metrics: [final_number]\nitems:\n" + "".join(
+    f"  - {{id: q{n}, vars: {{q: 'What is {n} + {n + 3}?'}}, expected: '{2 * n + 3}'}}\n"
+    for n in range(N_ITEMS)
+)
+
+
+def adder(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+    text = last_user_text(messages)
+    if "SLOPPY" in text or "VAGUE" in text:
+        return "The answer is 0"
+    a, b = (int(x) for x in re.findall(r"(\d+) \+ (\d+)", text)[0])
+    return f"The answer is {a + b}"
+
+
+def backend(script: Callable[[ModelSpec, list[dict[str, str]]], str] = adder) -> ScriptedBackend:
+    return ScriptedBackend(script=script)
+
+
+def make_repo(root: Path, *, regress: bool = True) -> Path:
+    """Base commit, then head commit: `worse` made worse (if `regress`), `better` better, `reworded` reworded,
+    `same` untouched."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    files = {"gradgate.yaml": CONFIG, ".gitignore": ".gradgate/\n"}
+    bodies = {"worse": "Compute {{q}}", "better": "VAGUE {{q}}", "reworded": "Add {{q}}", "same": "Sum {{q}}"}
+    for pid, body in bodies.items():
+        files[f"prompts/{pid}.md"] = prompt(pid, body)
+        files[f"evals/{pid}.yaml"] = SUITE
+    write(root, files)
+    commit(root, "base")
+    write(
+        root,
+        {
+            "prompts/better.md": prompt("better", "Compute exactly {{q}}"),
+            "prompts/reworded.md": prompt("reworded", "Please add {{q}}"),
+        },
+    )
+    if regress:
+        write(root, {"prompts/worse.md": prompt("worse", "SLOPPY {{q}}")})
+    commit(root, "head")
+    return root
+
+
+def gh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
+    summary.touch()
+    output.touch()
+    return {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_OUTPUT": str(output),
+        **extra,
+    }
+
+
+def outputs(env: dict[str, str]) -> dict[str, str]:
+    lines = Path(env["GITHUB_OUTPUT"]).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
+def check(repo: Path, out: Path, env: dict[str, str], *, be: Any = None, **kwargs: Any) -> Any:
+    args: dict[str, Any] = dict(
+        repo=repo,
+        base_ref="HEAD~1",
+        head_ref="HEAD",
+        config_path=None,
+        prompt_ids=(),
+        model=None,
+        judge_model=None,
+        out_dir=out,
+        env=env,
+        backend=be or backend(),
+    )
+    args.update(kwargs)
+    return run_check(**args)
+
+
+def test_verdicts_report_outputs_and_annotations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = make_repo(tmp_path / "repo")
+    env = gh_env(tmp_path)
+    be = backend()
+    outcome = check(repo, tmp_path / "out", env, be=be)
+    assert outcome.verdicts == {"worse": "regressed", "better": "improved", "reworded": "unchanged"}
+    assert outcome.exit_code == 1 and outcome.overall == "regressed"
+    assert outcome.summary.unchanged == ("same",)
+    assert not any("Sum " in last_user_text(m) for _, m in be.calls)  # untouched prompt never re-run
+    by_id = {p.prompt_id: p for p in outcome.summary.prompts}
+    worse = by_id["worse"]
+    assert (worse.base_mean, worse.head_mean) == (1.0, 0.0)
+    assert worse.decision is not None and worse.decision.p_value is not None and worse.decision.p_value < 0.05
+    # Sequential: 6 discordant pairs are not enough at the first look's level; 10 are.
+    assert worse.stopped_early and worse.items_scored == 10 and worse.items_total == N_ITEMS
+    assert worse.calls == 20 and worse.base_calls == 10 and worse.calls_saved == 12
+    assert by_id["reworded"].items_scored == 6  # decided at the first look
+    # The report, everywhere it goes.
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert outcome.markdown == report
+    assert "| [`worse`](prompts/worse.md) | 1.000 | 0.000 |" in report
+    assert "❌ regressed" in report and "✅ improved" in report and "⏩" in report
+    assert "Not re-run (effective content unchanged): `same`." in report
+    assert Path(env["GITHUB_STEP_SUMMARY"]).read_text().strip() == report.strip()
+    assert outputs(env) == {
+        "verdict": "regressed",
+        "regressed": "1",
+        "improved": "1",
+        "unchanged": "1",
+        "inconclusive": "0",
+        "new": "0",
+        "report-path": str(tmp_path / "out" / "report.md"),
+    }
+    stdout = capsys.readouterr().out
+    assert (
+        "::error file=prompts/worse.md,line=5,title=gradgate%3A prompt regressed::prompt worse regressed"
+        in stdout
+    )
+    assert "better" not in stdout.split("::error")[1]
+    saved = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert saved["overall"] == "regressed" and len(saved["prompts"]) == 3
+
+
+def test_base_scores_are_cached_so_a_rerun_pays_only_for_head(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    env = gh_env(tmp_path)
+    first = check(repo, tmp_path / "out1", env)
+    assert {p.prompt_id: p.base_calls for p in first.summary.prompts} == {
+        "worse": 10,
+        "better": 10,
+        "reworded": 6,
+    }
+    # A warm rerun: nothing is called at all (the response cache answers).
+    be = backend()
+    again = check(repo, tmp_path / "out2", env, be=be)
+    assert be.calls == [] and again.verdicts == first.verdicts
+    # Without the response cache, the base still costs nothing: its per-item scores are kept by content hash.
+    for entry in (repo / ".gradgate" / "cache").iterdir():
+        if entry.name != "gate-base":
+            shutil.rmtree(entry)
+    be = backend()
+    third = check(repo, tmp_path / "out3", env, be=be)
+    assert all(p.base_calls == 0 and p.base_from_score_cache == p.items_scored for p in third.summary.prompts)
+    assert len(be.calls) == sum(p.items_scored for p in third.summary.prompts)  # head only
+    assert "VAGUE" not in "".join(last_user_text(m) for _, m in be.calls)
+    assert third.verdicts == first.verdicts
+
+
+def test_no_fail_on_regression_and_no_sequential(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "gradgate.yaml").write_text(CONFIG.replace("alpha: 0.05}", "alpha: 0.05, sequential: false}"))
+    outcome = check(repo, tmp_path / "out", {}, head_ref=None, fail_on_regression=False)
+    assert outcome.exit_code == 0 and outcome.overall == "regressed"
+    assert all(
+        p.items_scored == N_ITEMS and not p.stopped_early and p.looks == 1 for p in outcome.summary.prompts
+    )
+
+
+def test_no_changes_costs_nothing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    be = backend()
+    outcome = check(repo, tmp_path / "out", gh_env(tmp_path), be=be, base_ref="HEAD", head_ref=None)
+    assert outcome.exit_code == 0 and outcome.overall == "no-changes" and be.calls == []
+    assert "no prompt changed" in outcome.markdown
+
+
+def test_new_prompt_is_scored_on_head_only_and_is_not_a_regression(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", regress=False)
+    write(repo, {"prompts/fresh.md": prompt("fresh", "SLOPPY {{q}}"), "evals/fresh.yaml": SUITE})
+    outcome = check(repo, tmp_path / "out", {}, head_ref=None, prompt_ids=("fresh",))
+    assert outcome.verdicts == {"fresh": "new"} and outcome.exit_code == 0 and outcome.overall == "no-changes"
+    fresh = outcome.summary.prompts[0]
+    assert fresh.head_mean == 0.0 and fresh.items_scored == N_ITEMS and fresh.base_mean is None
+
+
+def test_bad_ref_is_exit_2_with_the_summary_written(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    env = gh_env(tmp_path)
+    outcome = check(repo, tmp_path / "out", env, base_ref="no-such-branch")
+    assert outcome.exit_code == 2 and outcome.overall == "error"
+    assert "does not name a commit" in (outcome.error or "")
+    assert "fetch-depth: 0" in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert outputs(env)["verdict"] == "error"
+
+
+def test_budget_exhausted_before_a_decision_is_exit_3(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", regress=False)
+    # The budget is not part of any prompt's effective content, so only `better` and `reworded` re-run.
+    (repo / "gradgate.yaml").write_text(CONFIG + "budget: {max_calls: 5}\n")
+    env = gh_env(tmp_path)
+    outcome = check(repo, tmp_path / "out", env, head_ref=None)
+    assert outcome.exit_code == 3
+    assert all(p.infra_failure for p in outcome.summary.prompts)
+    assert "budget ran out" in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+
+
+def test_model_failure_is_exit_3_with_the_summary_written(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+
+    def broken(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+        raise ModelError("the model server refused the connection", hint="start it")
+
+    env = gh_env(tmp_path)
+    outcome = check(repo, tmp_path / "out", env, be=backend(broken))
+    assert outcome.exit_code == 3 and "refused the connection" in (outcome.error or "")
+    assert "refused the connection" in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+
+
+def test_repeats_score_distinct_samples(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", regress=False)
+    (repo / "gradgate.yaml").write_text(CONFIG.replace("alpha: 0.05}", "alpha: 0.05, repeats: 3}"))
+    outcome = check(repo, tmp_path / "out", {}, head_ref=None, prompt_ids=("better",))
+    better = outcome.summary.prompts[0]
+    # The config change re-runs the prompt; each item is scored 3 times in each version.
+    assert better.calls == 3 * 2 * better.items_scored
+
+
+def test_spending_function() -> None:
+    values = [spending(t / 10, 0.05) for t in range(11)]
+    assert values[0] == 0.0 and values[-1] == 0.05
+    assert all(a <= b for a, b in itertools.pairwise(values))
+    assert spending(0.5, 0.05) < 0.01  # O'Brien-Fleming spends little early
+
+
+def test_decide_rules() -> None:
+    gate = GateConfig(min_items=5, max_drop=0.05)
+    worse = decide([1.0] * 10, [0.0] * 10, gate=gate, level=0.05)
+    assert worse.verdict == "regressed" and worse.p_value == pytest.approx(0.001953125)
+    assert decide([1.0] * 6, [0.0] * 6, gate=gate, level=0.01).verdict == "inconclusive"  # p = 0.031
+    assert decide([0.0] * 10, [1.0] * 10, gate=gate, level=0.05).verdict == "improved"
+    assert decide([1.0, 0.0] * 5, [1.0, 0.0] * 5, gate=gate, level=0.05).verdict == "unchanged"
+    assert decide([1.0] * 4, [0.0] * 4, gate=gate, level=0.05).verdict == "inconclusive"  # n < min_items
+    # Graded scores: the bootstrap interval decides.
+    base = [0.8, 0.9, 0.7, 0.85, 0.75, 0.8, 0.9, 0.7, 0.8, 0.85]
+    assert decide(base, [b - 0.4 for b in base], gate=gate, level=0.05).verdict == "regressed"
+    noisy = [b + (0.3 if i % 2 else -0.3) for i, b in enumerate(base)]
+    assert decide(base, noisy, gate=gate, level=0.05).verdict == "inconclusive"
