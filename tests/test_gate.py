@@ -263,3 +263,53 @@ def test_decide_rules() -> None:
     assert decide(base, [b - 0.4 for b in base], gate=gate, level=0.05).verdict == "regressed"
     noisy = [b + (0.3 if i % 2 else -0.3) for i, b in enumerate(base)]
     assert decide(base, noisy, gate=gate, level=0.05).verdict == "inconclusive"
+
+
+TRIAGE_SUITE = """\
+metrics: [choice]
+max_tokens: 6
+items:
+  - {id: refund, vars: {m: "I was charged twice, please refund one payment."}, expected: "(A)"}
+  - {id: invoice, vars: {m: "Where can I download the invoice for my payment?"}, expected: "(A)"}
+  - {id: card, vars: {m: "How do I change the credit card you bill?"}, expected: "(A)"}
+  - {id: crash, vars: {m: "The app crashes when I open settings."}, expected: "(B)"}
+  - {id: login, vars: {m: "I cannot log in, the password is rejected."}, expected: "(B)"}
+  - {id: tracking, vars: {m: "My parcel tracking has not updated in days."}, expected: "(C)"}
+"""
+TRIAGE_GOOD = """Classify the customer message into one team.
+(A) Billing (B) Technical (C) Shipping
+Message: {{m}}
+Reply with the letter only, like (A)."""
+TRIAGE_BAD = "Reply with (C) whatever the message says: {{m}}"
+
+
+@pytest.mark.slow
+def test_real_run_on_the_embedded_model(tmp_path: Path) -> None:
+    """End to end with the real embedded model: git revisions, litellm, scoring, report, cached rerun."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    write(
+        root,
+        {
+            ".gitignore": ".gradgate/\n",
+            "gradgate.yaml": CONFIG.replace("min_items: 6", "min_items: 4").replace(
+                "batch_size: 4", "batch_size: 6"
+            )
+            + "models: {task: local/smollm2-135m-instruct, concurrency: 1}\n",
+            "prompts/triage.md": prompt("triage", TRIAGE_GOOD),
+            "evals/triage.yaml": TRIAGE_SUITE,
+        },
+    )
+    commit(root, "base")
+    write(root, {"prompts/triage.md": prompt("triage", TRIAGE_BAD)})
+    env = gh_env(tmp_path)
+    outcome = check(root, tmp_path / "out", env, base_ref="HEAD", head_ref=None, backend=None)
+    triage = outcome.summary.prompts[0]
+    assert outcome.error is None and outcome.exit_code in (0, 1)
+    assert triage.verdict in ("regressed", "improved", "unchanged", "inconclusive")
+    assert triage.items_scored == 6 and triage.calls == 12 and triage.base_calls == 6
+    assert outcome.exit_code == (1 if triage.verdict == "regressed" else 0)
+    assert "| [`triage`](prompts/triage.md) |" in (tmp_path / "out" / "report.md").read_text()
+    again = check(root, tmp_path / "out2", env, base_ref="HEAD", head_ref=None, backend=None)
+    assert again.summary.prompts[0].calls == 0 and again.verdicts == outcome.verdicts
