@@ -1,0 +1,287 @@
+"""The shared runner: budget stop and hold-back, test confirmation, the job's artifacts, a real run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from gradgate.config import parse_config
+from gradgate.discovery import discover
+from gradgate.errors import ConfigError, UsageError
+from gradgate.jobs import Session
+from gradgate.optimizers.base import OptimizeContext, Optimizer
+from gradgate.optimizers.gradsum_prompts import GRADIENT_SYSTEM
+from gradgate.optimizers.runner import branch_for, run_optimization, run_optimize_job
+from gradgate.prompts import load_prompt
+from gradgate.testing import ScriptedBackend
+from tests.test_gradsum import GOOD, HALF, LOST, Script, make_repo, open_session, optimize, sequence_editor
+
+SEARCH = {"iterations": 10, "beam_width": 1, "candidates_per_prompt": 2}
+
+
+def test_a_budget_stop_keeps_the_best_so_far_and_still_confirms_on_test(tmp_path: Path) -> None:
+    script = Script(sequence_editor(HALF, GOOD))
+    result, session = optimize(
+        make_repo(tmp_path / "repo"), script, tmp_path / "out", SEARCH, budget={"max_calls": 60}
+    )
+    assert session.budget.calls <= 60  # never exceeded, the confirmation included
+    assert result.stopped_reason and "60 calls" in result.stopped_reason
+    assert result.best.text.startswith("GOOD")
+    assert result.test_original is not None and result.test_best is not None  # the held-back calls were there
+    assert result.improved and result.test_used == "mcnemar-exact" and result.p_value is not None
+    assert result.usage.calls == session.budget.calls and result.budget["calls"] == session.budget.calls
+
+
+@pytest.mark.parametrize("limit", [1, 17, 25, 40, 59])
+def test_no_limit_is_ever_exceeded(tmp_path: Path, limit: int) -> None:
+    script = Script(sequence_editor(HALF, GOOD))
+    session = open_session(make_repo(tmp_path / "repo"), script, budget={"max_calls": limit})
+    target = discover(session.repo, session.config)[0]
+    try:
+        result = asyncio.run(
+            run_optimization(session, target, "gradsum", out_dir=tmp_path / "out", seed=0, settings=SEARCH)
+        )
+    except Exception as exc:  # only "nothing could be scored" may end without a result
+        assert "before the original prompt was scored" in str(exc)
+    else:
+        assert result.stopped_reason
+    assert session.budget.calls <= limit
+
+
+def test_decision_needs_statistical_support_and_the_margin(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    one = {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1}
+    strict, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "a", one, optimize={"alpha": 0.01})
+    # 6 test items all flip to correct: exact McNemar p = 2 / 2**6 = 0.03125, not below 0.01
+    assert strict.p_value == pytest.approx(0.03125)
+    assert not strict.improved and "without statistical support" in strict.decision
+    margin, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "b", one, optimize={"margin": 1.0})
+    assert not margin.improved and "margin" in margin.decision
+    loose, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "c", one)
+    assert loose.improved and "beats the original" in loose.decision
+    assert loose.difference is not None and loose.difference.mean == 1.0
+    assert loose.dev_original is not None and loose.dev_best is not None and loose.dev_best.mean == 1.0
+
+
+def test_scale_scores_use_the_paired_bootstrap(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    suite = repo / "evals" / "qa.yaml"
+    suite.write_text(
+        suite.read_text().replace("metrics: [normalized]", "metrics: [judge]\njudge: {scale: 1-10}")
+    )
+    script = Script(sequence_editor(GOOD))
+
+    def judge(messages: list[dict[str, str]]) -> str:
+        output = messages[1]["content"].split("Output to evaluate:")[1]
+        return "Looks right. SCORE: 9" if "\n0\n" not in output else "Wrong number. SCORE: 2"
+
+    original_call = script.__call__
+
+    def routed(spec: Any, messages: list[dict[str, str]]) -> str:
+        return judge(messages) if spec.model == "fake/judge" else original_call(spec, messages)
+
+    session = Session.open(
+        repo,
+        parse_config(
+            {
+                "models": {
+                    "task": "fake/task",
+                    "judge": "fake/judge",
+                    "optimizer": "fake/optimizer",
+                    "editor": "fake/editor",
+                },
+                "optimize": {"alpha": 0.1},
+            },
+            "t",
+        ),
+        backend=ScriptedBackend(routed),
+        use_cache=False,
+        roles=("task", "judge", "optimizer", "editor"),
+    )
+    target = discover(repo, session.config)[0]
+    result = asyncio.run(
+        run_optimization(
+            session,
+            target,
+            "gradsum",
+            out_dir=tmp_path / "out",
+            seed=0,
+            settings={"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1},
+        )
+    )
+    assert result.test_used == "paired-bootstrap" and result.p_value is None
+    assert (
+        result.improved and result.difference is not None and result.difference.mean == pytest.approx(7 / 9)
+    )
+    # the judge's explanation reached the gradient request
+    assert any(
+        "Wrong number." in m[1]["content"]
+        for m in script.asked["optimizer"]
+        if m[0]["content"] == GRADIENT_SYSTEM
+    )
+
+
+class Fixed(Optimizer):
+    """A method that proposes one fixed candidate: the runner knows nothing about the method."""
+
+    name: ClassVar[str] = "fixed"
+    needs_expected: ClassVar[bool] = True
+
+    async def optimize(self, ctx: OptimizeContext) -> None:
+        await ctx.evaluate(
+            GOOD.removeprefix("<prompt>").removesuffix("</prompt>") + "\n",
+            step=1,
+            parent="c0000",
+            origin="edit",
+        )
+
+
+@pytest.fixture
+def fixed_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradgate import optimizers
+    from gradgate.optimizers.gradsum import GradSum
+
+    monkeypatch.setattr(optimizers, "registry", lambda: {"gradsum": GradSum, "fixed": Fixed})
+
+
+def run_job(
+    repo: Path, script: Script, out: Path, *, methods: list[str], env: dict[str, str] | None = None, **kw: Any
+) -> Any:
+    session = open_session(repo, script, **{k: v for k, v in kw.items() if k in ("budget", "optimize")})
+    return asyncio.run(
+        run_optimize_job(
+            session,
+            prompt_ids=(),
+            methods=methods,
+            out_dir=out,
+            seed=0,
+            write=kw.get("write", False),
+            open_pr=False,
+            env=env or {},
+        )
+    )
+
+
+def test_the_job_writes_report_gradients_results_and_the_prompt(tmp_path: Path, fixed_method: None) -> None:
+    repo = make_repo(tmp_path / "repo")
+    before = (repo / "prompts" / "qa.md").read_text()
+    out = tmp_path / "out"
+    github_output, summary = tmp_path / "gh-output", tmp_path / "summary.md"
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(github_output), "GITHUB_STEP_SUMMARY": str(summary)}
+    outcome = run_job(
+        repo,
+        Script(sequence_editor(HALF, LOST)),
+        out,
+        methods=["gradsum", "fixed"],
+        env=env,
+        write=True,
+        optimize={"gradsum": {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 2}},
+    )
+    assert outcome.exit_code == 0 and [r.method for r in outcome.results] == ["gradsum", "fixed"]
+    fixed = outcome.results[1]
+    assert fixed.improved and outcome.written == ("prompts/qa.md",)
+    after = (repo / "prompts" / "qa.md").read_text()
+    assert (
+        after.startswith(before.split("---\n", 2)[0] + "---\n")
+        and after.split("---\n", 2)[2] == fixed.best.text
+    )
+    assert load_prompt(repo / "prompts" / "qa.md", repo).body == fixed.best.text
+    report = (out / "report.md").read_text()
+    assert "| qa | gradsum |" in report and "| qa | fixed |" in report and "Budget used" in report
+    gradients = (out / "gradients.md").read_text()
+    assert "## qa / gradsum" in gradients and "SUMMARY: the prompt should ask" in gradients
+    assert "rejected: lost template variable(s): question" in gradients
+    data = json.loads((out / "result.json").read_text())
+    assert [r["method"] for r in data["results"]] == ["gradsum", "fixed"] and data["results"][1]["improved"]
+    assert f"report-path={out / 'report.md'}" in github_output.read_text()
+    assert "gradgate optimize" in summary.read_text()
+
+
+def test_no_result_at_all_exits_3_with_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outcome = run_job(
+        make_repo(tmp_path / "repo"),
+        Script(sequence_editor(GOOD)),
+        out,
+        methods=["gradsum"],
+        budget={"max_calls": 3},
+    )
+    assert outcome.exit_code == 3 and not outcome.results and outcome.failures
+    assert "before the original prompt was scored" in (out / "report.md").read_text()
+
+
+def test_usage_and_config_errors_come_before_any_call(tmp_path: Path, fixed_method: None) -> None:
+    repo = make_repo(tmp_path / "repo")
+    suite = repo / "evals" / "qa.yaml"
+    suite.write_text(re.sub(r', expected: "\d+"', "", suite.read_text().replace("[normalized]", "[judge]")))
+    script = Script(sequence_editor(GOOD))
+    with pytest.raises(ConfigError, match="needs an expected answer"):
+        run_job(repo, script, tmp_path / "out", methods=["fixed"])
+    with pytest.raises(UsageError, match="unknown optimization method"):
+        run_job(repo, script, tmp_path / "out", methods=["nope"])
+    with pytest.raises(ConfigError, match="unknown GRAD-SUM setting"):
+        run_job(repo, script, tmp_path / "out", methods=["gradsum"], optimize={"gradsum": {"beams": 2}})
+    assert sum(len(v) for v in script.asked.values()) == 0
+
+
+def test_branch_names_are_stable_valid_and_short() -> None:
+    assert branch_for(["qa", "math"]) == branch_for(["math", "qa"]) == "gradgate/tune-math-qa"
+    assert branch_for(["a..b"]) == "gradgate/tune-a-b"
+    long = branch_for([f"prompt-{i}" for i in range(20)])
+    assert len(long) < 80 and long != branch_for([f"prompt-{i}" for i in range(21)])
+
+
+@pytest.mark.slow
+def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
+    """GRAD-SUM end to end on the embedded 135M model (a weak rewriter: any outcome is fine, the run must be
+    complete, within budget and honest about what it found)."""
+    if os.environ.get("GRADGATE_SKIP_SLOW") == "1":
+        pytest.skip("GRADGATE_SKIP_SLOW=1")
+    repo = tmp_path / "repo"
+    make_repo(repo, n_items=6)
+    suite = repo / "evals" / "qa.yaml"
+    suite.write_text(
+        suite.read_text().replace("metrics: [normalized]", "metrics: [final_number]\nmax_tokens: 16")
+    )
+    config = parse_config(
+        {
+            "models": {"optimizer": {"model": "local/smollm2-135m-instruct", "max_tokens": 48}},
+            "budget": {"max_calls": 40, "max_seconds": 240},
+            "optimize": {
+                "gradsum": {
+                    "iterations": 2,
+                    "beam_width": 1,
+                    "candidates_per_prompt": 1,
+                    "train_batch": 3,
+                    "max_gradient_items": 2,
+                    "gradient_max_tokens": 48,
+                    "edit_max_tokens": 64,
+                }
+            },
+        },
+        "test",
+    )
+    session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
+    started = time.monotonic()
+    outcome = asyncio.run(
+        run_optimize_job(
+            session, methods=["gradsum"], out_dir=tmp_path / "out", seed=0, write=False, open_pr=False, env={}
+        )
+    )
+    assert outcome.exit_code == 0
+    [result] = outcome.results
+    assert session.budget.calls <= 40 and result.usage.calls > 5
+    assert result.candidates[0].id == "c0000" and result.candidates[0].dev_score is not None
+    assert len(result.candidates) >= 2  # the editor proposed something (scored or rejected)
+    assert result.decision and (result.improved or result.best_is_original or "test" in result.decision)
+    assert (tmp_path / "out" / "report.md").exists() and (
+        tmp_path / "out" / "qa" / "gradsum" / "trajectory.json"
+    ).exists()
+    assert time.monotonic() - started < 300
