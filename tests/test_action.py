@@ -219,3 +219,26 @@ def test_entrypoint_marks_the_workspace_safe_and_runs_the_cli(tmp_path: Path) ->
     assert proc.returncode == 2, output
     assert "missing.yaml" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"mode": "check", "config": "c.yaml", "working_directory": "sub", "prompts": "a,b", "base_ref": "main",
+         "head_ref": "HEAD", "task_model": "t", "judge_model": "j", "fail_on_regression": "false",
+         "comment": "false", "out": "o"},
+        {"mode": "optimize", "methods": "gradsum,gpo,greater", "budget_calls": "5", "budget_tokens": "100",
+         "budget_usd": "0.5", "budget_seconds": "60", "seed": "0", "optimizer_model": "o", "write": "true",
+         "open_pr": "true", "prompts": "a", "task_model": "t", "judge_model": "j", "out": "o"},
+    ],
+)
+def test_generated_command_lines_parse_with_the_real_cli(values: dict[str, str]) -> None:
+    cli = pytest.importorskip("gradgate.cli")
+    args = to_cli_args(parse(**values))
+    command = cli.main.commands.get(args[0])
+    if command is None:
+        pytest.skip(f"the CLI has no {args[0]} command yet")
+    # make_context parses and validates every option without running the command.
+    context = command.make_context(args[0], args[1:])
+    assert context.params["out_dir"] == "o"
+    assert context.params["prompt_ids"] == tuple(values["prompts"].split(","))
