@@ -44,15 +44,9 @@ Editor = Callable[[list[dict[str, str]]], str]
 def make_repo(root: Path, n_items: int = 24, body: str = ORIGINAL) -> Path:
     (root / "prompts").mkdir(parents=True, exist_ok=True)
     (root / "evals").mkdir(exist_ok=True)
-    (root / "prompts" / "qa.md").write_text(
-        "---\nid: qa\ndescription: Add one to a number.\nsuite: evals/qa.yaml\n---\n" + body
-    )
-    items = "\n".join(
-        f'  - {{id: q{i}, vars: {{question: "What is {i}+1?"}}, expected: "{i + 1}"}}' for i in range(n_items)
-    )
-    (root / "evals" / "qa.yaml").write_text(
-        f"description: Add one.\nmetrics: [normalized]\nitems:\n{items}\n"
-    )
+    (root / "prompts" / "qa.md").write_text("---\nid: qa\ndescription: Add one to a number.\nsuite: evals/qa.yaml\n---\n" + body)
+    items = "\n".join(f'  - {{id: q{i}, vars: {{question: "What is {i}+1?"}}, expected: "{i + 1}"}}' for i in range(n_items))
+    (root / "evals" / "qa.yaml").write_text(f"description: Add one.\nmetrics: [normalized]\nitems:\n{items}\n")
     return root
 
 
@@ -78,9 +72,7 @@ def default_optimizer(messages: list[dict[str, str]]) -> str:
 class Script:
     """Routes each request by model name; records what every role was asked."""
 
-    def __init__(
-        self, editor: Editor, optimizer: Callable[[list[dict[str, str]]], str] = default_optimizer
-    ) -> None:
+    def __init__(self, editor: Editor, optimizer: Callable[[list[dict[str, str]]], str] = default_optimizer) -> None:
         self.editor = editor
         self.optimizer = optimizer
         self.asked: dict[str, list[list[dict[str, str]]]] = {
@@ -139,9 +131,7 @@ def optimize(
 ) -> tuple[OptimizeResult, Session]:
     session = open_session(repo, script, **kw)
     target = discover(repo, session.config)[0]
-    result = asyncio.run(
-        run_optimization(session, target, "gradsum", out_dir=out, seed=seed, settings=settings)
-    )
+    result = asyncio.run(run_optimization(session, target, "gradsum", out_dir=out, seed=seed, settings=settings))
     return result, session
 
 

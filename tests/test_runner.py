@@ -28,9 +28,7 @@ SEARCH = {"iterations": 10, "beam_width": 1, "candidates_per_prompt": 2}
 
 def test_a_budget_stop_keeps_the_best_so_far_and_still_confirms_on_test(tmp_path: Path) -> None:
     script = Script(sequence_editor(HALF, GOOD))
-    result, session = optimize(
-        make_repo(tmp_path / "repo"), script, tmp_path / "out", SEARCH, budget={"max_calls": 60}
-    )
+    result, session = optimize(make_repo(tmp_path / "repo"), script, tmp_path / "out", SEARCH, budget={"max_calls": 60})
     assert session.budget.calls <= 60  # never exceeded, the confirmation included
     assert result.stopped_reason and "60 calls" in result.stopped_reason
     assert result.best.text.startswith("GOOD")
@@ -45,9 +43,7 @@ def test_no_limit_is_ever_exceeded(tmp_path: Path, limit: int) -> None:
     session = open_session(make_repo(tmp_path / "repo"), script, budget={"max_calls": limit})
     target = discover(session.repo, session.config)[0]
     try:
-        result = asyncio.run(
-            run_optimization(session, target, "gradsum", out_dir=tmp_path / "out", seed=0, settings=SEARCH)
-        )
+        result = asyncio.run(run_optimization(session, target, "gradsum", out_dir=tmp_path / "out", seed=0, settings=SEARCH))
     except Exception as exc:  # only "nothing could be scored" may end without a result
         assert "before the original prompt was scored" in str(exc)
     else:
@@ -73,9 +69,7 @@ def test_decision_needs_statistical_support_and_the_margin(tmp_path: Path) -> No
 def test_scale_scores_use_the_paired_bootstrap(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     suite = repo / "evals" / "qa.yaml"
-    suite.write_text(
-        suite.read_text().replace("metrics: [normalized]", "metrics: [judge]\njudge: {scale: 1-10}")
-    )
+    suite.write_text(suite.read_text().replace("metrics: [normalized]", "metrics: [judge]\njudge: {scale: 1-10}"))
     script = Script(sequence_editor(GOOD))
 
     def judge(messages: list[dict[str, str]]) -> str:
@@ -117,15 +111,9 @@ def test_scale_scores_use_the_paired_bootstrap(tmp_path: Path) -> None:
         )
     )
     assert result.test_used == "paired-bootstrap" and result.p_value is None
-    assert (
-        result.improved and result.difference is not None and result.difference.mean == pytest.approx(7 / 9)
-    )
+    assert result.improved and result.difference is not None and result.difference.mean == pytest.approx(7 / 9)
     # the judge's explanation reached the gradient request
-    assert any(
-        "Wrong number." in m[1]["content"]
-        for m in script.asked["optimizer"]
-        if m[0]["content"] == GRADIENT_SYSTEM
-    )
+    assert any("Wrong number." in m[1]["content"] for m in script.asked["optimizer"] if m[0]["content"] == GRADIENT_SYSTEM)
 
 
 class Fixed(Optimizer):
@@ -151,9 +139,7 @@ def fixed_method(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(optimizers, "registry", lambda: {"gradsum": GradSum, "fixed": Fixed})
 
 
-def run_job(
-    repo: Path, script: Script, out: Path, *, methods: list[str], env: dict[str, str] | None = None, **kw: Any
-) -> Any:
+def run_job(repo: Path, script: Script, out: Path, *, methods: list[str], env: dict[str, str] | None = None, **kw: Any) -> Any:
     session = open_session(repo, script, **{k: v for k, v in kw.items() if k in ("budget", "optimize")})
     return asyncio.run(
         run_optimize_job(
@@ -188,10 +174,7 @@ def test_the_job_writes_report_gradients_results_and_the_prompt(tmp_path: Path, 
     fixed = outcome.results[1]
     assert fixed.improved and outcome.written == ("prompts/qa.md",)
     after = (repo / "prompts" / "qa.md").read_text()
-    assert (
-        after.startswith(before.split("---\n", 2)[0] + "---\n")
-        and after.split("---\n", 2)[2] == fixed.best.text
-    )
+    assert after.startswith(before.split("---\n", 2)[0] + "---\n") and after.split("---\n", 2)[2] == fixed.best.text
     assert load_prompt(repo / "prompts" / "qa.md", repo).body == fixed.best.text
     report = (out / "report.md").read_text()
     assert "| qa | gradsum |" in report and "| qa | fixed |" in report and "Budget used" in report
@@ -247,9 +230,7 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     make_repo(repo, n_items=6)
     suite = repo / "evals" / "qa.yaml"
-    suite.write_text(
-        suite.read_text().replace("metrics: [normalized]", "metrics: [final_number]\nmax_tokens: 16")
-    )
+    suite.write_text(suite.read_text().replace("metrics: [normalized]", "metrics: [final_number]\nmax_tokens: 16"))
     config = parse_config(
         {
             "models": {"optimizer": {"model": "local/smollm2-135m-instruct", "max_tokens": 48}},
@@ -271,9 +252,7 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
     started = time.monotonic()
     outcome = asyncio.run(
-        run_optimize_job(
-            session, methods=["gradsum"], out_dir=tmp_path / "out", seed=0, write=False, open_pr=False, env={}
-        )
+        run_optimize_job(session, methods=["gradsum"], out_dir=tmp_path / "out", seed=0, write=False, open_pr=False, env={})
     )
     assert outcome.exit_code == 0
     [result] = outcome.results
@@ -281,7 +260,5 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     assert result.candidates[0].id == "c0000" and result.candidates[0].dev_score is not None
     assert len(result.candidates) >= 2  # the editor proposed something (scored or rejected)
     assert result.decision and (result.improved or result.best_is_original or "test" in result.decision)
-    assert (tmp_path / "out" / "report.md").exists() and (
-        tmp_path / "out" / "qa" / "gradsum" / "trajectory.json"
-    ).exists()
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "qa" / "gradsum" / "trajectory.json").exists()
     assert time.monotonic() - started < 300

@@ -56,9 +56,7 @@ def remote_sha(remote: Path, branch: str = BRANCH) -> str | None:
     return out.split()[0] if out else None
 
 
-def tune(
-    work: Path, editor_reply: str, out: Path, fake: FakeGitHub, remote: Path, **kw: Any
-) -> OptimizeJobOutcome:
+def tune(work: Path, editor_reply: str, out: Path, fake: FakeGitHub, remote: Path, **kw: Any) -> OptimizeJobOutcome:
     fake.branch_exists = lambda ref: remote_sha(remote, ref) is not None  # type: ignore[method-assign]
     env = {
         "GITHUB_TOKEN": "ghs_secret_token_123",
@@ -69,9 +67,7 @@ def tune(
     }
     session = open_session(work, Script(sequence_editor(editor_reply)), optimize=SETTINGS)
     return asyncio.run(
-        run_optimize_job(
-            session, methods=["gradsum"], out_dir=out, seed=0, write=False, open_pr=True, env=env, **kw
-        )
+        run_optimize_job(session, methods=["gradsum"], out_dir=out, seed=0, write=False, open_pr=True, env=env, **kw)
     )
 
 

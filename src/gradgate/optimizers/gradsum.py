@@ -79,9 +79,7 @@ class GradSumSettings:
                     raise ConfigError(f"{name} must be a number ≥ 0", where=f"optimize.gradsum.{name}")
                 value = float(value)
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"{name} must be a whole number ≥ 1, not {value!r}", where=f"optimize.gradsum.{name}"
-                )
+                raise ConfigError(f"{name} must be a whole number ≥ 1, not {value!r}", where=f"optimize.gradsum.{name}")
             values[name] = value
         return cls(**values)
 
@@ -142,19 +140,13 @@ class GradSum(Optimizer):
         cfg = self.config
         evaluation = await ctx.score_text(parent.text, batch)
         if not evaluation.complete:
-            raise BudgetExhausted(
-                f"budget exhausted while generating on the train batch: {evaluation.stopped_reason}"
-            )
+            raise BudgetExhausted(f"budget exhausted while generating on the train batch: {evaluation.stopped_reason}")
         failures = [r for r in evaluation.scored if not r.passed][: cfg.max_gradient_items]
         if not failures:
-            log.info(
-                "gradsum: %s passes every train item of iteration %d; no gradient", parent.id, iteration + 1
-            )
+            log.info("gradsum: %s passes every train item of iteration %d; no gradient", parent.id, iteration + 1)
             return []
         # Wait for every request before raising, so no call is left running after a budget stop.
-        replies = await asyncio.gather(
-            *(self._gradient(ctx, parent.text, r) for r in failures), return_exceptions=True
-        )
+        replies = await asyncio.gather(*(self._gradient(ctx, parent.text, r) for r in failures), return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -170,15 +162,11 @@ class GradSum(Optimizer):
             feedback = feedback_list(per_item)
         # Recorded before the candidates so gradients.md has it even if the budget stops the edits.
         shown = summary if summary else ("(summarization off)" if not cfg.summarize else "(empty summary)")
-        ctx.trajectory.add_gradient(
-            GradientNote(step=iteration, parent=parent.id, summary=shown, per_item=tuple(per_item))
-        )
+        ctx.trajectory.add_gradient(GradientNote(step=iteration, parent=parent.id, summary=shown, per_item=tuple(per_item)))
         note_index = len(ctx.trajectory.gradients) - 1
         children: list[Candidate] = []
         for k in range(cfg.candidates_per_prompt):
-            for text in await self._edit(
-                ctx, parent.text, feedback, sample=iteration * cfg.candidates_per_prompt + k
-            ):
+            for text in await self._edit(ctx, parent.text, feedback, sample=iteration * cfg.candidates_per_prompt + k):
                 child = await self._score_child(ctx, text, parent, iteration, dev_items, note_index)
                 if child is not None:
                     children.append(child)
@@ -210,9 +198,7 @@ class GradSum(Optimizer):
             note=f"gradient {note_index}",
         )
 
-    def _select(
-        self, ctx: OptimizeContext, beam: list[Candidate], children: list[Candidate]
-    ) -> list[Candidate]:
+    def _select(self, ctx: OptimizeContext, beam: list[Candidate], children: list[Candidate]) -> list[Candidate]:
         """Best `beam_width` distinct prompts by dev score; ties keep the earlier candidate."""
         order = {c.id: i for i, c in enumerate(ctx.trajectory.candidates)}
         pool: dict[str, Candidate] = {}
@@ -229,9 +215,7 @@ class GradSum(Optimizer):
             or "; ".join(f"{m.name}: {m.reason}" for m in result.metrics if m.score < 1.0)
             or NO_EXPLANATION
         )
-        expected = (
-            TEMPLATES["expected"][0].format(expected=result.expected) if result.expected is not None else ""
-        )
+        expected = TEMPLATES["expected"][0].format(expected=result.expected) if result.expected is not None else ""
         rendered = ctx.target.prompt.with_body(prompt).render(result.vars)
         messages = build_messages(
             "gradient",
@@ -270,6 +254,7 @@ class GradSum(Optimizer):
             "editor",
             messages,
             temperature=self.config.editor_temperature,
+            seed=ctx.seed,
             max_tokens=self.config.edit_max_tokens,
             sample=sample,
         )

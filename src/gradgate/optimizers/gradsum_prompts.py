@@ -123,9 +123,7 @@ def feedback_list(texts: list[str]) -> str:
     return "\n".join(FEEDBACK_ITEM.format(text=" ".join(t.split())) for t in texts)
 
 
-_TAGGED = re.compile(
-    r"<\s*prompt\s*>(.*?)(?:<\s*/\s*prompt\s*>|(?=<\s*prompt\s*>)|\Z)", re.IGNORECASE | re.DOTALL
-)
+_TAGGED = re.compile(r"<\s*prompt\s*>(.*?)(?:<\s*/\s*prompt\s*>|(?=<\s*prompt\s*>)|\Z)", re.IGNORECASE | re.DOTALL)
 _FENCE = re.compile(r"\A```[A-Za-z0-9_-]*\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
 _PREAMBLE = re.compile(
     r"\A\s*(?:here(?:'s| is) (?:the |an |your )?(?:new |improved |revised )?prompt[^\n]*:\s*\n)",

@@ -111,16 +111,34 @@ class OptimizeJobOutcome:
 
 
 class _RecordingScorer(Scorer):
-    """The session's scorer, remembering each evaluation so intervals need no second scoring."""
+    """The session's scorer, remembering per-item scores (in `scores.json`, so a resumed run has
+    them too) so the report's dev intervals need no second scoring."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, path: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.seen: dict[tuple[str, tuple[str, ...]], PromptEval] = {}
+        self.path = path
+        self.seen: dict[str, list[float]] = {}
+
+    @staticmethod
+    def key(prompt_hash: str, items: Sequence[Item]) -> str:
+        ids = hashlib.sha256("\x00".join(i.id for i in items).encode()).hexdigest()[:16]
+        return f"{prompt_hash}:{ids}"
+
+    def load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.seen = {str(k): [float(x) for x in v] for k, v in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            log.warning("ignoring unreadable %s", self.path)
 
     async def score(self, prompt: Any, items: Sequence[Item], **kwargs: Any) -> PromptEval:
         evaluation = await super().score(prompt, items, **kwargs)
         if evaluation.complete and kwargs.get("sample", 0) == 0:
-            self.seen[(evaluation.prompt_hash, tuple(i.id for i in items))] = evaluation
+            self.seen[self.key(evaluation.prompt_hash, items)] = [i.score for i in evaluation.items]
+            if self.path is not None:
+                atomic_write_text(self.path, json.dumps(self.seen) + "\n")
         return evaluation
 
 
@@ -151,21 +169,17 @@ def fingerprint(target: Target, method: str, seed: int, settings: dict[str, Any]
         "seed": seed,
         "settings": settings,
         "split": session.config.optimize.split.model_dump(),
-        "models": {
-            r: session.config.models.for_role(r).model for r in ("task", "judge", "optimizer", "editor")
-        },
+        "models": {r: session.config.models.for_role(r).model for r in ("task", "judge", "optimizer", "editor")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _interval(
-    evaluation: PromptEval | None, *, confidence: float, resamples: int, seed: int
-) -> Interval | None:
-    if evaluation is None or not evaluation.scored:
+def _interval(scores: Sequence[float] | PromptEval | None, *, confidence: float, resamples: int, seed: int) -> Interval | None:
+    if isinstance(scores, PromptEval):
+        scores = [i.score for i in scores.scored]
+    if not scores:
         return None
-    return mean_interval(
-        [i.score for i in evaluation.scored], confidence=confidence, resamples=resamples, seed=seed
-    )
+    return mean_interval(scores, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def _tightened(limits: BudgetConfig, budget: Any, *, tokens: int, usd: float, seconds: float) -> BudgetConfig:
@@ -216,9 +230,11 @@ async def run_optimization(
             where=target.suite.rel_path,
             hint="add items: at least 3, better 30 or more",
         )
-    scorer = _RecordingScorer(session.gateway, config, target)
     run_dir = out_dir / target.prompt.id / method
+    scorer = _RecordingScorer(session.gateway, config, target, path=run_dir / "scores.json")
     state = RunState.load(run_dir / "state.json", fingerprint(target, method, seed, settings, session))
+    if state.resumed:
+        scorer.load()
     trajectory = (
         Trajectory.load(run_dir / "trajectory.json", method, target.prompt.id)
         if state.resumed
@@ -235,6 +251,7 @@ async def run_optimization(
     else:
         trajectory.save()
         state.save({})
+        atomic_write_text(run_dir / "scores.json", "{}\n")  # scores of another run's models are stale
     ctx = OptimizeContext(
         target=target,
         scorer=scorer,
@@ -263,7 +280,7 @@ async def run_optimization(
             except BudgetExhausted as exc:
                 raise BudgetExhausted(
                     f"{target.prompt.id}/{method}: the budget ran out before the original prompt "
-                    f"was scored on dev ({exc.message})",
+                    f"was scored on dev ({exc.message}; {confirm_calls} calls are kept for the test confirmation)",
                     hint=exc.hint,
                 ) from None
         scale = CONFIRM_COST_FACTOR * 2 * len(splits.test) / max(1, len(splits.dev))
@@ -336,13 +353,13 @@ async def _confirm(
     prompt = ctx.target.prompt
     dev_ids = tuple(i.id for i in ctx.splits.dev)
 
-    async def on(text: str, items: Sequence[Item], *, rescore: bool) -> PromptEval | None:
+    async def on(text: str, items: Sequence[Item], *, rescore: bool) -> list[float] | None:
         body = prompt.with_body(text)
-        found = scorer.seen.get((body.content_hash(), tuple(i.id for i in items)))
+        found = scorer.seen.get(scorer.key(body.content_hash(), items))
         if found is not None or not rescore:
             return found
         evaluation = await scorer.score(body, items)
-        return evaluation if evaluation.complete else None
+        return [i.score for i in evaluation.items] if evaluation.complete else None
 
     same = best.text == original.text
     out: dict[str, Any] = {
@@ -373,9 +390,7 @@ async def _confirm(
     if test_original is None or test_best is None or not test_original.complete or not test_best.complete:
         stops = [e.stopped_reason for e in (test_original, test_best) if e is not None and e.stopped_reason]
         reason = stops[0] if stops else "the budget refused the calls"
-        out["decision"] = (
-            f"the test confirmation could not finish ({reason}); {best.id} is not proposed without it"
-        )
+        out["decision"] = f"the test confirmation could not finish ({reason}); {best.id} is not proposed without it"
         out["improved"] = False
         return out
     base = test_original.scores_by_id()
@@ -401,9 +416,7 @@ async def _confirm(
     if out["improved"]:
         out["decision"] = f"{best.id} beats the original: {delta}; {support_text}"
     elif not beats:
-        out["decision"] = (
-            f"{best.id} does not beat the original by more than the margin {opt.margin:g}: {delta}"
-        )
+        out["decision"] = f"{best.id} does not beat the original by more than the margin {opt.margin:g}: {delta}"
     else:
         out["decision"] = f"{best.id} looks better but without statistical support: {delta}; {support_text}"
     return out
@@ -413,10 +426,10 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-async def _safe(awaitable: Any) -> PromptEval | None:
+async def _safe(awaitable: Any) -> Any:
     """An evaluation, or None when the budget refuses it outright."""
     try:
-        result: PromptEval | None = await awaitable
+        result = await awaitable
     except BudgetExhausted:
         return None
     return result
@@ -494,11 +507,7 @@ async def run_optimize_job(
             after = len(runs) - index - 1
             reserve = left * after // (after + 1)
         try:
-            results.append(
-                await run_optimization(
-                    session, target, method, out_dir=out_dir, seed=seed, reserve_calls=reserve
-                )
-            )
+            results.append(await run_optimization(session, target, method, out_dir=out_dir, seed=seed, reserve_calls=reserve))
         except BudgetExhausted as exc:
             failures.append(f"{target.prompt.id}/{method}: {exc.message}")
             log.warning("%s", failures[-1])
@@ -529,41 +538,31 @@ async def run_optimize_job(
         message = "improved: " + ", ".join(f"{pid} ({r.method})" for pid, r in chosen.items())
         if write:
             message += f"; wrote {', '.join(written)}"
-    if open_pr and chosen:
-        publish = _open_pr(
-            session, targets, chosen, results, methods, env=env, write=write, base_branch=base_branch
+        elif not open_pr:
+            message += "; rerun with --write to apply it, or --open-pr to propose it in a pull request"
+
+    def artifacts(message: str, pr_number: int | None = None, pr_url: str | None = None) -> tuple[Path, str]:
+        snapshot = session.budget.snapshot()
+        markdown = tune_report.report_markdown(results, budget=snapshot, failures=failures, message=message)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "report.md", markdown)
+        atomic_write_text(out_dir / "gradients.md", tune_report.gradients_markdown(results))
+        data = tune_report.result_json(
+            results, budget=snapshot, message=message, pr_number=pr_number, pr_url=pr_url, failures=failures
         )
+        atomic_write_text(out_dir / "result.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        return out_dir / "report.md", markdown
+
+    # Written before the pull request too, so a refused push still leaves the report behind.
+    report_path, markdown = artifacts(message)
+    if open_pr and chosen:
+        publish = _open_pr(session, targets, chosen, results, methods, env=env, write=write, base_branch=base_branch)
         pr_number, pr_url = publish.pr_number, publish.pr_url
         message += f"; {publish.message}"
+        report_path, markdown = artifacts(message, pr_number, pr_url)
     elif open_pr:
-        message += (
-            "; --open-pr: nothing better than the current prompts, so no pull request was opened or updated"
-        )
-
-    markdown = tune_report.report_markdown(
-        results, budget=session.budget.snapshot(), failures=failures, message=message
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / "report.md"
-    atomic_write_text(report_path, markdown)
-    atomic_write_text(out_dir / "gradients.md", tune_report.gradients_markdown(results))
-    atomic_write_text(
-        out_dir / "result.json",
-        json.dumps(
-            tune_report.result_json(
-                results,
-                budget=session.budget.snapshot(),
-                message=message,
-                pr_number=pr_number,
-                pr_url=pr_url,
-                failures=failures,
-            ),
-            indent=2,
-            ensure_ascii=False,
-            default=str,
-        )
-        + "\n",
-    )
+        message += "; --open-pr: nothing better than the current prompts, so no pull request was opened or updated"
+        report_path, markdown = artifacts(message)
     actions.set_output("pr-number", str(pr_number or ""), env=env)
     actions.set_output("pr-url", pr_url or "", env=env)
     actions.set_output("report-path", str(report_path), env=env)
@@ -610,9 +609,7 @@ def _open_pr(
         ids = [t.prompt.id for t in targets]
         used_methods = ", ".join(sorted({r.method for r in chosen.values()}))
         body = truncate_body(
-            tune_report.pr_body(
-                list(chosen.values()), results, budget=session.budget.snapshot(), methods=methods
-            )
+            tune_report.pr_body(list(chosen.values()), results, budget=session.budget.snapshot(), methods=methods)
         )
         return publish_tuning_pr(
             session.repo,

@@ -101,9 +101,7 @@ def _decisions(results: Sequence[OptimizeResult]) -> list[str]:
     return out
 
 
-def report_markdown(
-    results: Sequence[OptimizeResult], *, budget: dict[str, Any], failures: Sequence[str], message: str
-) -> str:
+def report_markdown(results: Sequence[OptimizeResult], *, budget: dict[str, Any], failures: Sequence[str], message: str) -> str:
     lines = ["# gradgate optimize", ""]
     if results:
         lines += [score_table(results), "", *_decisions(results), ""]
@@ -156,9 +154,7 @@ def _child(candidate: Any, candidate_id: str) -> str:
         return candidate_id
     if candidate.rejected:
         return f"{candidate_id} (rejected: {candidate.rejected})"
-    return (
-        f"{candidate_id} (dev {candidate.dev_score:.3f})" if candidate.dev_score is not None else candidate_id
-    )
+    return f"{candidate_id} (dev {candidate.dev_score:.3f})" if candidate.dev_score is not None else candidate_id
 
 
 def pr_body(
