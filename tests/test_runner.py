@@ -262,3 +262,17 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     assert result.decision and (result.improved or result.best_is_original or "test" in result.decision)
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "qa" / "gradsum" / "trajectory.json").exists()
     assert time.monotonic() - started < 300
+
+
+def test_a_job_whose_search_the_budget_stopped_still_exits_0_and_says_so(tmp_path: Path) -> None:
+    outcome = run_job(
+        make_repo(tmp_path / "repo"),
+        Script(sequence_editor(HALF, GOOD)),
+        tmp_path / "out",
+        methods=["gradsum"],
+        budget={"max_calls": 60},
+        optimize={"gradsum": SEARCH},
+    )
+    assert outcome.exit_code == 0 and outcome.results[0].improved
+    assert "ended the search of qa/gradsum early" in outcome.message
+    assert "The search stopped early" in (tmp_path / "out" / "report.md").read_text()

@@ -541,6 +541,10 @@ async def run_optimize_job(
         elif not open_pr:
             message += "; rerun with --write to apply it, or --open-pr to propose it in a pull request"
 
+    stopped = [f"{r.prompt_id}/{r.method}" for r in results if r.stopped_reason]
+    if stopped:
+        message += f"; the budget ended the search of {', '.join(stopped)} early (the best candidate so far was used)"
+
     def artifacts(message: str, pr_number: int | None = None, pr_url: str | None = None) -> tuple[Path, str]:
         snapshot = session.budget.snapshot()
         markdown = tune_report.report_markdown(results, budget=snapshot, failures=failures, message=message)
