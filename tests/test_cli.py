@@ -22,8 +22,13 @@ def gradgate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def test_the_console_script_runs(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "gradgate", "eval", "--repo", str(tmp_path)], capture_output=True,
-                            text=True, env=os.environ.copy(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "gradgate", "eval", "--repo", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+    )
     assert_clean_failure(result, 2, "no prompt files")
 
 
@@ -40,20 +45,29 @@ def test_schema_prints_valid_json() -> None:
     assert json.loads(result.stdout)["title"] == "gradgate.yaml"
 
 
-@pytest.mark.parametrize(("files", "args", "needles"), [
-    ({"gradgate.yaml": "models: [1, 2\n"}, [], ["gradgate.yaml", "not valid YAML"]),
-    ({"gradgate.yaml": "budjet: {}\n"}, [], ["budjet", "hint"]),
-    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {other: 1}}]"}, [], ["name", "have no value"]),
-    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "metrics: [bleu]\nitems: [{vars: {name: x}}]"}, [], ["unknown metric"]),
-    ({"prompts/a.md": "Hi {{name}}", "evals/a.jsonl": "{oops\n"}, [], ["evals/a.jsonl", "line 1"]),
-    ({"prompts/a.md": "---\nsuite: ../../etc/passwd\n---\nHi"}, [], ["outside the repository"]),
-    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
-     ["--model", "nonexistent-provider-model"], ["unknown model"]),
-    ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
-     ["--model", "local/not-embedded"], ["unknown embedded model", "local/smollm2-135m-instruct"]),
-    ({}, ["--config", "missing.yaml"], ["does not exist"]),
-    ({}, [], ["no prompt files"]),
-])
+@pytest.mark.parametrize(
+    ("files", "args", "needles"),
+    [
+        ({"gradgate.yaml": "models: [1, 2\n"}, [], ["gradgate.yaml", "not valid YAML"]),
+        ({"gradgate.yaml": "budjet: {}\n"}, [], ["budjet", "hint"]),
+        ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {other: 1}}]"}, [], ["name", "have no value"]),
+        ({"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "metrics: [bleu]\nitems: [{vars: {name: x}}]"}, [], ["unknown metric"]),
+        ({"prompts/a.md": "Hi {{name}}", "evals/a.jsonl": "{oops\n"}, [], ["evals/a.jsonl", "line 1"]),
+        ({"prompts/a.md": "---\nsuite: ../../etc/passwd\n---\nHi"}, [], ["outside the repository"]),
+        (
+            {"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
+            ["--model", "nonexistent-provider-model"],
+            ["unknown model"],
+        ),
+        (
+            {"prompts/a.md": "Hi {{name}}", "evals/a.yaml": "items: [{vars: {name: x}, expected: x}]"},
+            ["--model", "local/not-embedded"],
+            ["unknown embedded model", "local/smollm2-135m-instruct"],
+        ),
+        ({}, ["--config", "missing.yaml"], ["does not exist"]),
+        ({}, [], ["no prompt files"]),
+    ],
+)
 def test_bad_input_exits_2_with_a_message(tmp_path: Path, files: dict[str, str], args: list[str], needles: list[str]) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,9 @@ def test_model_strings_coerce_to_specs() -> None:
     assert config.models.for_role("editor") == config.models.optimizer
 
 
-PROMPT = "---\r\nid: greet\r\n# a comment kept byte for byte\r\ndescription: Say hello.\r\n---\r\nHello {{name}}!\r\nBe brief.\r\n"
+PROMPT = (
+    "---\r\nid: greet\r\n# a comment kept byte for byte\r\ndescription: Say hello.\r\n---\r\nHello {{name}}!\r\nBe brief.\r\n"
+)
 
 
 def test_prompt_front_matter_and_variables(tmp_path: Path) -> None:
@@ -114,24 +116,34 @@ def test_suite_formats_agree(tmp_path: Path) -> None:
     assert yaml_suite.items == jsonl_suite.items == csv_suite.items
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("bad.jsonl", '{"q": 1}\n{not json}\n', "line 2 is not valid JSON"),
-    ("bad.csv", "q,expected\n1,2,3\n", "different number of fields"),
-    ("bad.yaml", "items: [\n", "not valid YAML"),
-    ("empty.yaml", "items: []\n", "no rows"),
-    ("unknown.yaml", "itemz: []\n", "itemz"),
-    ("bad.txt", "x", "unsupported suite format"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.jsonl", '{"q": 1}\n{not json}\n', "line 2 is not valid JSON"),
+        ("bad.csv", "q,expected\n1,2,3\n", "different number of fields"),
+        ("bad.yaml", "items: [\n", "not valid YAML"),
+        ("empty.yaml", "items: []\n", "no rows"),
+        ("unknown.yaml", "itemz: []\n", "itemz"),
+        ("bad.txt", "x", "unsupported suite format"),
+    ],
+)
 def test_malformed_suites_get_clear_messages(tmp_path: Path, name: str, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_suite(write(tmp_path / name, text), tmp_path)
 
 
 def test_dataset_suite_from_a_local_jsonl(tmp_path: Path) -> None:
-    write(tmp_path / "data" / "gsm.jsonl", '{"question": "2+2?", "answer": "think... #### 4"}\n'
-                                          '{"question": "3+3?", "answer": "so #### 6"}\n')
-    suite = load_suite(write(tmp_path / "s.yaml", "dataset:\n  path: data/gsm.jsonl\n  vars: {q: question}\n"
-                                                  "  expected: answer\n  expected_after: '####'\n"), tmp_path)
+    write(
+        tmp_path / "data" / "gsm.jsonl",
+        '{"question": "2+2?", "answer": "think... #### 4"}\n{"question": "3+3?", "answer": "so #### 6"}\n',
+    )
+    suite = load_suite(
+        write(
+            tmp_path / "s.yaml",
+            "dataset:\n  path: data/gsm.jsonl\n  vars: {q: question}\n  expected: answer\n  expected_after: '####'\n",
+        ),
+        tmp_path,
+    )
     assert [i.expected for i in suite.items] == ["4", "6"]
     assert suite.items[0].vars == {"q": "2+2?"}
 
@@ -160,5 +172,5 @@ def test_discovery_of_the_examples(examples_copy: Path) -> None:
 
 def test_prompt_without_a_suite_gets_a_hint(tmp_path: Path) -> None:
     write(tmp_path / "prompts" / "lonely.md", "Hi {{x}}")
-    with pytest.raises(ConfigError, match="evals/lonely.yaml"):
+    with pytest.raises(ConfigError, match=r"evals/lonely\.yaml"):
         discover(tmp_path, Config())

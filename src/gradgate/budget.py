@@ -98,7 +98,9 @@ class BudgetTracker:
     # -- the only place that says stop --------------------------------------------------------
     def _refuse(self, reason: str) -> BudgetExhausted:
         self.stopped_reason = self.stopped_reason or reason
-        return BudgetExhausted(f"budget exhausted: {reason}", hint="raise the budget (gradgate.yaml `budget:` or --budget-*) or narrow the run")
+        return BudgetExhausted(
+            f"budget exhausted: {reason}", hint="raise the budget (gradgate.yaml `budget:` or --budget-*) or narrow the run"
+        )
 
     def _check_locked(self, calls: int, tokens: int, usd: float) -> None:
         lim = self.limits
@@ -133,8 +135,16 @@ class BudgetTracker:
             self._reserved_usd += usd
             return Reservation(tokens=tokens, usd=usd)
 
-    def settle(self, reservation: Reservation, role: str, *, prompt_tokens: int, completion_tokens: int,
-               cost_usd: float, retried: bool = False) -> None:
+    def settle(
+        self,
+        reservation: Reservation,
+        role: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        retried: bool = False,
+    ) -> None:
         """Replace a reservation by what the call really used."""
         with self._lock:
             if not reservation.settled:
@@ -149,8 +159,9 @@ class BudgetTracker:
             usage.completion_tokens += completion_tokens
             usage.cost_usd += cost_usd
 
-    def charge(self, role: str, calls: int = 1, prompt_tokens: int = 0, completion_tokens: int = 0,
-               cost_usd: float = 0.0) -> None:
+    def charge(
+        self, role: str, calls: int = 1, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0
+    ) -> None:
         """Record work done outside the gateway (GReaTer's forward passes)."""
         with self._lock:
             usage = self.usage.setdefault(role, RoleUsage())
@@ -176,9 +187,18 @@ class BudgetTracker:
             }
 
 
-def resolve_budget(base: BudgetConfig, *, calls: int | None = None, tokens: int | None = None,
-                   usd: float | None = None, seconds: float | None = None) -> BudgetConfig:
+def resolve_budget(
+    base: BudgetConfig,
+    *,
+    calls: int | None = None,
+    tokens: int | None = None,
+    usd: float | None = None,
+    seconds: float | None = None,
+) -> BudgetConfig:
     """Command-line settings override the config's, key by key."""
-    update = {k: v for k, v in (("max_calls", calls), ("max_tokens", tokens), ("max_usd", usd), ("max_seconds", seconds))
-              if v is not None}
+    update = {
+        k: v
+        for k, v in (("max_calls", calls), ("max_tokens", tokens), ("max_usd", usd), ("max_seconds", seconds))
+        if v is not None
+    }
     return base.model_copy(update=update)

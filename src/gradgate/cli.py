@@ -48,8 +48,10 @@ def _run(job: Callable[[], T]) -> T:
         sys.exit(130)
     except Exception as exc:  # a bug: say so briefly, full traceback only with -vv
         log.debug("internal error", exc_info=True)
-        stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {redact(str(exc))}\n"
-                     "  hint: rerun with -vv for the traceback and report it")
+        stderr.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {redact(str(exc))}\n"
+            "  hint: rerun with -vv for the traceback and report it"
+        )
         sys.exit(EXIT_INFRA)
 
 
@@ -68,8 +70,15 @@ def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=stderr, transient=False, disable=not stderr.is_terminal and not os.environ.get("GRADGATE_PROGRESS"))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+        disable=not stderr.is_terminal and not os.environ.get("GRADGATE_PROGRESS"),
+    )
 
 
 repo_option = click.option("--repo", "repo_path", default=".", show_default=True, help="Repository root.")
@@ -96,8 +105,15 @@ def main(verbose: int) -> None:
 @judge_option
 @click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for results.json and report.md.")
 @click.option("--no-cache", is_flag=True, help="Ignore and do not write the response cache.")
-def eval_command(repo_path: str, config_path: str | None, prompt_ids: tuple[str, ...], model: str | None,
-                 judge_model: str | None, out_dir: str, no_cache: bool) -> None:
+def eval_command(
+    repo_path: str,
+    config_path: str | None,
+    prompt_ids: tuple[str, ...],
+    model: str | None,
+    judge_model: str | None,
+    out_dir: str,
+    no_cache: bool,
+) -> None:
     """Score every prompt on its eval suite."""
     from gradgate.jobs import Session, run_eval
     from gradgate.report import print_table
@@ -112,13 +128,165 @@ def eval_command(repo_path: str, config_path: str | None, prompt_ids: tuple[str,
             def on_start(prompt_id: str, total: int) -> None:
                 tasks["current"] = progress.add_task(prompt_id, total=total)
 
-            outcome = asyncio.run(run_eval(session, prompt_ids=prompt_ids, out_dir=Path(out_dir), on_start=on_start,
-                                           on_item=lambda _: progress.advance(tasks["current"])))
+            outcome = asyncio.run(
+                run_eval(
+                    session,
+                    prompt_ids=prompt_ids,
+                    out_dir=Path(out_dir),
+                    on_start=on_start,
+                    on_item=lambda _: progress.advance(tasks["current"]),
+                )
+            )
         print_table(outcome.results, Console())
         click.echo(f"wrote {outcome.results_path} and {outcome.report_path}")
         if not outcome.complete:
             stderr.print("[yellow]the budget ran out: the results above are partial[/]")
             return EXIT_INFRA
+        return EXIT_OK
+
+    sys.exit(_run(job))
+
+
+@main.command("check")
+@click.option("--base", "base_ref", required=True, help="Git ref of the base (e.g. origin/main or the PR base SHA).")
+@click.option("--head", "head_ref", default=None, help="Git ref of the head (default: the working tree).")
+@repo_option
+@config_option
+@prompt_option
+@model_option
+@judge_option
+@click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for report.md and check.json.")
+@click.option(
+    "--fail-on-regression/--no-fail-on-regression", default=True, show_default=True, help="Exit 1 when a prompt regressed."
+)
+@click.option(
+    "--comment/--no-comment",
+    default=True,
+    show_default=True,
+    help="Post or update the sticky pull-request comment (needs GITHUB_TOKEN).",
+)
+def check_command(
+    base_ref: str,
+    head_ref: str | None,
+    repo_path: str,
+    config_path: str | None,
+    prompt_ids: tuple[str, ...],
+    model: str | None,
+    judge_model: str | None,
+    out_dir: str,
+    fail_on_regression: bool,
+    comment: bool,
+) -> None:
+    """Gate a change: score base and head of every changed prompt on the same items and compare."""
+    from gradgate.gate import run_check
+
+    def job() -> int:
+        outcome = run_check(
+            repo=_repo(repo_path),
+            base_ref=base_ref,
+            head_ref=head_ref,
+            config_path=Path(config_path) if config_path else None,
+            prompt_ids=prompt_ids,
+            model=model,
+            judge_model=judge_model,
+            out_dir=Path(out_dir),
+            env=dict(os.environ),
+            comment=comment,
+            fail_on_regression=fail_on_regression,
+        )
+        click.echo(outcome.markdown)
+        if outcome.error:
+            stderr.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
+        return outcome.exit_code
+
+    sys.exit(_run(job))
+
+
+@main.command("optimize")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["gradsum", "gpo", "greater"]),
+    default=("gradsum",),
+    show_default=True,
+    help="Optimizer (repeatable).",
+)
+@repo_option
+@config_option
+@prompt_option
+@model_option
+@judge_option
+@click.option("--optimizer-model", default=None, help="Model that writes gradients and candidates.")
+@click.option("--budget-calls", type=click.IntRange(min=0), default=None, help="Hard limit on LLM calls.")
+@click.option("--budget-tokens", type=click.IntRange(min=0), default=None, help="Hard limit on tokens.")
+@click.option("--budget-usd", type=click.FloatRange(min=0), default=None, help="Hard limit on cost in USD.")
+@click.option("--budget-seconds", type=click.FloatRange(min=0), default=None, help="Hard limit on wall time.")
+@click.option("--seed", type=int, default=None, help="Seed for splits and sampling (default: gradgate.yaml).")
+@click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for the artifacts.")
+@click.option("--write", is_flag=True, help="Write the best prompt back into its file (front matter kept).")
+@click.option("--open-pr", is_flag=True, help="Commit to gradgate/tune-<ids>, push and open or update one pull request.")
+def optimize_command(
+    methods: tuple[str, ...],
+    repo_path: str,
+    config_path: str | None,
+    prompt_ids: tuple[str, ...],
+    model: str | None,
+    judge_model: str | None,
+    optimizer_model: str | None,
+    budget_calls: int | None,
+    budget_tokens: int | None,
+    budget_usd: float | None,
+    budget_seconds: float | None,
+    seed: int | None,
+    out_dir: str,
+    write: bool,
+    open_pr: bool,
+) -> None:
+    """Optimize prompts within a hard budget; confirm on held-out items; optionally write back and open a PR."""
+    from gradgate.budget import resolve_budget
+    from gradgate.jobs import Session
+    from gradgate.optimizers.runner import run_optimize_job
+
+    def job() -> int:
+        repo = _repo(repo_path)
+        config = _load(repo, config_path, task=model, judge=judge_model, optimizer=optimizer_model)
+        config = config.model_copy(
+            update={
+                "budget": resolve_budget(
+                    config.budget, calls=budget_calls, tokens=budget_tokens, usd=budget_usd, seconds=budget_seconds
+                )
+            }
+        )
+        session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
+        outcome = asyncio.run(
+            run_optimize_job(
+                session,
+                prompt_ids=prompt_ids,
+                methods=list(dict.fromkeys(methods)),
+                out_dir=Path(out_dir),
+                seed=config.optimize.seed if seed is None else seed,
+                write=write,
+                open_pr=open_pr,
+                env=dict(os.environ),
+            )
+        )
+        click.echo(outcome.markdown)
+        click.echo(outcome.message)
+        return outcome.exit_code
+
+    sys.exit(_run(job))
+
+
+@main.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def init_command(directory: str) -> None:
+    """Scaffold gradgate.yaml, an example prompt and suite, and a workflow; never overwrites."""
+    from gradgate.scaffold import init_repository
+
+    def job() -> int:
+        for path in init_repository(Path(directory)):
+            click.echo(f"created {path}")
         return EXIT_OK
 
     sys.exit(_run(job))

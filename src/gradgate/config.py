@@ -34,7 +34,9 @@ class ModelSpec(_Strict):
 
     model: str = Field(DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini or local/smollm2-135m-instruct")
     api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible server (vLLM, Ollama, transformers serve).")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=32768)
 
@@ -80,7 +82,9 @@ class JudgeConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    max_drop: float = Field(0.05, ge=0, le=1, description="Largest allowed drop of the mean score before a change counts as a regression.")
+    max_drop: float = Field(
+        0.05, ge=0, le=1, description="Largest allowed drop of the mean score before a change counts as a regression."
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests.")
     min_items: int = Field(10, ge=1, description="Fewer paired items than this give 'inconclusive'.")
     repeats: int = Field(1, ge=1, le=20, description="Score each item this many times (noisy judges) and average.")
@@ -119,7 +123,10 @@ class Config(_Strict):
         default_factory=lambda: ["prompts/**/*.md", "prompts/**/*.txt", "prompts/**/*.prompt"],
         description="Glob patterns (relative to the repository root) of prompt files.",
     )
-    suites_dir: str = Field("evals", description="Where a prompt's suite is looked for when its front matter names none: <suites_dir>/<id>.{yaml,yml,jsonl,csv}.")
+    suites_dir: str = Field(
+        "evals",
+        description="Where a prompt's suite is found when its front matter names none: <suites_dir>/<id>.{yaml,jsonl,csv}.",
+    )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     metrics: list[str | dict[str, Any]] = Field(default_factory=list, description="Default metrics for suites that declare none.")
@@ -169,7 +176,9 @@ def format_validation_error(exc: ValidationError, where: str) -> ConfigError:
         loc = tuple(p for p in err["loc"] if p not in ("function-after[_sums_to_one(), SplitConfig]",))
         hint = _HINTS.get(err["type"], "see `gradgate schema`")
         lines.append(f"{where}: {_key_path(loc)}: {err['msg']} (hint: {hint})")
-    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), hint="fix the keys above; `gradgate schema` prints the schema")
+    return ConfigError(
+        "invalid configuration:\n  " + "\n  ".join(lines), hint="fix the keys above; `gradgate schema` prints the schema"
+    )
 
 
 def parse_config(data: Any, where: str) -> Config:
@@ -197,7 +206,9 @@ def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | No
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"is not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=str(path), hint="check indentation and quoting") from None
+        raise ConfigError(
+            f"is not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=str(path), hint="check indentation and quoting"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot be read: {exc}", where=str(path)) from None
     return parse_config(data, str(path)), path
@@ -222,9 +233,7 @@ def apply_env_overrides(config: Config, env: dict[str, str] | None = None) -> Co
 def override_models(config: Config, **role_models: str | None) -> Config:
     """Apply --model / --judge-model / --optimizer-model from the command line."""
     updates = {
-        role: config.models.for_role(role).model_copy(update={"model": model})
-        for role, model in role_models.items()
-        if model
+        role: config.models.for_role(role).model_copy(update={"model": model}) for role, model in role_models.items() if model
     }
     if not updates:
         return config

@@ -56,16 +56,22 @@ def discover(repo: Path, config: Config, only: list[str] | tuple[str, ...] = ())
     seen: dict[str, str] = {}
     for prompt in prompts:
         if prompt.id in seen:
-            raise ConfigError(f"prompt id {prompt.id!r} is used by {seen[prompt.id]} and {prompt.rel_path}",
-                              hint="give each prompt a unique `id:` in its front matter")
+            raise ConfigError(
+                f"prompt id {prompt.id!r} is used by {seen[prompt.id]} and {prompt.rel_path}",
+                hint="give each prompt a unique `id:` in its front matter",
+            )
         seen[prompt.id] = prompt.rel_path
     if only:
         unknown = [p for p in only if p not in seen]
         if unknown:
-            raise ConfigError(f"unknown prompt id(s): {', '.join(unknown)}",
-                              hint=f"known: {', '.join(sorted(seen)) or 'none (check the `prompts` globs)'}")
+            raise ConfigError(
+                f"unknown prompt id(s): {', '.join(unknown)}",
+                hint=f"known: {', '.join(sorted(seen)) or 'none (check the `prompts` globs)'}",
+            )
         prompts = [p for p in prompts if p.id in only]
     if not prompts:
-        raise ConfigError(f"no prompt files match {config.prompts} in {repo}",
-                          hint="put prompts under prompts/ or set `prompts:` globs in gradgate.yaml")
+        raise ConfigError(
+            f"no prompt files match {config.prompts} in {repo}",
+            hint="put prompts under prompts/ or set `prompts:` globs in gradgate.yaml",
+        )
     return [Target(prompt=p, suite=load_suite(suite_path_for(p, repo, config), repo)) for p in prompts]

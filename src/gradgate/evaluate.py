@@ -94,8 +94,11 @@ class Scorer:
             specs = self.metrics + parse_metrics(list(item.assertions), f"{suite.rel_path}:items[{index}].assert")
             needs = [s.type for s in specs if s.type in NEEDS_EXPECTED and s.value is None]
             if needs and item.expected is None:
-                raise ConfigError(f"metric {needs[0]} needs an expected answer but the row has none",
-                                  where=f"{suite.rel_path}:items[{index}]", hint="add `expected:` to the row")
+                raise ConfigError(
+                    f"metric {needs[0]} needs an expected answer but the row has none",
+                    where=f"{suite.rel_path}:items[{index}]",
+                    hint="add `expected:` to the row",
+                )
         if suite.spec.scoring.mode == "loglik" and not suite.spec.scoring.options:
             raise ConfigError("loglik scoring needs `scoring.options`", where=f"{suite.rel_path}:scoring")
         for index, item in enumerate(suite.items):
@@ -105,7 +108,8 @@ class Scorer:
     @property
     def uses_judge(self) -> bool:
         return any(s.type == JUDGE for s in self.metrics) or any(
-            a.get("type") == JUDGE for i in self.target.suite.items for a in i.assertions)
+            a.get("type") == JUDGE for i in self.target.suite.items for a in i.assertions
+        )
 
     @property
     def task_description(self) -> str:
@@ -138,32 +142,52 @@ class Scorer:
         explanation = None
         for spec in specs:
             if spec.type == JUDGE:
-                verdict = await judge_output(self.gateway, self.judge, input_text=prompt.render(item.vars), output=output,
-                                             expected=item.expected, sample=sample)
+                verdict = await judge_output(
+                    self.gateway,
+                    self.judge,
+                    input_text=prompt.render(item.vars),
+                    output=output,
+                    expected=item.expected,
+                    sample=sample,
+                )
                 explanation = verdict.explanation
                 results.append(MetricResult(JUDGE, verdict.score, f"judge: {verdict.raw}"))
             else:
                 results.append(score_metric(spec, output, item.expected))
         total_weight = sum(s.weight for s in specs) or 1.0
         score = sum(r.score * s.weight for r, s in zip(results, specs, strict=True)) / total_weight
-        return ItemResult(item_id=item.id, vars=item.vars, expected=item.expected, output=output, score=score,
-                          passed=score >= self.judge.pass_threshold, metrics=tuple(results), judge_explanation=explanation)
+        return ItemResult(
+            item_id=item.id,
+            vars=item.vars,
+            expected=item.expected,
+            output=output,
+            score=score,
+            passed=score >= self.judge.pass_threshold,
+            metrics=tuple(results),
+            judge_explanation=explanation,
+        )
 
-    async def score(self, prompt: Prompt, items: Sequence[Item], *, sample: int = 0,
-                    on_item: Callable[[ItemResult], None] | None = None) -> PromptEval:
+    async def score(
+        self, prompt: Prompt, items: Sequence[Item], *, sample: int = 0, on_item: Callable[[ItemResult], None] | None = None
+    ) -> PromptEval:
         """Score `items`; when the budget runs out, keep what was scored and say so."""
 
         async def one(item: Item) -> ItemResult:
             try:
                 result = await self.score_item(prompt, item, sample=sample)
             except BudgetExhausted as exc:
-                result = ItemResult(item_id=item.id, vars=item.vars, expected=item.expected, output="", score=0.0,
-                                    passed=False, error=exc.message)
+                result = ItemResult(
+                    item_id=item.id, vars=item.vars, expected=item.expected, output="", score=0.0, passed=False, error=exc.message
+                )
             if on_item is not None:
                 on_item(result)
             return result
 
         results = await asyncio.gather(*(one(item) for item in items))
         errors = [r.error for r in results if r.error]
-        return PromptEval(prompt_id=prompt.id, prompt_hash=prompt.content_hash(), items=tuple(results),
-                          stopped_reason=errors[0] if errors else None)
+        return PromptEval(
+            prompt_id=prompt.id,
+            prompt_hash=prompt.content_hash(),
+            items=tuple(results),
+            stopped_reason=errors[0] if errors else None,
+        )

@@ -33,11 +33,19 @@ class Session:
     gateway: Gateway
 
     @classmethod
-    def open(cls, repo: Path, config: Config, *, backend: Backend | None = None, use_cache: bool = True,
-             roles: tuple[str, ...] = ("task", "judge")) -> Session:
+    def open(
+        cls,
+        repo: Path,
+        config: Config,
+        *,
+        backend: Backend | None = None,
+        use_cache: bool = True,
+        roles: tuple[str, ...] = ("task", "judge"),
+    ) -> Session:
         budget = BudgetTracker(config.budget)
-        gateway = gateway_from_config(repo, config.models, budget, cache_dir=config.cache_dir if use_cache else None,
-                                      backend=backend)
+        gateway = gateway_from_config(
+            repo, config.models, budget, cache_dir=config.cache_dir if use_cache else None, backend=backend
+        )
         gateway.validate(roles)
         budget.log_start()
         return cls(repo=repo, config=config, budget=budget, gateway=gateway)
@@ -57,9 +65,15 @@ class EvalOutcome:
         return all(p.complete for p in self.results.prompts)
 
 
-async def run_eval(session: Session, *, prompt_ids: tuple[str, ...] = (), out_dir: Path,
-                   targets: list[Target] | None = None, on_start: ProgressStart | None = None,
-                   on_item: ProgressAdvance | None = None) -> EvalOutcome:
+async def run_eval(
+    session: Session,
+    *,
+    prompt_ids: tuple[str, ...] = (),
+    out_dir: Path,
+    targets: list[Target] | None = None,
+    on_start: ProgressStart | None = None,
+    on_item: ProgressAdvance | None = None,
+) -> EvalOutcome:
     targets = targets if targets is not None else discover(session.repo, session.config, prompt_ids)
     scorers = [Scorer(session.gateway, session.config, t) for t in targets]  # validates every suite before any call
     outs = []

@@ -56,18 +56,26 @@ class Judgement:
     parsed: bool
 
 
-def build_judge_messages(*, criteria: str, scale: str, input_text: str, output: str,
-                         expected: str | None, task_description: str | None, nonce: str) -> list[dict[str, str]]:
+def build_judge_messages(
+    *, criteria: str, scale: str, input_text: str, output: str, expected: str | None, task_description: str | None, nonce: str
+) -> list[dict[str, str]]:
     task_section = f"Task: {task_description}\n\n" if task_description else ""
-    reference_section = (f"\nReference answer (for comparison):\n<<<REFERENCE-{nonce}\n{expected}\nREFERENCE-{nonce}>>>\n"
-                         if expected else "")
+    reference_section = (
+        f"\nReference answer (for comparison):\n<<<REFERENCE-{nonce}\n{expected}\nREFERENCE-{nonce}>>>\n" if expected else ""
+    )
+
     # A fence must not be closable from inside: strip any look-alike marker from the data.
     def clean(text: str) -> str:
         return text.replace(nonce, "")
 
     user = JUDGE_TEMPLATE.format(
-        task_section=task_section, criteria=criteria.strip(), nonce=nonce, input=clean(input_text),
-        reference_section=reference_section, output=clean(output), verdict_format=VERDICT_FORMATS[scale],
+        task_section=task_section,
+        criteria=criteria.strip(),
+        nonce=nonce,
+        input=clean(input_text),
+        reference_section=reference_section,
+        output=clean(output),
+        verdict_format=VERDICT_FORMATS[scale],
     )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
@@ -99,23 +107,44 @@ def parse_loose(reply: str, scale: str) -> tuple[float, str] | None:
     return ((numbers[-1] - 1) / 9, str(numbers[-1])) if numbers else None
 
 
-async def judge_output(gateway: Gateway, config: JudgeConfig, *, input_text: str, output: str,
-                       expected: str | None = None, sample: int = 0, nonce: str | None = None) -> Judgement:
+async def judge_output(
+    gateway: Gateway,
+    config: JudgeConfig,
+    *,
+    input_text: str,
+    output: str,
+    expected: str | None = None,
+    sample: int = 0,
+    nonce: str | None = None,
+) -> Judgement:
     # Derived from the content, so the request (and the cache key) is stable across runs, yet an
     # output cannot contain the marker that closes its own fence.
     nonce = nonce or hashlib.sha256(f"{input_text}\x00{output}".encode()).hexdigest()[:12]
-    messages = build_judge_messages(criteria=config.criteria, scale=config.scale, input_text=input_text, output=output,
-                                    expected=expected, task_description=config.task_description, nonce=nonce)
+    messages = build_judge_messages(
+        criteria=config.criteria,
+        scale=config.scale,
+        input_text=input_text,
+        output=output,
+        expected=expected,
+        task_description=config.task_description,
+        nonce=nonce,
+    )
     reply = await gateway.complete("judge", messages, sample=sample)
     parsed = parse_verdict(reply.text, config.scale)
     text = reply.text
     if parsed is None:
-        retry = [*messages, {"role": "assistant", "content": reply.text},
-                 {"role": "user", "content": JUDGE_RETRY.format(verdict_format=VERDICT_FORMATS[config.scale])}]
+        retry = [
+            *messages,
+            {"role": "assistant", "content": reply.text},
+            {"role": "user", "content": JUDGE_RETRY.format(verdict_format=VERDICT_FORMATS[config.scale])},
+        ]
         second = await gateway.complete("judge", retry, sample=sample)
         text = f"{reply.text}\n{second.text}"
-        parsed = parse_verdict(second.text, config.scale) or parse_loose(second.text, config.scale) \
+        parsed = (
+            parse_verdict(second.text, config.scale)
+            or parse_loose(second.text, config.scale)
             or parse_loose(reply.text, config.scale)
+        )
     if parsed is None:
         return Judgement(score=0.0, raw="unparsed", explanation=f"judge reply had no verdict: {text.strip()[:500]}", parsed=False)
     score, raw = parsed

@@ -60,8 +60,17 @@ class RetryableError(Exception):
 
 
 class Backend(Protocol):
-    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
-                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply: ...
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+        timeout: float,
+    ) -> BackendReply: ...
 
     async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]: ...
 
@@ -100,8 +109,10 @@ class LiteLLMBackend:
 
             name = spec.model.removeprefix("local/")
             if name not in EMBEDDED_MODELS:
-                raise UnknownModelError(f"unknown embedded model {spec.model!r}",
-                                        hint=f"embedded models: {', '.join('local/' + m for m in EMBEDDED_MODELS)}")
+                raise UnknownModelError(
+                    f"unknown embedded model {spec.model!r}",
+                    hint=f"embedded models: {', '.join('local/' + m for m in EMBEDDED_MODELS)}",
+                )
             return
         try:
             self._litellm.get_llm_provider(spec.model, api_base=spec.api_base)
@@ -109,7 +120,7 @@ class LiteLLMBackend:
             raise UnknownModelError(
                 f"unknown model {spec.model!r}",
                 hint="use a litellm model string with its provider, e.g. openai/gpt-4o-mini, "
-                     "anthropic/claude-3-5-haiku-latest, ollama/llama3, or openai/<name> with api_base",
+                "anthropic/claude-3-5-haiku-latest, ollama/llama3, or openai/<name> with api_base",
             ) from None
 
     def estimate_usd(self, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
@@ -117,7 +128,8 @@ class LiteLLMBackend:
             return 0.0
         try:
             prompt_cost, completion_cost = self._litellm.cost_per_token(
-                model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
             return float(prompt_cost + completion_cost)
         except Exception:
             return 0.0  # unpriced model: USD limits cannot bind; the gateway warns once
@@ -130,22 +142,47 @@ class LiteLLMBackend:
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
             if not key:
-                raise ModelError(f"environment variable {spec.api_key_env} (api_key_env of {spec.model}) is not set",
-                                 hint="export it, or pass it to the action through `env:`")
+                raise ModelError(
+                    f"environment variable {spec.api_key_env} (api_key_env of {spec.model}) is not set",
+                    hint="export it, or pass it to the action through `env:`",
+                )
             kwargs["api_key"] = key
         return kwargs
 
-    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
-                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply:
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+        timeout: float,
+    ) -> BackendReply:
         litellm = self._litellm
         if spec.model.startswith("local/"):
             self._ensure_local()
         try:
             response = await litellm.acompletion(
-                model=spec.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                seed=seed, stop=stop or None, timeout=timeout, num_retries=0, **self._kwargs(spec))
-        except (litellm.RateLimitError, litellm.InternalServerError, litellm.ServiceUnavailableError,
-                litellm.BadGatewayError, litellm.Timeout, litellm.APIConnectionError) as exc:
+                model=spec.model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop=stop or None,
+                timeout=timeout,
+                num_retries=0,
+                **self._kwargs(spec),
+            )
+        except (
+            litellm.RateLimitError,
+            litellm.InternalServerError,
+            litellm.ServiceUnavailableError,
+            litellm.BadGatewayError,
+            litellm.Timeout,
+            litellm.APIConnectionError,
+        ) as exc:
             retry_after = None
             headers = getattr(getattr(exc, "response", None), "headers", None) or {}
             if "retry-after" in headers:
@@ -155,13 +192,16 @@ class LiteLLMBackend:
                     retry_after = None
             raise RetryableError(redact(str(exc))[:500], retry_after) from None
         except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
-            raise ModelError(f"{spec.model} refused the credentials: {redact(str(exc))[:300]}",
-                             hint="check the API key environment variable for this model") from None
+            raise ModelError(
+                f"{spec.model} refused the credentials: {redact(str(exc))[:300]}",
+                hint="check the API key environment variable for this model",
+            ) from None
         except (litellm.NotFoundError, litellm.BadRequestError) as exc:
             text = redact(str(exc))
             if "LLM Provider NOT provided" in text:
-                raise UnknownModelError(f"unknown model {spec.model!r}",
-                                        hint="use a litellm model string such as openai/gpt-4o-mini") from None
+                raise UnknownModelError(
+                    f"unknown model {spec.model!r}", hint="use a litellm model string such as openai/gpt-4o-mini"
+                ) from None
             raise ModelError(f"{spec.model} rejected the request: {text[:400]}") from None
         except litellm.APIError as exc:
             raise ModelError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
@@ -180,8 +220,10 @@ class LiteLLMBackend:
 
     async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
         if not spec.model.startswith("local/"):
-            raise ModelError(f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
-                             hint="set the suite's `scoring.mode: generate` or use a local/ task model")
+            raise ModelError(
+                f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
+                hint="set the suite's `scoring.mode: generate` or use a local/ task model",
+            )
         from gradgate import local_models
 
         return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
@@ -216,8 +258,15 @@ class ResponseCache:
 
 
 class Gateway:
-    def __init__(self, models: ModelsConfig, *, budget: BudgetTracker, cache: ResponseCache | None = None,
-                 backend: Backend | None = None, sleep: Any = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        models: ModelsConfig,
+        *,
+        budget: BudgetTracker,
+        cache: ResponseCache | None = None,
+        backend: Backend | None = None,
+        sleep: Any = asyncio.sleep,
+    ) -> None:
         self.models = models
         self.budget = budget
         self.cache = cache
@@ -236,24 +285,45 @@ class Gateway:
     def _request(self, kind: str, spec: ModelSpec, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
         return {"kind": kind, "model": spec.model, "api_base": spec.api_base, "messages": messages, **params}
 
-    async def complete(self, role: str, messages: list[dict[str, str]], *, temperature: float | None = None,
-                       max_tokens: int | None = None, seed: int | None = None, stop: list[str] | None = None,
-                       sample: int = 0) -> Completion:
+    async def complete(
+        self,
+        role: str,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        sample: int = 0,
+    ) -> Completion:
         """One chat completion. `sample` tells apart repeated samples of the same request (cache key)."""
         spec = self.spec(role)
         temperature = spec.temperature if temperature is None else temperature
         max_tokens = spec.max_tokens if max_tokens is None else max_tokens
-        request = self._request("chat", spec, messages, temperature=temperature, max_tokens=max_tokens,
-                                seed=seed, stop=stop, sample=sample)
+        request = self._request(
+            "chat", spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, sample=sample
+        )
         key = ResponseCache.key(request)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.budget.record_cached(role)
             return Completion(**{**hit, "cached": True})
-        reply = await self._call(role, spec, estimate_tokens(messages) + max_tokens, max_tokens, lambda timeout: self.backend.complete(
-            spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, timeout=timeout))
+        reply = await self._call(
+            role,
+            spec,
+            estimate_tokens(messages) + max_tokens,
+            max_tokens,
+            lambda timeout: self.backend.complete(
+                spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, timeout=timeout
+            ),
+        )
         log.debug("%s %s -> %r", role, spec.model, reply.text[:2000])
-        completion = Completion(text=reply.text, prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                                cost_usd=reply.cost_usd, model=spec.model)
+        completion = Completion(
+            text=reply.text,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost_usd=reply.cost_usd,
+            model=spec.model,
+        )
         if self.cache is not None:
             self.cache.put(key, {k: v for k, v in asdict(completion).items() if k != "cached"})
         return completion
@@ -280,8 +350,13 @@ class Gateway:
 
     async def _call(self, role: str, spec: ModelSpec, reserve_tokens: int, max_tokens: int, attempt: Any) -> BackendReply:
         usd = self.backend.estimate_usd(spec, reserve_tokens - max_tokens, max_tokens)
-        if usd == 0.0 and self.budget.limits.max_usd is not None and spec.model not in self._warned_unpriced \
-                and not spec.model.startswith("local/") and not spec.api_base:
+        if (
+            usd == 0.0
+            and self.budget.limits.max_usd is not None
+            and spec.model not in self._warned_unpriced
+            and not spec.model.startswith("local/")
+            and not spec.api_base
+        ):
             self._warned_unpriced.add(spec.model)
             log.warning("no price known for %s: the USD limit cannot bind on it", spec.model)
         retries = self.models.max_retries
@@ -293,35 +368,51 @@ class Gateway:
                 if left is not None:
                     timeout = min(timeout, left)
                 try:
-                    reply: BackendReply = await asyncio.wait_for(attempt(timeout), timeout=timeout + 5)
+                    if spec.model.startswith("local/"):
+                        # In-process models run in a worker thread that cannot be cancelled, and wait
+                        # their turn for the CPU: a timer would only abandon (and re-run) work already
+                        # paid for. The provider receives `timeout` and stops generating by then.
+                        reply: BackendReply = await attempt(timeout)
+                    else:
+                        reply = await asyncio.wait_for(attempt(timeout), timeout=timeout + 5)
                 except (RetryableError, TimeoutError) as exc:
                     # A failed attempt still counts as a call: providers may bill it.
-                    self.budget.settle(reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
-                                       retried=attempt_no > 0)
+                    self.budget.settle(
+                        reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0, retried=attempt_no > 0
+                    )
                     retry_after = getattr(exc, "retry_after", None)
                     if attempt_no == retries:
-                        raise ModelError(f"{spec.model} did not answer after {retries + 1} attempts: {exc or 'timeout'}",
-                                         hint="check that the model server is reachable, or raise models.max_retries") from None
-                    delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2 ** attempt_no) * (0.5 + random.random())
+                        raise ModelError(
+                            f"{spec.model} did not answer after {retries + 1} attempts: {exc or 'timeout'}",
+                            hint="check that the model server is reachable, or raise models.max_retries",
+                        ) from None
+                    delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2**attempt_no) * (0.5 + random.random())
                     left = self.budget.seconds_left()
                     if left is not None and delay >= left:
-                        raise BudgetExhausted("budget exhausted: no time left to retry",
-                                              hint="raise budget.max_seconds") from None
+                        raise BudgetExhausted(
+                            "budget exhausted: no time left to retry", hint="raise budget.max_seconds"
+                        ) from None
                     log.warning("%s: %s; retrying in %.1f s", spec.model, exc or "timeout", delay)
                     await self._sleep(delay)
                     continue
                 except BaseException:
                     self.budget.settle(reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0)
                     raise
-                self.budget.settle(reservation, role, prompt_tokens=reply.prompt_tokens,
-                                   completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
-                                   retried=attempt_no > 0)
+                self.budget.settle(
+                    reservation,
+                    role,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens,
+                    cost_usd=reply.cost_usd,
+                    retried=attempt_no > 0,
+                )
                 return reply
         raise AssertionError("unreachable")
 
 
-def gateway_from_config(repo: Path, models: ModelsConfig, budget: BudgetTracker, *, cache_dir: str | None,
-                        backend: Backend | None = None) -> Gateway:
+def gateway_from_config(
+    repo: Path, models: ModelsConfig, budget: BudgetTracker, *, cache_dir: str | None, backend: Backend | None = None
+) -> Gateway:
     """The gateway a run uses: the repository's cache directory unless caching is off (None)."""
     cache = ResponseCache(repo / cache_dir) if cache_dir else None
     return Gateway(models, budget=budget, cache=cache, backend=backend)

@@ -59,7 +59,7 @@ def final_number(text: str) -> Decimal | None:
     """GSM8K style: the number after '####' or 'answer is', else the last number in the text."""
     for marker in ("####", "answer is", "Answer:"):
         if marker.lower() in text.lower():
-            tail = text[text.lower().rfind(marker.lower()) + len(marker):]
+            tail = text[text.lower().rfind(marker.lower()) + len(marker) :]
             found = extract_numbers(tail)
             if found:
                 return found[0]
@@ -85,7 +85,9 @@ def extract_choice(text: str) -> str | None:
 def _expected(item_expected: str | None, spec: MetricSpec, name: str) -> str:
     value = spec.value if spec.value is not None else item_expected
     if value is None:
-        raise ConfigError(f"metric {name!r} needs an expected answer", hint="add `expected:` to the row or `value:` to the metric")
+        raise ConfigError(
+            f"metric {name!r} needs an expected answer", hint="add `expected:` to the row or `value:` to the metric"
+        )
     return value
 
 
@@ -142,7 +144,9 @@ def _json_schema(output: str, expected: str | None, spec: MetricSpec) -> MetricR
         return MetricResult("json_schema", 1.0, "valid JSON")
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(spec.schema).iter_errors(document))
     if error is not None:
-        return MetricResult("json_schema", 0.0, f"schema violation at {'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}")
+        return MetricResult(
+            "json_schema", 0.0, f"schema violation at {'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        )
     return MetricResult("json_schema", 1.0, "valid against the schema")
 
 
@@ -168,12 +172,14 @@ def parse_metrics(raw: list[Any], where: str) -> list[MetricSpec]:
             raise ConfigError("a metric is a name or a mapping with `type:`", where=at)
         unknown_keys = set(data) - {"type", "value", "pattern", "schema", "weight"}
         if unknown_keys:
-            raise ConfigError(f"unknown metric key(s) {', '.join(sorted(unknown_keys))}", where=at,
-                              hint="allowed: type, value, pattern, schema, weight")
+            raise ConfigError(
+                f"unknown metric key(s) {', '.join(sorted(unknown_keys))}",
+                where=at,
+                hint="allowed: type, value, pattern, schema, weight",
+            )
         name = ALIASES.get(str(data["type"]), str(data["type"]))
         if name not in METRICS and name != JUDGE:
-            raise ConfigError(f"unknown metric {data['type']!r}", where=at,
-                              hint=f"known metrics: {', '.join([*METRICS, JUDGE])}")
+            raise ConfigError(f"unknown metric {data['type']!r}", where=at, hint=f"known metrics: {', '.join([*METRICS, JUDGE])}")
         if name == "regex":
             pattern = data.get("pattern") or data.get("value")
             if not pattern:
@@ -195,8 +201,11 @@ def parse_metrics(raw: list[Any], where: str) -> list[MetricSpec]:
         except (TypeError, ValueError):
             raise ConfigError("`weight` must be a number", where=at) from None
         value = data.get("value")
-        specs.append(MetricSpec(type=name, value=None if value is None else str(value),
-                                pattern=data.get("pattern"), schema=schema, weight=weight))
+        specs.append(
+            MetricSpec(
+                type=name, value=None if value is None else str(value), pattern=data.get("pattern"), schema=schema, weight=weight
+            )
+        )
     return specs
 
 

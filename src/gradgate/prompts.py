@@ -54,9 +54,16 @@ class Prompt:
     def with_body(self, body: str) -> Prompt:
         """The same prompt with another body (the optimizers' candidates); includes are kept as text."""
         return Prompt(
-            id=self.id, path=self.path, rel_path=self.rel_path, body=body, front_matter=self.front_matter,
-            description=self.description, suite=self.suite, includes=self.includes,
-            expanded=_expand_known_includes(body, self), body_line=self.body_line,
+            id=self.id,
+            path=self.path,
+            rel_path=self.rel_path,
+            body=body,
+            front_matter=self.front_matter,
+            description=self.description,
+            suite=self.suite,
+            includes=self.includes,
+            expanded=_expand_known_includes(body, self),
+            body_line=self.body_line,
         )
 
     def content_hash(self) -> str:
@@ -95,7 +102,7 @@ def split_front_matter(text: str) -> tuple[str, str]:
     match = _FRONT_MATTER_RE.match(text)
     if not match:
         return "", text
-    return text[: match.end()], text[match.end():]
+    return text[: match.end()], text[match.end() :]
 
 
 def load_prompt(path: Path, repo: Path) -> Prompt:
@@ -109,18 +116,26 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
         try:
             loaded = yaml.safe_load(inner.group(2))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"front matter is not valid YAML: {getattr(exc, 'problem', exc)}", where=rel,
-                              hint="front matter sits between two lines of ---") from None
+            raise ConfigError(
+                f"front matter is not valid YAML: {getattr(exc, 'problem', exc)}",
+                where=rel,
+                hint="front matter sits between two lines of ---",
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("front matter must be a mapping", where=rel, hint="e.g. `id: my-prompt`")
         meta = loaded or {}
     unknown = set(meta) - {"id", "description", "suite", "variables", "tags"}
     if unknown:
-        raise ConfigError(f"unknown front matter key(s): {', '.join(sorted(unknown))}", where=rel,
-                          hint="allowed: id, description, suite, variables, tags")
+        raise ConfigError(
+            f"unknown front matter key(s): {', '.join(sorted(unknown))}",
+            where=rel,
+            hint="allowed: id, description, suite, variables, tags",
+        )
     prompt_id = str(meta.get("id") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prompt_id):
-        raise ConfigError(f"prompt id {prompt_id!r} is not valid", where=f"{rel}:id", hint="use letters, digits, '-', '_' and '.'")
+        raise ConfigError(
+            f"prompt id {prompt_id!r} is not valid", where=f"{rel}:id", hint="use letters, digits, '-', '_' and '.'"
+        )
     includes: list[Path] = []
     expanded = _expand_includes(body, path, repo, includes, depth=0, where=rel)
     declared = meta.get("variables")
@@ -129,12 +144,22 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
             raise ConfigError("variables must be a list of names", where=f"{rel}:variables")
         undeclared = [v for v in template_variables(expanded) if v not in declared]
         if undeclared:
-            raise ConfigError(f"placeholder(s) {', '.join(undeclared)} are not in the declared variables", where=rel,
-                              hint="declare them in front matter `variables:` or remove them")
+            raise ConfigError(
+                f"placeholder(s) {', '.join(undeclared)} are not in the declared variables",
+                where=rel,
+                hint="declare them in front matter `variables:` or remove them",
+            )
     return Prompt(
-        id=prompt_id, path=path.resolve(), rel_path=rel, body=body, front_matter=meta,
-        description=meta.get("description"), suite=meta.get("suite"), includes=tuple(includes),
-        expanded=expanded, body_line=head.count("\n") + 1,
+        id=prompt_id,
+        path=path.resolve(),
+        rel_path=rel,
+        body=body,
+        front_matter=meta,
+        description=meta.get("description"),
+        suite=meta.get("suite"),
+        includes=tuple(includes),
+        expanded=expanded,
+        body_line=head.count("\n") + 1,
     )
 
 

@@ -68,19 +68,39 @@ class EvalResults(BaseModel):
 def prompt_out(evaluation: PromptEval, *, path: str, suite: str) -> PromptOut:
     interval = mean_interval([i.score for i in evaluation.scored])
     return PromptOut(
-        id=evaluation.prompt_id, path=path, suite=suite, prompt_sha256=evaluation.prompt_hash,
-        n_items=len(evaluation.items), n_scored=len(evaluation.scored), mean_score=round(evaluation.mean_score, 6),
-        ci_low=round(interval.low, 6), ci_high=round(interval.high, 6), pass_rate=round(evaluation.pass_rate, 6),
-        complete=evaluation.complete, stopped_reason=evaluation.stopped_reason,
-        items=[ItemOut(id=i.item_id, vars=i.vars, expected=i.expected, output=i.output, score=i.score, passed=i.passed,
-                       metrics=[MetricOut(name=m.name, score=m.score, reason=m.reason) for m in i.metrics],
-                       judge_explanation=i.judge_explanation, error=i.error) for i in evaluation.items],
+        id=evaluation.prompt_id,
+        path=path,
+        suite=suite,
+        prompt_sha256=evaluation.prompt_hash,
+        n_items=len(evaluation.items),
+        n_scored=len(evaluation.scored),
+        mean_score=round(evaluation.mean_score, 6),
+        ci_low=round(interval.low, 6),
+        ci_high=round(interval.high, 6),
+        pass_rate=round(evaluation.pass_rate, 6),
+        complete=evaluation.complete,
+        stopped_reason=evaluation.stopped_reason,
+        items=[
+            ItemOut(
+                id=i.item_id,
+                vars=i.vars,
+                expected=i.expected,
+                output=i.output,
+                score=i.score,
+                passed=i.passed,
+                metrics=[MetricOut(name=m.name, score=m.score, reason=m.reason) for m in i.metrics],
+                judge_explanation=i.judge_explanation,
+                error=i.error,
+            )
+            for i in evaluation.items
+        ],
     )
 
 
 def build_results(prompts: list[PromptOut], *, models: dict[str, str], budget: dict[str, Any]) -> EvalResults:
-    return EvalResults(created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), models=models,
-                       budget=budget, prompts=prompts)
+    return EvalResults(
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), models=models, budget=budget, prompts=prompts
+    )
 
 
 def results_schema() -> dict[str, Any]:
@@ -102,10 +122,16 @@ def render_markdown(results: EvalResults) -> str:
         "|---|---|---|---|---|---|",
     ]
     for p in results.prompts:
-        lines.append(f"| `{p.id}` | `{p.suite}` | {p.mean_score:.3f} ({p.ci_low:.3f}–{p.ci_high:.3f}) | "
-                     f"{p.pass_rate:.0%} | {p.n_scored}/{p.n_items} | {'yes' if p.complete else 'no: ' + (p.stopped_reason or '')} |")
-    lines += ["", f"Calls: {budget['calls']} (+{sum(r['cached_calls'] for r in budget['by_role'].values())} from cache), "
-              f"tokens: {budget['tokens']}, cost: {fmt_usd(budget['cost_usd'])}, time: {budget['seconds']:.1f} s", ""]
+        lines.append(
+            f"| `{p.id}` | `{p.suite}` | {p.mean_score:.3f} ({p.ci_low:.3f}–{p.ci_high:.3f}) | "
+            f"{p.pass_rate:.0%} | {p.n_scored}/{p.n_items} | {'yes' if p.complete else 'no: ' + (p.stopped_reason or '')} |"
+        )
+    lines += [
+        "",
+        f"Calls: {budget['calls']} (+{sum(r['cached_calls'] for r in budget['by_role'].values())} from cache), "
+        f"tokens: {budget['tokens']}, cost: {fmt_usd(budget['cost_usd'])}, time: {budget['seconds']:.1f} s",
+        "",
+    ]
     for p in results.prompts:
         failing = [i for i in p.items if not i.passed and i.error is None][:5]
         if failing:
@@ -123,12 +149,20 @@ def print_table(results: EvalResults, console: Console) -> None:
     for column in ("prompt", "suite", "score", "95% CI", "pass", "items"):
         table.add_column(column, justify="right" if column in ("score", "pass", "items") else "left")
     for p in results.prompts:
-        table.add_row(p.id, p.suite, f"{p.mean_score:.3f}", f"{p.ci_low:.3f}–{p.ci_high:.3f}", f"{p.pass_rate:.0%}",
-                      f"{p.n_scored}/{p.n_items}")
+        table.add_row(
+            p.id,
+            p.suite,
+            f"{p.mean_score:.3f}",
+            f"{p.ci_low:.3f}–{p.ci_high:.3f}",
+            f"{p.pass_rate:.0%}",
+            f"{p.n_scored}/{p.n_items}",
+        )
     console.print(table)
     b = results.budget
-    console.print(f"calls {b['calls']}, tokens {b['tokens']}, cost {fmt_usd(b['cost_usd'])}, {b['seconds']:.1f} s"
-                  + (f" — stopped: {b['stopped_reason']}" if b.get("stopped_reason") else ""))
+    console.print(
+        f"calls {b['calls']}, tokens {b['tokens']}, cost {fmt_usd(b['cost_usd'])}, {b['seconds']:.1f} s"
+        + (f" — stopped: {b['stopped_reason']}" if b.get("stopped_reason") else "")
+    )
 
 
 def write_results(results: EvalResults, out_dir: Path) -> tuple[Path, Path]:

@@ -28,14 +28,21 @@ def mean_interval(values: Sequence[float], *, confidence: float = 0.95, resample
         return Interval(mean, mean, mean, n)
     rng = np.random.default_rng(seed)
     try:
-        result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                                 method="BCa", random_state=rng)
+        result = stats.bootstrap(
+            (data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="BCa", random_state=rng
+        )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError("degenerate BCa interval")
     except (ValueError, FloatingPointError):
-        result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                                 method="percentile", random_state=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            (data,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     return Interval(mean, low, high, n)
 

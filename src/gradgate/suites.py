@@ -49,7 +49,9 @@ class DatasetSpec(BaseModel):
 
 class ScoringSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    mode: Literal["generate", "loglik"] = Field("generate", description="loglik: rank `options` by log-likelihood (local models).")
+    mode: Literal["generate", "loglik"] = Field(
+        "generate", description="loglik: rank `options` by log-likelihood (local models)."
+    )
     options: list[str] = Field(default_factory=list)
 
 
@@ -74,9 +76,12 @@ class Suite:
 
     def content_hash(self) -> str:
         payload = json.dumps(
-            {"spec": self.spec.model_dump(exclude={"items", "dataset"}),
-             "items": [[i.id, i.vars, i.expected, list(i.assertions)] for i in self.items]},
-            sort_keys=True, default=str,
+            {
+                "spec": self.spec.model_dump(exclude={"items", "dataset"}),
+                "items": [[i.id, i.vars, i.expected, list(i.assertions)] for i in self.items],
+            },
+            sort_keys=True,
+            default=str,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -190,7 +195,9 @@ def _load_dataset(spec: DatasetSpec, repo: Path, rel: str) -> list[dict[str, Any
         file = resolve_inside(repo, spec.path, what="dataset file", where=rel)
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(file.suffix.lower())
         if builder is None:
-            raise ConfigError(f"unsupported dataset file {spec.path}", where=f"{rel}:dataset.path", hint="json, jsonl, csv or parquet")
+            raise ConfigError(
+                f"unsupported dataset file {spec.path}", where=f"{rel}:dataset.path", hint="json, jsonl, csv or parquet"
+            )
         if not file.is_file():
             raise ConfigError(f"dataset file {spec.path} does not exist", where=f"{rel}:dataset.path")
         try:
@@ -201,8 +208,11 @@ def _load_dataset(spec: DatasetSpec, repo: Path, rel: str) -> list[dict[str, Any
         try:
             ds = datasets.load_dataset(spec.name, spec.config, split=spec.split)
         except Exception as exc:
-            raise ConfigError(f"hub dataset {spec.name} cannot be loaded: {exc}", where=f"{rel}:dataset.name",
-                              hint="hub datasets need a network; use a local file otherwise") from None
+            raise ConfigError(
+                f"hub dataset {spec.name} cannot be loaded: {exc}",
+                where=f"{rel}:dataset.name",
+                hint="hub datasets need a network; use a local file otherwise",
+            ) from None
     else:
         raise ConfigError("dataset needs `path` or `name`", where=f"{rel}:dataset")
     if spec.limit:
@@ -212,8 +222,11 @@ def _load_dataset(spec: DatasetSpec, repo: Path, rel: str) -> list[dict[str, Any
         mapping = spec.vars or {c: c for c in record if c != spec.expected}
         missing = [c for c in mapping.values() if c not in record]
         if missing:
-            raise ConfigError(f"column(s) {', '.join(missing)} not in the dataset", where=f"{rel}:dataset.vars",
-                              hint=f"columns are: {', '.join(record)}")
+            raise ConfigError(
+                f"column(s) {', '.join(missing)} not in the dataset",
+                where=f"{rel}:dataset.vars",
+                hint=f"columns are: {', '.join(record)}",
+            )
         row: dict[str, Any] = {"vars": {var: record[col] for var, col in mapping.items()}}
         if spec.expected:
             if spec.expected not in record:
@@ -242,6 +255,6 @@ def split_items(items: tuple[Item, ...] | list[Item], *, seed: int, train: float
     n_train = max(0, min(n_train, n - n_dev - 1))
     return Splits(
         train=tuple(ordered[:n_train]),
-        dev=tuple(ordered[n_train:n_train + n_dev]),
-        test=tuple(ordered[n_train + n_dev:]),
+        dev=tuple(ordered[n_train : n_train + n_dev]),
+        test=tuple(ordered[n_train + n_dev :]),
     )

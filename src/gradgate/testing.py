@@ -28,8 +28,17 @@ class ScriptedBackend:
     option_scores: Callable[[list[dict[str, str]], list[str]], list[float]] | None = None
     unknown_models: tuple[str, ...] = ("nonexistent/model",)
 
-    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
-                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply:
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+        timeout: float,
+    ) -> BackendReply:
         await asyncio.sleep(0)
         self.calls.append((spec.model, messages))
         if self.fail_first > 0:
