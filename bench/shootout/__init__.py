@@ -1,0 +1,1 @@
+"""Helpers of the optimizer shoot-out benchmark (`bench/optimizers.py`)."""

@@ -1,0 +1,276 @@
+"""DSPy's instruction optimizers (MIPROv2 zero-shot, COPRO) on a gradgate task, under gradgate's budget.
+
+Fairness choices, so DSPy and gradgate differ only in the search:
+
+- DSPy's language model is a `dspy.LM` whose engine sends every request through a gradgate `Gateway` (which calls
+  the model through litellm, e.g. the in-process `local/` provider): the same budget tracker counts every call, the
+  same replay cache makes reruns reproduce, and the same model serves the optimizer role. DSPy's own cache is off.
+- The program DSPy optimizes has one `dspy.Predict` whose *instruction* is the optimized text; running the program
+  scores the prompt `instruction + {{input}}` on the item with gradgate's scorer (log-likelihood of the answer options
+  for embedded models). DSPy's search therefore optimizes exactly the score every method is compared on, and its best
+  instruction is later scored on test by the same code path as everyone's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bench.shootout.tasks import BenchTask, items_by_input
+
+from gradgate.errors import BudgetExhausted, GradgateError
+from gradgate.evaluate import ItemResult, Scorer
+from gradgate.jobs import Session
+from gradgate.suites import Item
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DSPY_METHODS = ("dspy-miprov2", "dspy-copro")
+# MIPROv2 auto="light", zero-shot: 6 instruction candidates, 9 trials, the whole dev set per trial (dev ≤ 50 items).
+MIPRO_CANDIDATES = 6
+# Prompt-model calls MIPROv2 makes besides the candidates: program description (2), data summary (about one per
+# 10 training items, plus one), and a JSON-adapter retry for each reply the chat adapter cannot parse.
+MIPRO_PROPOSER_OVERHEAD = 4
+COPRO_TEMPERATURE = 1.4  # COPRO's default init_temperature
+
+
+class LoopThread:
+    """One event loop in a daemon thread: DSPy calls synchronously, gradgate's gateway is async."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-dspy-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+@dataclass
+class DspyRunLog:
+    """What the DSPy run did, kept outside DSPy so a run cut short by the budget still has its best candidate."""
+
+    dev_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # instruction -> item id -> score
+    exhausted: str | None = None
+    engine_calls: int = 0
+    parse_failures: int = 0
+
+    def best_complete(self, dev_ids: list[str], original: str) -> tuple[str, float]:
+        """The instruction with the best mean over the whole dev split (ties: the original, then the earliest)."""
+        best, best_score = original, -1.0
+        for instruction, scores in self.dev_scores.items():
+            if all(i in scores for i in dev_ids):
+                mean = sum(scores[i] for i in dev_ids) / len(dev_ids)
+                if mean > best_score or (mean == best_score and instruction == original):
+                    best, best_score = instruction, mean
+        return best, best_score
+
+
+class GatewayEngine:
+    """A dspy engine (`complete(Request) -> Response`) that sends each request through gradgate's gateway."""
+
+    def __init__(self, session: Session, loop: LoopThread, run_log: DspyRunLog, *, role: str, seed: int) -> None:
+        self.session = session
+        self.loop = loop
+        self.run_log = run_log
+        self.role = role
+        self.seed = seed
+        self._seen: Counter[str] = Counter()
+
+    def complete(self, request: Any) -> Any:
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        messages: list[dict[str, str]] = []
+        if request.system is not None:
+            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+            messages.append({"role": "system", "content": system})
+        messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
+        config = request.config
+        spec = self.session.gateway.spec(self.role)
+        temperature = spec.temperature if config.temperature is None else float(config.temperature)
+        max_tokens = spec.max_tokens if config.max_tokens is None else int(config.max_tokens)
+        # DSPy fans out n samples as n identical requests; number them so each is a distinct, replayable sample.
+        key = hashlib.sha256(json.dumps([messages, temperature, max_tokens], sort_keys=True).encode()).hexdigest()
+        sample = self._seen[key]
+        self._seen[key] += 1
+        self.run_log.engine_calls += 1
+        try:
+            reply = self.loop.run(self.session.gateway.complete(
+                self.role, messages, temperature=temperature, max_tokens=max_tokens, seed=self.seed + sample,
+                stop=list(config.stop) or None, sample=sample))
+        except BudgetExhausted as exc:
+            self.run_log.exhausted = self.run_log.exhausted or exc.message
+            raise
+        return Response(id=None, model=reply.model, message=Message.assistant([TextPart(reply.text)]),
+                        finish_reason="stop",
+                        usage=Usage(input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens,
+                                    total_tokens=reply.prompt_tokens + reply.completion_tokens))
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+class ItemScorer:
+    """Scores (instruction, item) with gradgate's scorer; shared by every copy DSPy makes of the program."""
+
+    def __init__(self, task: BenchTask, session: Session, loop: LoopThread, run_log: DspyRunLog) -> None:
+        self.task = task
+        self.scorer = Scorer(session.gateway, session.config, task.target)
+        self.loop = loop
+        self.run_log = run_log
+        self.items = items_by_input(task.target.suite.items)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ItemScorer:
+        return self  # DSPy deep-copies programs; the scorer (gateway, loop, locks) is shared, not copied
+
+    def score(self, instruction: str, text: str) -> ItemResult | None:
+        item: Item | None = self.items.get(text)
+        if item is None:
+            raise GradgateError("DSPy asked about an input that is not in the task", hint="report this as a bug")
+        prompt = self.task.target.prompt.with_body(self.task.body_for(instruction))
+        try:
+            result = self.loop.run(self.scorer.score_item(prompt, item))
+        except BudgetExhausted as exc:
+            self.run_log.exhausted = self.run_log.exhausted or exc.message
+            return None
+        self.run_log.dev_scores.setdefault(instruction, {})[item.id] = result.score
+        return result
+
+
+def _program(instruction: str, item_scorer: ItemScorer) -> Any:
+    import dspy
+
+    class InstructionProgram(dspy.Module):  # type: ignore[misc]
+        """Answers with the task model; the prompt is this predictor's instruction followed by the input."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict(dspy.Signature("input -> answer", instruction))
+            self.item_scorer = item_scorer
+
+        def forward(self, input: str) -> Any:
+            result = self.item_scorer.score(self.predict.signature.instructions, input)
+            if result is None:  # budget exhausted: no answer, no credit
+                return dspy.Prediction(answer="", score=0.0)
+            return dspy.Prediction(answer=result.output, score=result.score)
+
+    return InstructionProgram()
+
+
+def _metric(example: Any, prediction: Any, trace: Any = None) -> float:
+    return float(prediction.score)
+
+
+def _examples(items: tuple[Item, ...]) -> list[Any]:
+    import dspy
+
+    return [dspy.Example(input=str(i.vars["input"]), answer=i.expected or "").with_inputs("input") for i in items]
+
+
+def copro_shape(budget_calls: int, dev: int) -> tuple[int, int]:
+    """COPRO's (breadth, depth) with the most candidates whose worst-case calls fit the budget (depth 2 preferred).
+
+    Calls: breadth·depth candidate evaluations of `dev` items each, plus (breadth−1) + breadth·(depth−1) proposals,
+    doubled for the JSON-adapter retry of an unparsable reply.
+    """
+    best = (2, 1)
+    for depth in (2, 1):
+        for breadth in range(2, 41):
+            calls = breadth * depth * dev + 2 * ((breadth - 1) + breadth * (depth - 1))
+            if calls <= budget_calls and breadth * depth > best[0] * best[1]:
+                best = (breadth, depth)
+    return best
+
+
+def mipro_estimate(train: int, dev: int) -> int:
+    """Worst-case calls of MIPROv2 light zero-shot: every distinct candidate on dev, bootstrapping on train, proposals."""
+    return MIPRO_CANDIDATES * dev + train + 2 * (MIPRO_CANDIDATES + math.ceil(train / 10) + MIPRO_PROPOSER_OVERHEAD)
+
+
+@dataclass(frozen=True)
+class DspyOutcome:
+    instruction: str
+    settings: dict[str, Any]
+    dev_score: float | None
+    stopped_reason: str | None
+    engine_calls: int
+    lm_history: int  # DSPy's own count of LM calls (its history), a cross-check of the gateway's count
+    scored_item_ids: tuple[str, ...] = ()  # every item DSPy's program was run on (train/dev only)
+    error: str | None = None
+
+
+def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int) -> DspyOutcome:
+    """Run one DSPy optimizer; the budget is enforced by `session.budget` (every call goes through its gateway)."""
+    import dspy
+
+    loop = LoopThread()
+    run_log = DspyRunLog()
+    lm = dspy.LM(session.gateway.spec("optimizer").model, engine=GatewayEngine(
+        session, loop, run_log, role="optimizer", seed=seed), cache=False)
+    item_scorer = ItemScorer(task, session, loop, run_log)
+    student = _program(task.instruction, item_scorer)
+    train, dev = _examples(task.splits.train), _examples(task.splits.dev)
+    settings: dict[str, Any] = {}
+    error: str | None = None
+    compiled: Any = None
+    try:
+        with dspy.context(lm=lm, num_threads=1, max_errors=10_000):
+            if method == "dspy-miprov2":
+                settings = {"auto": "light", "max_bootstrapped_demos": 0, "max_labeled_demos": 0, "seed": seed,
+                            "num_threads": 1, "estimated_calls": mipro_estimate(len(train), len(dev))}
+                if settings["estimated_calls"] > budget_calls:
+                    log.warning("MIPROv2 light may need about %d calls, more than the budget of %d; the budget "
+                                "will cut it short", settings["estimated_calls"], budget_calls)
+                optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
+                                         max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed,
+                                         max_errors=10_000, verbose=False)
+                compiled = optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
+            elif method == "dspy-copro":
+                breadth, depth = copro_shape(budget_calls, len(dev))
+                settings = {"breadth": breadth, "depth": depth, "init_temperature": COPRO_TEMPERATURE}
+                optimizer = dspy.COPRO(prompt_model=lm, metric=_metric, breadth=breadth, depth=depth,
+                                       init_temperature=COPRO_TEMPERATURE)
+                # COPRO selects on the set it is given; that is the dev split here, as for every other method.
+                compiled = optimizer.compile(student, trainset=dev,
+                                             eval_kwargs={"num_threads": 1, "display_progress": False})
+            else:
+                raise GradgateError(f"unknown DSPy method {method!r}", hint=f"use one of {', '.join(DSPY_METHODS)}")
+    except GradgateError:
+        raise
+    except Exception as exc:  # DSPy raises many kinds (parse errors of a small model's replies among them)
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("%s stopped: %s", method, error)
+    finally:
+        loop.close()
+    dev_ids = [i.id for i in task.splits.dev]
+    if compiled is not None:
+        instruction = compiled.predict.signature.instructions
+        scores = run_log.dev_scores.get(instruction, {})
+        dev_score = sum(scores[i] for i in dev_ids) / len(dev_ids) if all(i in scores for i in dev_ids) else None
+    else:  # cut short: keep the best instruction fully scored on dev so far
+        instruction, best = run_log.best_complete(dev_ids, task.instruction)
+        dev_score = best if best >= 0 else None
+    return DspyOutcome(instruction=instruction, settings=settings,
+                       dev_score=dev_score, stopped_reason=run_log.exhausted, engine_calls=run_log.engine_calls,
+                       lm_history=len(lm.history), error=error,
+                       scored_item_ids=tuple(sorted({i for s in run_log.dev_scores.values() for i in s})))

@@ -1,0 +1,161 @@
+"""Plumbing of the optimizer shoot-out (bench/optimizers.py) with a scripted model: task loading, one split for
+every method, budgets, the replay cache and the JSON/Markdown output. The real run is documented in the README."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.optimizers import parser, run_benchmark
+from bench.shootout.dspy_methods import copro_shape
+from bench.shootout.report import decide
+from bench.shootout.tasks import bench_config, body_for, build_task, read_rows
+
+from gradgate.config import ModelSpec
+from gradgate.errors import ConfigError
+from gradgate.suites import split_items
+from gradgate.testing import ScriptedBackend, last_user_text
+
+HAS_DSPY = importlib.util.find_spec("dspy") is not None and importlib.util.find_spec("optuna") is not None
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# DSPy's chat adapter lists the fields it wants back in its system message.
+_DSPY_FIELDS = re.compile(r"Your output fields are:\n(.*?)(?:\n\n|\Z)", re.DOTALL)
+
+
+def _expression(i: int) -> tuple[str, str]:
+    a, b = bool(i % 2), bool(i % 3)
+    return f"not ( {a} ) and ( {b} ) is", str((not a) and b)
+
+
+@pytest.fixture
+def bbh_file(tmp_path: Path) -> Path:
+    examples = [{"input": _expression(i)[0] + f" [{i}]", "target": _expression(i)[1]} for i in range(24)]
+    path = tmp_path / "tiny_bool.json"
+    path.write_text(json.dumps({"canary": "test", "examples": examples}), encoding="utf-8")
+    return path
+
+
+def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    fields = _DSPY_FIELDS.search(system)
+    if fields:  # a DSPy request: answer every output field it asks for
+        names = re.findall(r"`(\w+)`", fields.group(1))
+        return "\n\n".join(f"[[ ## {n} ## ]]\nEvaluate the Boolean expression step by step." for n in names) + \
+            "\n\n[[ ## completed ## ]]"
+    return "<prompt>Evaluate the Boolean expression carefully.\n\n{{input}}</prompt>"
+
+
+def option_scores(messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    # A "model" that answers right only when the prompt says "carefully" or "step by step", so wording matters.
+    text = last_user_text(messages)
+    good = "carefully" in text or "step by step" in text
+    expr = text.strip().rsplit("\n", 1)[-1].split(" [")[0].removesuffix(" is")
+    try:
+        answer = str(eval(expr.replace("( ", "(").replace(" )", ")")))
+    except SyntaxError:
+        answer = "True"
+    pick = answer if good else "True"
+    return [1.0 if o == pick else 0.0 for o in options]
+
+
+def _args(bbh_file: Path, tmp_path: Path, methods: str, budget: int = 60) -> Any:
+    return parser().parse_args([
+        "--task", str(bbh_file), "--methods", methods, "--budget-calls", str(budget),
+        "--train", "6", "--dev", "6", "--test", "8", "--seed", "3",
+        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+    ])
+
+
+def test_task_loading_writes_a_suite_and_an_exact_split(bbh_file: Path, tmp_path: Path) -> None:
+    config = bench_config(task_model="local/smollm2-135m-instruct", optimizer_model="local/smollm2-135m-instruct",
+                          seed=3, sizes=(6, 6, 8), cache_dir="cache")
+    task = build_task(str(bbh_file), repo_root=REPO_ROOT, work_dir=tmp_path / "repo", sizes=(6, 6, 8), seed=3,
+                      task_model="local/smollm2-135m-instruct", config=config)
+    assert (task.name, task.scoring, task.options, task.metric) == ("tiny_bool", "loglik", ("False", "True"),
+                                                                   "normalized")
+    assert (len(task.splits.train), len(task.splits.dev), len(task.splits.test)) == (6, 6, 8)
+    # The runner splits with the config's fractions; it must get exactly these items.
+    again = split_items(task.target.suite.items, seed=3, train=config.optimize.split.train,
+                        dev=config.optimize.split.dev)
+    assert again == task.splits
+    assert task.target.prompt.body == body_for(task.instruction)
+    assert task.target.prompt.variables == ["input"]
+    assert task.target.suite.spec.scoring.mode == "loglik"
+    # Generating API models get an extraction-tolerant metric instead of loglik.
+    generated = build_task(str(bbh_file), repo_root=REPO_ROOT, work_dir=tmp_path / "repo2", sizes=(6, 6, 8),
+                           seed=3, task_model="openai/gpt-4o-mini", config=config)
+    assert (generated.scoring, generated.metric) == ("generate", "contains")
+
+
+def test_bad_task_files_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"examples": [{"question": "x"}]}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="needs `input` and `target`"):
+        read_rows(bad)
+    with pytest.raises(ConfigError, match="neither a known task"):
+        build_task(str(tmp_path / "missing.json"), repo_root=REPO_ROOT, work_dir=tmp_path / "r", sizes=(1, 1, 1),
+                   seed=0, task_model="local/smollm2-135m-instruct",
+                   config=bench_config(task_model="local/x", optimizer_model="local/x", seed=0, sizes=(1, 1, 1),
+                                       cache_dir="c"))
+
+
+def test_gsm8k_rows_keep_the_final_answer(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "so 1+1=2\n#### 2"}) + "\n", encoding="utf-8")
+    assert read_rows(path) == [{"input": "1+1?", "target": "2"}]
+
+
+def test_decision_rule_and_copro_shape() -> None:
+    improved, text, diff, p = decide([0.0] * 20, [1.0] * 20, alpha=0.1, margin=0.0, resamples=200, seed=0)
+    assert improved and diff is not None and diff.mean == 1.0 and p is not None and p < 0.01, text
+    improved, text, _, _ = decide([0.0, 1.0] * 5, [1.0, 0.0] * 5, alpha=0.1, margin=0.0, resamples=200, seed=0)
+    assert not improved and "not better" in text
+    breadth, depth = copro_shape(180, 20)
+    assert breadth * depth * 20 + 2 * ((breadth - 1) + breadth * (depth - 1)) <= 180
+    assert (breadth, depth) == (4, 2)
+
+
+def test_gradsum_run_writes_json_and_markdown_and_reruns_identically(bbh_file: Path, tmp_path: Path) -> None:
+    backend = ScriptedBackend(script, option_scores=option_scores)
+    args = _args(bbh_file, tmp_path, "gradsum")
+    json_path, md_path, rows = run_benchmark(args, backend=backend, command="bench test")
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert [r["method"] for r in data["rows"]] == ["initial prompt", "gradsum"]
+    assert data["split"] == {"train": 6, "dev": 6, "test": 8}
+    assert sorted(data["split_ids"]["test"]) == sorted(data["rows"][0]["scores"])
+    gradsum = data["rows"][1]
+    assert gradsum["calls"] <= 60, "the search stays within the shared budget"
+    assert "carefully" in gradsum["prompt"] and gradsum["test"]["mean"] == 1.0
+    assert data["rows"][0]["test"]["mean"] < 1.0
+    markdown = md_path.read_text(encoding="utf-8")
+    assert "| gradsum | 1.000" in markdown and "Command: `bench test`" in markdown
+    # A rerun is answered by the replay cache but counts the same calls and gives the same table.
+    calls_before = len(backend.calls)
+    again = ScriptedBackend(script, option_scores=option_scores)
+    _, _, rows_again = run_benchmark(_args(bbh_file, tmp_path, "gradsum"), backend=again, command="bench test")
+    assert again.calls == [] and calls_before > 0
+    assert [(r.calls, r.test) for r in rows_again] == [(r.calls, r.test) for r in rows]
+
+
+@pytest.mark.skipif(not HAS_DSPY, reason="dspy (and optuna) not installed")
+@pytest.mark.parametrize("method", ["dspy-copro", "dspy-miprov2"])
+def test_dspy_methods_use_the_same_split_scorer_and_budget(bbh_file: Path, tmp_path: Path, method: str) -> None:
+    backend = ScriptedBackend(script, option_scores=option_scores)
+    _, _, rows = run_benchmark(_args(bbh_file, tmp_path, method, budget=80), backend=backend, command="bench test")
+    row = rows[1]
+    assert row.method == method and row.error is None, row.error
+    assert row.calls is not None and 0 < row.calls <= 80
+    assert "step by step" in row.prompt and row.prompt.endswith("{{input}}\n")
+    assert row.test is not None and row.test.mean == 1.0
+    data = json.loads((tmp_path / "out" / "optimizers-tiny_bool.json").read_text(encoding="utf-8"))
+    extra = data["rows"][1]["extra"]
+    assert extra["dspy_lm_calls"] > 0
+    # DSPy scored only train/dev items of the shared split, never test ones, through gradgate's scorer.
+    seen = set(extra["scored_item_ids"])
+    assert seen and seen <= set(data["split_ids"]["train"]) | set(data["split_ids"]["dev"])
+    assert set(data["split_ids"]["dev"]) <= seen
