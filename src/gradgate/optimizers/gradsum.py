@@ -254,7 +254,8 @@ class GradSum(Optimizer):
             "editor",
             messages,
             temperature=self.config.editor_temperature,
-            seed=ctx.seed,
+            # A distinct seed per sample: with one seed, a sampling backend would repeat the same candidate.
+            seed=(ctx.seed * 7919 + sample) % 2**31,
             max_tokens=self.config.edit_max_tokens,
             sample=sample,
         )
