@@ -258,7 +258,8 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     [result] = outcome.results
     assert session.budget.calls <= 40 and result.usage.calls > 5
     assert result.candidates[0].id == "c0000" and result.candidates[0].dev_score is not None
-    assert len(result.candidates) >= 2  # the editor proposed something (scored or rejected)
+    # the optimizer model wrote gradients for the failing train items (unless nothing failed)
+    assert result.gradients or result.candidates[0].dev_score == 1.0
     assert result.decision and (result.improved or result.best_is_original or "test" in result.decision)
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "qa" / "gradsum" / "trajectory.json").exists()
     assert time.monotonic() - started < 300
