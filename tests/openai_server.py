@@ -79,6 +79,7 @@ def start_openai_server(
     port = port or free_port()
     model = str(Path(folder).resolve())
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gradgate.local_models.prepare_torch_env
     log_dir = Path(tempfile.mkdtemp(prefix="gradgate-serve-"))
     log_path = log_dir / "serve.log"
     command = [*_serve_command(), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
@@ -100,9 +101,7 @@ def _wait_ready(handle: ServerHandle, timeout: float) -> None:
     url = f"http://127.0.0.1:{handle.port}/health"
     while time.monotonic() < deadline:
         if handle.process.poll() is not None:
-            raise RuntimeError(
-                f"transformers serve exited with code {handle.process.returncode}:\n{handle.log_tail()}"
-            )
+            raise RuntimeError(f"transformers serve exited with code {handle.process.returncode}:\n{handle.log_tail()}")
         try:
             if httpx.get(url, timeout=2.0).status_code == 200:
                 return

