@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Spin-waiting OpenMP threads slow torch down 8x on a busy 2-core machine (see local_models).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = [m for m in ("tests.fake_github", "tests.openai_server") if importlib.util.find_spec(m)]
 

@@ -93,7 +93,8 @@ judge_option = click.option("--judge-model", default=None, help="Judge model.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, with full prompts).")
 def main(verbose: int) -> None:
     """Guard and improve the LLM prompts kept in a repository."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch of litellm's price table
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see local_models)
     _setup_logging(verbose)
 
 

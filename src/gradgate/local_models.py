@@ -312,6 +312,9 @@ def load_causal_lm(
         if key in _LOADED:
             return _LOADED[key]
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its bars would mix into gradgate's own output
 
         started = time.monotonic()
         try:
@@ -453,6 +456,7 @@ def generate_batch(
     temperature: float = 0.0,
     seed: int | None = None,
     stop: Sequence[str] | None = None,
+    max_time: float | None = None,
 ) -> list[LocalGeneration]:
     """Generate one reply per conversation in a single left-padded ``model.generate`` call (KV cache on).
 
@@ -495,6 +499,8 @@ def generate_batch(
             "eos_token_id": eos,
             "pad_token_id": tokenizer.pad_token_id,
         }
+        if max_time is not None:
+            kwargs["max_time"] = max(0.1, max_time)  # the run's seconds budget binds inside a generation too
         if temperature > 0:
             from transformers import LogitsProcessorList
 
@@ -535,9 +541,83 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     stop: Sequence[str] | None = None,
+    max_time: float | None = None,
 ) -> LocalGeneration:
-    """One reply from a local model (see ``generate_batch`` for the parameters)."""
-    return generate_batch(model, [messages], max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop)[0]
+    """One reply from a local model (see ``generate_batch`` for the parameters).
+
+    Greedy requests that arrive together from several threads (the gateway runs calls concurrently) are
+    answered by one batched ``generate`` call: on 2 CPU cores a batch of 8 runs about 5x the tokens per
+    second of batch 1.
+    """
+    if temperature == 0 and seed is None:
+        return _BATCHER.submit(model, messages, max_tokens=max_tokens, stop=stop, max_time=max_time)
+    return generate_batch(
+        model, [messages], max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop, max_time=max_time
+    )[0]
+
+
+class _GreedyBatcher:
+    """Collects concurrent greedy requests with the same settings and runs them as one batch."""
+
+    window_seconds = 0.02  # how long the first request waits for company
+    max_batch = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[Any, ...], list[tuple[Sequence[dict[str, Any]], Any]]] = {}
+
+    def submit(
+        self,
+        model: str,
+        messages: Sequence[dict[str, Any]],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] | None,
+        max_time: float | None,
+    ) -> LocalGeneration:
+        from concurrent.futures import Future
+
+        key = (model, max_tokens, None if stop is None else tuple(stop))
+        future: Future[LocalGeneration] = Future()
+        with self._lock:
+            queue = self._pending.setdefault(key, [])
+            queue.append((messages, future))
+            leader = len(queue) == 1
+        if leader:
+            time.sleep(self.window_seconds)
+            # Take the group only once the model is free: requests that arrive while another batch
+            # runs join this one instead of waiting for a batch of their own.
+            _TORCH_LOCK.acquire()
+            try:
+                with self._lock:
+                    group = self._pending.pop(key, [])
+                self._run(model, group, max_tokens=max_tokens, stop=stop, max_time=max_time)
+            finally:
+                _TORCH_LOCK.release()
+        return future.result()
+
+    def _run(
+        self,
+        model: str,
+        group: list[tuple[Sequence[dict[str, Any]], Any]],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] | None,
+        max_time: float | None,
+    ) -> None:
+        for start in range(0, len(group), self.max_batch):
+            chunk = group[start : start + self.max_batch]
+            try:
+                replies = generate_batch(model, [m for m, _ in chunk], max_tokens=max_tokens, stop=stop, max_time=max_time)
+            except BaseException as exc:
+                for _, waiting in chunk:
+                    waiting.set_exception(exc)
+            else:
+                for (_, waiting), reply in zip(chunk, replies, strict=True):
+                    waiting.set_result(reply)
+
+
+_BATCHER = _GreedyBatcher()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -650,6 +730,7 @@ def _build_provider_class() -> type:
                 temperature=_optional_float(optional_params.get("temperature"), 0.0),
                 seed=None if seed is None else int(seed),
                 stop=stop,
+                max_time=_optional_float(optional_params.get("timeout"), 0.0) or None,
             )
         except GradgateError as exc:
             # litellm maps the status code to its own exception types (404 -> NotFoundError) for the gateway.
@@ -673,12 +754,14 @@ def _build_provider_class() -> type:
         def completion(  # type: ignore[override]
             self, model: str, messages: list, *args: Any, **kwargs: Any
         ) -> Any:
-            return run(model, messages, kwargs.get("optional_params") or {}, kwargs["model_response"])
+            params = {**(kwargs.get("optional_params") or {}), "timeout": kwargs.get("timeout")}
+            return run(model, messages, params, kwargs["model_response"])
 
         async def acompletion(  # type: ignore[override]
             self, model: str, messages: list, *args: Any, **kwargs: Any
         ) -> Any:
-            return await asyncio.to_thread(run, model, messages, kwargs.get("optional_params") or {}, kwargs["model_response"])
+            params = {**(kwargs.get("optional_params") or {}), "timeout": kwargs.get("timeout")}
+            return await asyncio.to_thread(run, model, messages, params, kwargs["model_response"])
 
     LocalLLM.__qualname__ = "LocalLLM"
     LocalLLM.__module__ = __name__
