@@ -108,3 +108,28 @@ def test_generated_setup_loads_with_gradgates_own_loaders(tmp_path: Path) -> Non
     targets = discovery.discover(tmp_path, config)
     assert [t.prompt.id for t in targets] == ["example"]
     assert len(targets[0].suite.items) == 12
+
+
+@pytest.mark.slow
+def test_init_then_eval_with_a_real_model(tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The starter setup runs end to end: every item scored by the served SmolLM2 through litellm."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gradgate.cli import main
+
+    monkeypatch.setenv("GRADGATE_API_BASE", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    repo = tmp_path / "repo"
+    runner = CliRunner()
+    init = runner.invoke(main, ["init", str(repo)])
+    assert init.exit_code == 0, init.output
+    model = "openai/" + openai_server.model
+    result = runner.invoke(main, ["eval", "--repo", str(repo), "--model", model, "--judge-model", model,
+                                  "--out", str(tmp_path / "out"), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    [prompt] = results["prompts"]
+    assert (prompt["id"], prompt["n_items"], prompt["n_scored"]) == ("example", 12, 12)
+    assert 0.0 <= prompt["mean_score"] <= 1.0
