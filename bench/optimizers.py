@@ -112,20 +112,21 @@ def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_
 
 
 def run_dspy_method(method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int,
-                    cache_dir: Path, backend: Backend | None) -> MethodRun:
+                    cache_dir: Path, backend: Backend | None, strict: bool = False) -> MethodRun:
     from bench.shootout.dspy_methods import run_dspy
 
     session, budget, replay = _session(task, config, max_calls=budget_calls, replay_dir=cache_dir / "replay",
                                        run_cache=cache_dir / "run" / method, backend=backend)
     started = time.monotonic()
-    outcome = run_dspy(method, task, session, seed=seed, budget_calls=budget_calls)
+    outcome = run_dspy(method, task, session, seed=seed, budget_calls=budget_calls, strict=strict)
     return MethodRun(method=method, body=task.body_for(outcome.instruction), calls=budget.calls, tokens=budget.tokens,
                      seconds=time.monotonic() - started, model_seconds=replay.stats.model_seconds,
                      stopped_reason=outcome.stopped_reason, error=outcome.error,
                      extra={"settings": outcome.settings, "dev_best": outcome.dev_score,
                             "dspy_lm_calls": outcome.lm_history, "engine_calls": outcome.engine_calls,
                             "instruction": outcome.instruction,
-                            "scored_item_ids": list(outcome.scored_item_ids)})
+                            "scored_item_ids": list(outcome.scored_item_ids),
+                            "adapter": "dspy.ChatAdapter" if strict else "lenient ChatAdapter"})
 
 
 async def score_on_test(task: BenchTask, session: Session, bodies: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -160,11 +161,14 @@ def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
     runs: list[MethodRun] = []
     for method in args.methods:
         log.info("== %s ==", method)
-        runner = run_dspy_method if method in DSPY_METHODS else run_gradgate_method
         started = time.monotonic()
         try:
-            runs.append(runner(method, task, config, budget_calls=args.budget_calls, seed=args.seed,
-                               cache_dir=cache_dir, backend=backend))
+            if method in DSPY_METHODS:
+                runs.append(run_dspy_method(method, task, config, budget_calls=args.budget_calls, seed=args.seed,
+                                            cache_dir=cache_dir, backend=backend, strict=args.dspy_strict))
+            else:
+                runs.append(run_gradgate_method(method, task, config, budget_calls=args.budget_calls,
+                                                seed=args.seed, cache_dir=cache_dir, backend=backend))
         except (GradgateError, ImportError) as exc:
             message = exc.message if isinstance(exc, GradgateError) else str(exc)
             log.warning("%s failed: %s", method, message)
@@ -207,7 +211,7 @@ def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
         "optimizer_model": optimizer_model, "scoring": task.scoring, "options": list(task.options),
         "metric": task.metric, "seed": args.seed, "budget_calls": args.budget_calls,
         "split": {"train": sizes[0], "dev": sizes[1], "test": sizes[2]}, "split_ids": task.split_ids(),
-        "alpha": alpha, "margin": margin, "methods": list(args.methods),
+        "alpha": alpha, "margin": margin, "methods": list(args.methods), "dspy_strict": args.dspy_strict,
         "command": command or "python bench/optimizers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "versions": _versions(),
     }
@@ -263,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer-model", default=None, help="any litellm model string (default: the task model)")
     p.add_argument("--scoring", choices=("auto", "loglik", "generate"), default="auto",
                    help="auto: log-likelihood of the answer options for embedded models with few distinct answers")
+    p.add_argument("--dspy-strict", action="store_true",
+                   help="use DSPy's stock chat adapter (a reply without its field markers stops the optimizer) "
+                        "instead of the lenient one")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     p.add_argument("--cache-dir", default=str(REPO_ROOT / ".gradgate" / "bench-cache"))
     p.add_argument("-v", "--verbose", action="store_true")

@@ -159,3 +159,17 @@ def test_dspy_methods_use_the_same_split_scorer_and_budget(bbh_file: Path, tmp_p
     seen = set(extra["scored_item_ids"])
     assert seen and seen <= set(data["split_ids"]["train"]) | set(data["split_ids"]["dev"])
     assert set(data["split_ids"]["dev"]) <= seen
+
+
+@pytest.mark.skipif(not HAS_DSPY, reason="dspy not installed")
+def test_lenient_adapter_takes_the_whole_reply_when_markers_are_missing() -> None:
+    import dspy
+
+    from bench.shootout.dspy_methods import lenient_adapter
+
+    signature = dspy.Signature("basic_instruction -> proposed_instruction, prefix")
+    parsed = lenient_adapter().parse(signature, "[[ ## prefix ## ]]\nAnswer:\nBe precise and check each step.")
+    assert parsed == {"prefix": "Answer:\nBe precise and check each step.",
+                      "proposed_instruction": "Answer:\nBe precise and check each step."}
+    assert lenient_adapter().parse(signature, "Just do it.") == {"proposed_instruction": "Just do it.",
+                                                                 "prefix": "Just do it."}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import threading
 from collections import Counter
 from collections.abc import Coroutine
@@ -42,6 +43,7 @@ MIPRO_CANDIDATES = 6
 # 10 training items, plus one), and a JSON-adapter retry for each reply the chat adapter cannot parse.
 MIPRO_PROPOSER_OVERHEAD = 4
 COPRO_TEMPERATURE = 1.4  # COPRO's default init_temperature
+_FIELD_HEADER = re.compile(r"\[\[\s*##\s*\w+\s*##\s*\]\]")
 
 
 class LoopThread:
@@ -177,6 +179,29 @@ def _program(instruction: str, item_scorer: ItemScorer) -> Any:
     return InstructionProgram()
 
 
+def lenient_adapter() -> Any:
+    """DSPy's chat adapter, made as forgiving as gradgate's optimizers are of a small model's replies.
+
+    A reply that misses DSPy's `[[ ## field ## ]]` markers is not an error: fields that were parsed keep their value,
+    the others get the whole reply (markers removed), as gradgate's parsers take the whole reply when a tag is
+    missing. Without this, a 135M model never produces a parsable reply and both DSPy optimizers stop at the first
+    proposal. No JSON-adapter retry: it would spend a second call on a reply this parse already accepts.
+    """
+    import dspy
+    from dspy.utils.exceptions import AdapterParseError
+
+    class LenientChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
+        def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+            try:
+                return dict(super().parse(signature, completion))
+            except AdapterParseError as exc:
+                parsed = dict(getattr(exc, "parsed_result", None) or {})
+                text = _FIELD_HEADER.sub("", completion).strip()
+                return {name: parsed.get(name, text) for name in signature.output_fields}
+
+    return LenientChatAdapter(use_json_adapter_fallback=False)
+
+
 def _metric(example: Any, prediction: Any, trace: Any = None) -> float:
     return float(prediction.score)
 
@@ -219,7 +244,8 @@ class DspyOutcome:
     error: str | None = None
 
 
-def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int) -> DspyOutcome:
+def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int,
+             strict: bool = False) -> DspyOutcome:
     """Run one DSPy optimizer; the budget is enforced by `session.budget` (every call goes through its gateway)."""
     import dspy
 
@@ -234,7 +260,8 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
     error: str | None = None
     compiled: Any = None
     try:
-        with dspy.context(lm=lm, num_threads=1, max_errors=10_000):
+        adapter = dspy.ChatAdapter() if strict else lenient_adapter()
+        with dspy.context(lm=lm, adapter=adapter, num_threads=1, max_errors=10_000):
             if method == "dspy-miprov2":
                 settings = {"auto": "light", "max_bootstrapped_demos": 0, "max_labeled_demos": 0, "seed": seed,
                             "num_threads": 1, "estimated_calls": mipro_estimate(len(train), len(dev))}
