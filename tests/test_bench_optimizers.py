@@ -164,7 +164,6 @@ def test_dspy_methods_use_the_same_split_scorer_and_budget(bbh_file: Path, tmp_p
 @pytest.mark.skipif(not HAS_DSPY, reason="dspy not installed")
 def test_lenient_adapter_takes_the_whole_reply_when_markers_are_missing() -> None:
     import dspy
-
     from bench.shootout.dspy_methods import lenient_adapter
 
     signature = dspy.Signature("basic_instruction -> proposed_instruction, prefix")
