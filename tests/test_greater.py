@@ -68,27 +68,50 @@ def exact_norms(model: Any) -> Any:
     gemma = "gemma" in model.config.model_type
     for module in model.modules():
         if type(module).__name__.endswith("RMSNorm"):
+
             def forward(x: Any, m: Any = module) -> Any:
                 eps = m.eps if hasattr(m, "eps") else m.variance_epsilon
                 normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
                 return normed * (1.0 + m.weight) if gemma else m.weight * normed
+
             module.forward = forward
     return model
 
 
 def tiny_llama(vocab: int = 97) -> Any:
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return exact_norms(transformers.LlamaForCausalLM(cfg).to(torch.float64).eval().requires_grad_(False))
 
 
 def tiny_gemma(vocab: int = 97) -> Any:
-    cfg = transformers.Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        max_position_embeddings=256, sliding_window=512, pad_token_id=0,
-                                        eos_token_id=1, bos_token_id=2, final_logit_softcapping=30.0)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        final_logit_softcapping=30.0,
+    )
     torch.manual_seed(0)
     return exact_norms(transformers.Gemma3ForCausalLM(cfg).to(torch.float64).eval().requires_grad_(False))
 
@@ -137,8 +160,9 @@ def test_one_hot_gradient_matches_finite_differences(make_model: Any, insert: bo
     assert grad.abs().sum() > 0
 
 
-def full_forward_loss(model: Any, engine: GreaterEngine, instruction: list[int], items: list[EncodedItem],
-                      reasoning: list[tuple[int, ...]]) -> float:
+def full_forward_loss(
+    model: Any, engine: GreaterEngine, instruction: list[int], items: list[EncodedItem], reasoning: list[tuple[int, ...]]
+) -> float:
     """The same objective computed the plain way: CausalLM(input_ids) logits, no inputs_embeds, no gathering."""
     total = 0.0
     for it, r in zip(items, reasoning, strict=True):
@@ -146,9 +170,10 @@ def full_forward_loss(model: Any, engine: GreaterEngine, instruction: list[int],
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([seq])).logits[0]  # (T, V)
         g0, s0 = len(seq) - len(it.gold), len(it.before)
-        answer = torch.nn.functional.cross_entropy(logits[g0 - 1: len(seq) - 1] / engine.config.answer_temperature,
-                                                   torch.tensor(it.gold))
-        logp = torch.log_softmax(logits[s0 - 1: s0 + len(instruction) - 1], dim=-1)
+        answer = torch.nn.functional.cross_entropy(
+            logits[g0 - 1 : len(seq) - 1] / engine.config.answer_temperature, torch.tensor(it.gold)
+        )
+        logp = torch.log_softmax(logits[s0 - 1 : s0 + len(instruction) - 1], dim=-1)
         fluency = -logp.gather(-1, torch.tensor(instruction)[:, None]).mean()
         total += float(answer + engine.config.fluency_weight * fluency)
     return total
@@ -180,9 +205,10 @@ def test_rollout_matches_plain_generation_and_uncached_scoring() -> None:
     rollout = engine.rollout([instruction], items)[0]
     for it, got in zip(items, rollout.reasoning, strict=True):
         prompt = torch.tensor([list(it.before) + instruction + list(it.after)])
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
-                             eos_token_id=1, pad_token_id=0)
-        want = [t for t in out[0, prompt.shape[1]:].tolist()]
+        out = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False, eos_token_id=1, pad_token_id=0
+        )
+        want = [t for t in out[0, prompt.shape[1] :].tolist()]
         want = want[: want.index(1)] if 1 in want else want
         assert list(got) == want
     plain = full_forward_loss(model, engine, instruction, items, rollout.reasoning)
@@ -192,46 +218,81 @@ def test_rollout_matches_plain_generation_and_uncached_scoring() -> None:
     assert len(rollout.topk) == 3 and rollout.topk[0].shape == (len(instruction) + 1, 5)
 
 
+def test_generated_answers_continue_the_cached_reasoning() -> None:
+    """evaluate()'s path: reasoning, phrase and greedy answer tokens from one cache == generate() on the whole text."""
+    model = tiny_llama()
+    engine = engine_for(model, batch_size=3, answer_tokens=4)
+    engine.decode = lambda ids: ",".join(map(str, ids))
+    items, _ = random_items(3, seed=4)
+    instruction = [20, 21, 22]
+    rollout = engine.rollout([instruction], items, generate_answers=True)[0]
+    for it, why, answer in zip(items, rollout.reasoning, rollout.answers, strict=True):
+        prefix = torch.tensor([list(it.before) + instruction + list(it.after) + list(why) + list(engine.phrase)])
+        out = model.generate(
+            prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=4, do_sample=False, eos_token_id=1, pad_token_id=0
+        )
+        want = out[0, prefix.shape[1] :].tolist()
+        want = want[: want.index(1)] if 1 in want else want
+        assert answer == ",".join(map(str, want))
+
+
 def test_propose_candidates_intersects_then_unites_words_and_keeps_current() -> None:
     words = {10, 11, 12, 13, 14}  # 20..: not words
-    topk = torch.tensor([
-        [10, 11, 20, 12],
-        [10, 11, 21, 13],
-        [10, 20, 22, 13],
-        [10, 11, 20, 14],
-    ])
+    topk = torch.tensor(
+        [
+            [10, 11, 20, 12],
+            [10, 11, 21, 13],
+            [10, 20, 22, 13],
+            [10, 11, 20, 14],
+        ]
+    )
     gen = torch.Generator().manual_seed(0)
     # Subsets of all 4 items: only ids in every row survive (10); 20 is in three rows only.
-    got = propose_candidates(topk, 99, num_intersections=3, intersection_size=4, is_word=words.__contains__,
-                             generator=gen)
+    got = propose_candidates(topk, 99, num_intersections=3, intersection_size=4, is_word=words.__contains__, generator=gen)
     assert got == [99, 10]
     # Subsets of 1 item: the union of all rows, filtered to words; the current id first and not repeated.
-    got = propose_candidates(topk, 11, num_intersections=50, intersection_size=1, is_word=words.__contains__,
-                             generator=gen)
+    got = propose_candidates(topk, 11, num_intersections=50, intersection_size=1, is_word=words.__contains__, generator=gen)
     assert got == [11, 10, 12, 13, 14]
     # Intersections empty of words: fall back to the most frequent word tokens.
     disjoint = torch.tensor([[10, 20], [11, 20], [12, 20]])
-    got = propose_candidates(disjoint, 5, num_intersections=2, intersection_size=3, is_word=words.__contains__,
-                             generator=gen, fallback=2)
+    got = propose_candidates(
+        disjoint, 5, num_intersections=2, intersection_size=3, is_word=words.__contains__, generator=gen, fallback=2
+    )
     assert got == [5, 10, 11]
 
 
-@pytest.mark.parametrize(("text", "ok"), [
-    (" the", True), ("ing", True), (".", True), (" ,", True), ("Hello", True),
-    ("123", False), (" 4", False), ("\n", False), ("<|im_end|>", False), ("a1", False), ("  ", False), ("..", False),
-])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        (" the", True),
+        ("ing", True),
+        (".", True),
+        (" ,", True),
+        ("Hello", True),
+        ("123", False),
+        (" 4", False),
+        ("\n", False),
+        ("<|im_end|>", False),
+        ("a1", False),
+        ("  ", False),
+        ("..", False),
+    ],
+)
 def test_word_token_rule(text: str, ok: bool) -> None:
     assert is_word_text(text) is ok
 
 
-@pytest.mark.parametrize(("position", "length", "mode", "max_len", "expected"), [
-    (0, 4, "wrap", 10, 1),
-    (3, 4, "wrap", 10, 0),  # past the end: wrap
-    (3, 4, "extend", 10, 4),  # past the end: the extension slot
-    (4, 5, "extend", 10, 5),  # an extension was accepted: next slot
-    (4, 4, "extend", 10, 0),  # the extension was refused: wrap
-    (3, 4, "extend", 4, 0),  # at the length cap: wrap
-])
+@pytest.mark.parametrize(
+    ("position", "length", "mode", "max_len", "expected"),
+    [
+        (0, 4, "wrap", 10, 1),
+        (3, 4, "wrap", 10, 0),  # past the end: wrap
+        (3, 4, "extend", 10, 4),  # past the end: the extension slot
+        (4, 5, "extend", 10, 5),  # an extension was accepted: next slot
+        (4, 4, "extend", 10, 0),  # the extension was refused: wrap
+        (3, 4, "extend", 4, 0),  # at the length cap: wrap
+    ],
+)
 def test_advance_position(position: int, length: int, mode: Any, max_len: int, expected: int) -> None:
     assert advance_position(position, length, mode, max_len) == expected
 
@@ -268,8 +329,9 @@ def test_without_gold_answers_raises_config_error_before_loading() -> None:
 
     opt = GreaterOptimizer(GreaterConfig(), loader=loader)
     with pytest.raises(ConfigError, match="gold answers"):
-        opt.optimize(prompt_body="Q: {{q}}\nThink.", train=[Item({"q": "x"}, None), Item({"q": "y"}, "")],
-                     model_name="any", budget=None)
+        opt.optimize(
+            prompt_body="Q: {{q}}\nThink.", train=[Item({"q": "x"}, None), Item({"q": "y"}, "")], model_name="any", budget=None
+        )
 
 
 def test_invalid_config_is_a_config_error() -> None:
@@ -319,8 +381,17 @@ BODY = "Question: {{question}}\nThink step by step."
 
 
 def small_config(**overrides: Any) -> GreaterConfig:
-    values: dict[str, Any] = {"steps": 1, "max_items": 4, "max_new_tokens": 24, "top_k": 10, "num_intersections": 3,
-                              "intersection_size": 2, "num_eval_candidates": 2, "batch_size": 8, "device": "cpu"}
+    values: dict[str, Any] = {
+        "steps": 1,
+        "max_items": 4,
+        "max_new_tokens": 24,
+        "top_k": 10,
+        "num_intersections": 3,
+        "intersection_size": 2,
+        "num_eval_candidates": 2,
+        "batch_size": 8,
+        "device": "cpu",
+    }
     values.update(overrides)
     return GreaterConfig(**values)
 
@@ -328,8 +399,15 @@ def small_config(**overrides: Any) -> GreaterConfig:
 def test_budget_resume_and_extend_on_tiny_model(smol_tokenizer: Any) -> None:
     """Budget charging and exhaustion, resuming from a step's state, and growing the instruction (random model)."""
     tok = smol_tokenizer
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg)
 
@@ -349,8 +427,9 @@ def test_budget_resume_and_extend_on_tiny_model(smol_tokenizer: Any) -> None:
     assert result.config["top_k"] == 10 and result.best_prompt.startswith("Question: {{question}}\n")
     # Resume after step 1: the next step is step 2 at position 2, then the extension slot (position 3).
     opt2 = GreaterOptimizer(small_config(steps=4, max_new_tokens=4, past_end="extend"), loader=loader)
-    resumed = opt2.optimize(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=None,
-                            state=dict(result.trajectory[1].state))
+    resumed = opt2.optimize(
+        prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=None, state=dict(result.trajectory[1].state)
+    )
     assert [s.step for s in resumed.trajectory] == [2, 3]
     assert resumed.trajectory[0].position == 2
     assert resumed.trajectory[1].position == 3  # the extension slot
@@ -383,5 +462,7 @@ def test_one_real_step_on_smollm2(smol_model: Any) -> None:
     assert step.loss <= result.initial_score
     assert isinstance(step.prompt_text, str) and step.prompt_text.startswith("Question: {{question}}\n")
     assert step.prompt_text.count("{{question}}") == 1
-    assert any(c.score is not None for c in step.candidates)
+    # The current token (first) and the 2 best-gradient candidates are scored; the others only have a gradient.
+    assert step.candidates[0].score == pytest.approx(result.initial_score)
+    assert sum(c.score is not None for c in step.candidates) == 1 + min(2, len(step.candidates) - 1)
     assert all(math.isfinite(c.gradient) for c in step.candidates)

@@ -81,7 +81,8 @@ class GreaterConfig:
     span: SpanChoice = "auto"  # which free text of the body is optimized (see module docstring)
     use_chat_template: bool = True  # wrap the prompt as a user turn when the tokenizer has a chat template
     extraction_phrase: str = EXTRACTION_PHRASE
-    batch_size: int = 16  # rows per batched generation / gradient pass (memory bound)
+    batch_size: int = 16  # rows per batched generation (KV cache memory)
+    grad_batch_size: int = 16  # rows per gradient pass (activation memory: keep small for large models)
     seed: int = 0  # item order and subset sampling; greedy decoding is otherwise deterministic
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu (float64 for gradient checks)
@@ -99,6 +100,7 @@ class GreaterConfig:
             "answer_tokens",
             "max_instruction_tokens",
             "batch_size",
+            "grad_batch_size",
         )
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -233,7 +235,7 @@ def split_prompt(body: str, span: SpanChoice = "auto") -> PromptSplit:
             tail = "\n" + tail
         return PromptSplit(head=head, instruction=SEED_INSTRUCTION, tail=tail)
     lead = text[: len(text) - len(text.lstrip())]
-    trail = text[len(text.rstrip()):]
+    trail = text[len(text.rstrip()) :]
     return PromptSplit(head=body[:start] + lead, instruction=core, tail=trail + body[end:])
 
 
@@ -493,9 +495,8 @@ class GreaterEngine:
         else:
             last = torch.tensor([len(t) - 1 for t in tails], device=dev)
             next_logits = self.logits(tail_hidden[torch.arange(B, device=dev), last])
-            mask = torch.cat([mask[:, : mask.shape[1] - Lt], tail_mask[:, :1].expand(B, len(self.phrase))], dim=1)
+            # Here the tail is the phrase alone, the same length in every row: no padding, the mask is complete.
             pos_next = pos_next + len(self.phrase)
-            # The tail has no padding here (same phrase for every row), so the cache is exactly the prefix.
             produced: list[Tensor] = []
             done = torch.zeros(B, dtype=torch.bool, device=dev)
             for _ in range(cfg.answer_tokens):
@@ -607,7 +608,7 @@ class GreaterEngine:
         )
         weights[0] = 1.0
         weights.requires_grad_(True)
-        step = self.config.batch_size
+        step = self.config.grad_batch_size
         for lo in range(0, len(items), step):
             part, why = items[lo : lo + step], reasoning[lo : lo + step]
             n_tokens = sum(
@@ -829,7 +830,7 @@ class GreaterOptimizer:
                         initial_accuracy = float(current.correct.float().mean())
                 phases["generation"] = time.perf_counter() - t
                 step_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable per step
-                outcome = self._step(engine, items, current, instr, position, is_word, step_gen, phases)
+                outcome = self.run_step(engine, items, current, instr, position, is_word, step_gen, phases)
                 at = position
                 old_token = tokenizer.decode([instr[at]]) if at < len(instr) else ""
                 candidates: tuple[CandidateScore, ...] = ()
@@ -892,7 +893,7 @@ class GreaterOptimizer:
             state=final_state,
         )
 
-    def _step(
+    def run_step(
         self,
         engine: GreaterEngine,
         items: Sequence[EncodedItem],
@@ -903,7 +904,11 @@ class GreaterOptimizer:
         gen: torch.Generator,
         phases: dict[str, float],
     ) -> tuple[tuple[CandidateScore, ...], Rollout | None] | None:
-        """One GReaTer step at ``position``; None when no candidate could be proposed (position skipped)."""
+        """One GReaTer step at ``position`` on token ids, given the current instruction's rollout.
+
+        Returns (candidate table, the winning rollout or None when the current instruction stays), or None when
+        no candidate could be proposed. Fills ``phases`` (proposal, gradient, selection seconds).
+        """
         cfg = self.config
         t = time.perf_counter()
         insert = position == len(instr)
@@ -947,19 +952,15 @@ class GreaterOptimizer:
 
         scored = {i: r for i, r in zip(order, rollouts, strict=True)}
         decode = engine.decode or (lambda ids: str(list(ids)))
+        # The current token's score is the current rollout's (index 0, unless it is an extension seed).
+        known = dict(scored) if insert else {0: current, **scored}
         table = tuple(
             CandidateScore(
                 token_id=c,
                 token=decode([c]),
                 gradient=float(grad[i]),
-                score=scored[i].score if i in scored else (None if insert else current.score),
-                accuracy=(
-                    float(scored[i].correct.float().mean())
-                    if i in scored
-                    else None
-                    if insert
-                    else float(current.correct.float().mean())
-                ),
+                score=known[i].score if i in known else None,
+                accuracy=float(known[i].correct.float().mean()) if i in known else None,
             )
             for i, c in enumerate(cands)
         )
