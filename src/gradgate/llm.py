@@ -383,7 +383,7 @@ class Gateway:
                     retry_after = getattr(exc, "retry_after", None)
                     if attempt_no == retries:
                         raise ModelError(
-                            f"{spec.model} did not answer after {retries + 1} attempts: {exc or 'timeout'}",
+                            f"{spec.model} did not answer after {retries + 1} attempts: {str(exc) or 'timeout'}",
                             hint="check that the model server is reachable, or raise models.max_retries",
                         ) from None
                     delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2**attempt_no) * (0.5 + random.random())
@@ -392,7 +392,7 @@ class Gateway:
                         raise BudgetExhausted(
                             "budget exhausted: no time left to retry", hint="raise budget.max_seconds"
                         ) from None
-                    log.warning("%s: %s; retrying in %.1f s", spec.model, exc or "timeout", delay)
+                    log.warning("%s: %s; retrying in %.1f s", spec.model, str(exc) or "timeout", delay)
                     await self._sleep(delay)
                     continue
                 except BaseException:
