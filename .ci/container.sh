@@ -122,7 +122,8 @@ REPO="$WORK/workspace"
 mkdir -p "$REPO"
 cp -a examples/. "$REPO/"
 rm -rf "$REPO/workflows"
-PROMPT_ID=math
+# ticket-triage: 12 items of at most 12 reply tokens each, so the run stays short even on 2 busy cores.
+PROMPT_ID=ticket-triage
 PROMPT_FILE="$REPO/prompts/$PROMPT_ID.md"
 [ -f "$PROMPT_FILE" ] || fail "examples/prompts/$PROMPT_ID.md is missing"
 git_ci() { git -C "$REPO" -c user.name="gradgate ci" -c user.email=ci@gradgate.invalid "$@"; }
@@ -130,9 +131,10 @@ git_ci init -q -b main
 git_ci add -A
 git_ci commit -q -m "base"
 BASE_SHA=$(git_ci rev-parse HEAD)
-git_ci checkout -q -b tune-math
+git_ci checkout -q -b reword-triage
 # The head commit changes one prompt's wording, so check has a base/head pair to compare.
-sed -i 's/Think step by step, then finish/Answer briefly and finish/' "$PROMPT_FILE"
+sed -i 's/^Reply with the letter of the team only, like (A)\./Answer with the letter of one team, for example (A)./' \
+    "$PROMPT_FILE"
 git_ci diff --quiet && fail "the head edit did not change $PROMPT_FILE"
 git_ci commit -q -am "head: shorter instructions"
 HEAD_SHA=$(git_ci rev-parse HEAD)
@@ -201,7 +203,7 @@ event = {
     "pull_request": {
         "number": int(number),
         "base": {"ref": "main", "sha": base, "repo": repo},
-        "head": {"ref": "tune-math", "sha": head, "repo": repo},
+        "head": {"ref": "reword-triage", "sha": head, "repo": repo},
     },
 }
 with open(path, "w", encoding="utf-8") as handle:
@@ -254,7 +256,7 @@ run_action() {  # run_action LABEL: one workflow step, as GitHub's runner starts
         -e GITHUB_REPOSITORY="$REPOSITORY" -e GITHUB_REPOSITORY_OWNER="${REPOSITORY%%/*}" \
         -e GITHUB_API_URL="http://127.0.0.1:$GH_PORT" -e GITHUB_SERVER_URL=https://github.com \
         -e GITHUB_SHA="$HEAD_SHA" -e GITHUB_REF="refs/pull/$PR_NUMBER/merge" \
-        -e GITHUB_BASE_REF=main -e GITHUB_HEAD_REF=tune-math -e GITHUB_RUN_ID=4242 -e GITHUB_RUN_ATTEMPT=1 \
+        -e GITHUB_BASE_REF=main -e GITHUB_HEAD_REF=reword-triage -e GITHUB_RUN_ID=4242 -e GITHUB_RUN_ATTEMPT=1 \
         -e GITHUB_JOB=gate -e GITHUB_WORKFLOW="gradgate check" -e GITHUB_ACTOR=octocat \
         "$CONTAINER" -- /usr/bin/env "${INPUTS[@]}" "${ENTRYPOINT[@]}" 2>&1 | tee "$WORK/action-$label.log"
     rc=${PIPESTATUS[0]}
