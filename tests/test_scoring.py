@@ -97,9 +97,25 @@ def gateway(script, *, limits: BudgetConfig | None = None, cache: Path | None = 
 def test_judge_retries_once_then_parses() -> None:
     replies = iter(["It looks right to me.", "VERDICT: PASS"])
     gw = gateway(lambda spec, m: next(replies))
-    verdict = asyncio.run(judge_output(gw, JudgeConfig(), input_text="q", output="a"))
+    verdict = asyncio.run(judge_output(gw, JudgeConfig(method="reasoning"), input_text="q", output="a"))
     assert verdict.parsed and verdict.score == 1.0
     assert gw.budget.calls == 2
+
+
+def test_embedded_judges_rank_the_verdicts_by_log_likelihood() -> None:
+    seen: list[list[str]] = []
+
+    def option_scores(messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        seen.append(options)
+        assert messages[-1]["content"].endswith("Answer with one word: PASS or FAIL.")
+        return [-3.0, -1.0]  # FAIL is likelier
+
+    gw = gateway(lambda spec, m: "unused", option_scores=option_scores)
+    verdict = asyncio.run(judge_output(gw, JudgeConfig(), input_text="q", output="a"))  # local/ judge: auto -> loglik
+    assert (verdict.score, verdict.raw) == (0.0, "FAIL") and seen == [["PASS", "FAIL"]]
+    scale = asyncio.run(judge_output(gateway(lambda s, m: "", option_scores=lambda m, o: [float(o == "8") for o in o]),
+                                     JudgeConfig(scale="1-10"), input_text="q", output="a"))
+    assert scale.raw == "8" and scale.score == pytest.approx(7 / 9)
 
 
 def test_cache_makes_a_rerun_free(tmp_path: Path) -> None:
@@ -166,7 +182,8 @@ def test_eval_job_writes_results_and_report(examples_copy: Path, tmp_path: Path)
     by_id = {p["id"]: p for p in data["prompts"]}
     assert by_id["math"]["mean_score"] == pytest.approx(1 / 12, abs=1e-5)  # only "apples" is 7
     assert by_id["ticket-triage"]["mean_score"] == pytest.approx(4 / 12, abs=1e-5)
-    assert by_id["release-note"]["items"][0]["judge_explanation"].startswith("The note is plain")
+    # The examples' judge is the embedded model: its verdict is ranked by log-likelihood.
+    assert by_id["release-note"]["items"][0]["judge_explanation"].startswith("log-likelihood verdict PASS")
     assert "| `math` |" in outcome.report_path.read_text()
     # Rerun: everything from the cache, zero calls.
     again = asyncio.run(

@@ -79,6 +79,11 @@ class JudgeConfig(_Strict):
     scale: Literal["binary", "1-10"] = "binary"
     task_description: str | None = None
     pass_threshold: float = Field(0.5, ge=0, le=1, description="Normalized score at or above which an item passes.")
+    method: Literal["auto", "reasoning", "loglik"] = Field(
+        "auto",
+        description="reasoning: explain, then a verdict line; loglik: rank the verdicts by log-likelihood (embedded "
+        "models, which cannot hold the verdict format); auto: loglik for local/ judges, else reasoning.",
+    )
 
 
 class GateConfig(_Strict):

@@ -41,6 +41,13 @@ VERDICT_FORMATS = {
     "1-10": "SCORE: N  (N is a whole number from 1, worst, to 10, best)",
 }
 
+# The last line for log-likelihood judging: the model is not asked to write, its verdicts are ranked.
+VERDICT_OPTIONS = {"binary": ["PASS", "FAIL"], "1-10": [str(n) for n in range(1, 11)]}
+LOGLIK_ENDING = {
+    "binary": "Does the output meet the criteria? Answer with one word: PASS or FAIL.",
+    "1-10": "How well does the output meet the criteria? Answer with one whole number from 1 (worst) to 10 (best).",
+}
+
 JUDGE_RETRY = "Your reply did not end with the required final line. Reply again, ending with exactly: {verdict_format}"
 
 _BINARY_RE = re.compile(r"VERDICT\s*[:=-]?\s*\**\s*(PASS|FAIL)", re.IGNORECASE)
@@ -129,6 +136,11 @@ async def judge_output(
         task_description=config.task_description,
         nonce=nonce,
     )
+    method = config.method
+    if method == "auto":
+        method = "loglik" if gateway.spec("judge").model.startswith("local/") else "reasoning"
+    if method == "loglik":
+        return await _judge_by_loglik(gateway, config, messages)
     reply = await gateway.complete("judge", messages, sample=sample)
     parsed = parse_verdict(reply.text, config.scale)
     text = reply.text
@@ -149,3 +161,17 @@ async def judge_output(
         return Judgement(score=0.0, raw="unparsed", explanation=f"judge reply had no verdict: {text.strip()[:500]}", parsed=False)
     score, raw = parsed
     return Judgement(score=score, raw=raw, explanation=text.strip(), parsed=True)
+
+
+async def _judge_by_loglik(gateway: Gateway, config: JudgeConfig, messages: list[dict[str, str]]) -> Judgement:
+    """Rank the possible verdicts by log-likelihood: robust for small models that cannot hold a format."""
+    user = messages[-1]["content"]
+    cut = user.rfind("First explain your reasoning")
+    question = (user[:cut] if cut >= 0 else user).rstrip() + "\n\n" + LOGLIK_ENDING[config.scale]
+    options = VERDICT_OPTIONS[config.scale]
+    scores = await gateway.score_options("judge", [*messages[:-1], {"role": "user", "content": question}], options)
+    best = max(range(len(options)), key=scores.__getitem__)
+    raw = options[best]
+    score = (1.0 if raw == "PASS" else 0.0) if config.scale == "binary" else (int(raw) - 1) / 9
+    ranked = ", ".join(f"{o} {s:.2f}" for o, s in sorted(zip(options, scores, strict=True), key=lambda x: -x[1])[:3])
+    return Judgement(score=score, raw=raw, explanation=f"log-likelihood verdict {raw} (top: {ranked})", parsed=True)
