@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 DEFAULT_PROMPTFOO = "0.121.20"
 # Head edits: each prompt reworded, so each one is re-scored by the gate.
+# transformers serve (without continuous batching) hung on concurrent requests here: one at a time, both tools.
 HEAD_EDITS = {
     "math.md": ("Think step by step, then finish", "Answer briefly and finish"),
     "ticket-triage.md": (
@@ -75,10 +76,7 @@ FINAL_NUMBER_JS = (
     "const m = String(output).replace(/,/g, '').match(/-?\\d+(?:\\.\\d+)?/g);"
     " return m !== null && parseFloat(m[m.length - 1]) === parseFloat('{expected}');"
 )
-CHOICE_JS = (
-    "const m = String(output).match(/\\(?\\b([A-Z])\\b\\)?/);"
-    " return m !== null && '(' + m[1] + ')' === '{expected}';"
-)
+CHOICE_JS = "const m = String(output).match(/\\(?\\b([A-Z])\\b\\)?/); return m !== null && '(' + m[1] + ')' === '{expected}';"
 
 
 def git(repo: Path, *args: str) -> None:
@@ -96,7 +94,7 @@ def build_repo(repo: Path, base_url: str, model: str) -> None:
     shutil.copytree(ROOT / "examples", repo, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
     config = yaml.safe_load((repo / "gradgate.yaml").read_text())
     spec = {"model": f"openai/{model}", "api_base": base_url}
-    config["models"] = {"task": spec, "judge": spec, "optimizer": spec, "concurrency": 2}
+    config["models"] = {"task": spec, "judge": spec, "optimizer": spec, "concurrency": 1}
     config["budget"] = {"max_calls": 1000}
     (repo / "gradgate.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (repo / ".gitignore").write_text(".gradgate/\n")
@@ -169,21 +167,15 @@ def promptfoo_config(repo: Path, base_url: str, model: str, dest: Path) -> int:
             "providers": [provider],
             "tests": tests,
         }
-        (dest / f"{target.prompt.id}.yaml").write_text(
-            yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-        )
+        (dest / f"{target.prompt.id}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return tests_total
 
 
 def install_promptfoo(version: str) -> Path:
-    prefix = Path(
-        os.environ.get("GRADGATE_BENCH_NODE") or Path(tempfile.gettempdir()) / "gradgate-bench-node"
-    )
+    prefix = Path(os.environ.get("GRADGATE_BENCH_NODE") or Path(tempfile.gettempdir()) / "gradgate-bench-node")
     binary = prefix / "node_modules" / ".bin" / "promptfoo"
     installed = prefix / "node_modules" / "promptfoo" / "package.json"
-    if not (
-        binary.exists() and installed.is_file() and json.loads(installed.read_text())["version"] == version
-    ):
+    if not (binary.exists() and installed.is_file() and json.loads(installed.read_text())["version"] == version):
         prefix.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"promptfoo@{version}"],
@@ -200,9 +192,7 @@ def server_calls(log_path: Path) -> int:
         return 0
 
 
-def measured(
-    command: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
-) -> dict[str, Any]:
+def measured(command: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> dict[str, Any]:
     """Run `command`; wall time, peak RSS of the child (wait4), calls seen by the server, stdout."""
     before = server_calls(log_path)
     start = time.perf_counter()
@@ -233,9 +223,7 @@ def run_gate(repo: Path, out: Path, env: dict[str, str], log_path: Path) -> dict
     return {**{k: v for k, v in result.items() if not k.startswith("_")}, "reported": reported}
 
 
-def run_promptfoo(
-    binary: Path, configs: Path, out: Path, cache: Path, env: dict[str, str], log_path: Path
-) -> dict[str, Any]:
+def run_promptfoo(binary: Path, configs: Path, out: Path, cache: Path, env: dict[str, str], log_path: Path) -> dict[str, Any]:
     env = {
         **env,
         "PROMPTFOO_DISABLE_TELEMETRY": "1",
@@ -258,13 +246,11 @@ def run_promptfoo(
             "--no-table",
             "--no-progress-bar",
             "--max-concurrency",
-            "2",
+            "1",
         ]
         result = measured(command, env, log_path, cwd=configs)
         if not result_file.is_file():
-            raise SystemExit(
-                f"promptfoo eval wrote no results ({result['exit_code']}):\n{result['_stderr'][-3000:]}"
-            )
+            raise SystemExit(f"promptfoo eval wrote no results ({result['exit_code']}):\n{result['_stderr'][-3000:]}")
         data = json.loads(result_file.read_text())
         stats = data.get("results", {}).get("stats", {})
         total["wall_seconds"] = round(total["wall_seconds"] + result["wall_seconds"], 2)
@@ -311,12 +297,8 @@ def main() -> None:
         gate_cold = run_gate(repo, tmp / "gate-cold", env, server.log_path)
         gate_warm = run_gate(repo, tmp / "gate-warm", env, server.log_path)
         (tmp / "pf-out").mkdir()
-        pf_cold = run_promptfoo(
-            binary, tmp / "promptfoo", tmp / "pf-out", tmp / "pf-cache" / "cache", env, server.log_path
-        )
-        pf_warm = run_promptfoo(
-            binary, tmp / "promptfoo", tmp / "pf-out", tmp / "pf-cache" / "cache", env, server.log_path
-        )
+        pf_cold = run_promptfoo(binary, tmp / "promptfoo", tmp / "pf-out", tmp / "pf-cache" / "cache", env, server.log_path)
+        pf_warm = run_promptfoo(binary, tmp / "promptfoo", tmp / "pf-out", tmp / "pf-cache" / "cache", env, server.log_path)
     report = {
         "benchmark": "gradgate check (base+head, paired, sequential) vs promptfoo eval (head), examples/",
         "server": "transformers serve, SmolLM2-135M-Instruct, CPU, OpenAI chat completions on loopback",
