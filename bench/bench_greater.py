@@ -59,6 +59,11 @@ def rss_mb() -> float | None:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    load_at_start = os.getloadavg()
     items = load_task(args.task)
     if items is None:
         print(f"task {args.task!r} not found (looked in ../shared/data/bbh); nothing to measure")
@@ -106,15 +112,18 @@ def main(argv: list[str] | None = None) -> int:
 
     before = opt.evaluate(prompt_body=args.body, items=test, model_name=args.model) if test else None
     steps: list[dict[str, Any]] = []
-    step_started = [time.perf_counter()]
+    step_started = [time.perf_counter(), cpu_seconds()]
 
     def on_step(step: GreaterStep) -> None:
-        now = time.perf_counter()
-        steps.append({"step": step.step, "wall_seconds": now - step_started[0], **asdict(step)})
-        step_started[0] = now
+        now, cpu = time.perf_counter(), cpu_seconds()
+        # CPU seconds of this process: on a shared machine wall time also counts other processes' load.
+        steps.append(
+            {"step": step.step, "wall_seconds": now - step_started[0], "cpu_seconds": cpu - step_started[1], **asdict(step)}
+        )
+        step_started[:] = [now, cpu]
 
     tracemalloc.start()
-    step_started[0] = time.perf_counter()
+    step_started[:] = [time.perf_counter(), cpu_seconds()]
     result = opt.optimize(prompt_body=args.body, train=train, model_name=args.model, budget=None, on_step=on_step)
     _, python_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_accuracy_after": result.best_accuracy,
         "model_load_seconds": load_seconds,
         "step_wall_seconds": [s["wall_seconds"] for s in steps],
+        "step_cpu_seconds": [s["cpu_seconds"] for s in steps],
         "steps": steps,
         "calls": result.calls,
         "prompt_tokens": result.prompt_tokens,
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -159,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, payload)
     for s in steps:
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in s["phase_seconds"].items())
-        print(f"step {s['step']}: {s['wall_seconds']:.1f}s ({phases})  {s['old_token']!r} -> {s['new_token']!r}")
+        change = f"{s['old_token']!r} -> {s['new_token']!r}"
+        print(f"step {s['step']}: {s['wall_seconds']:.1f}s wall, {s['cpu_seconds']:.1f}s CPU ({phases})  {change}")
     print(f"held-out accuracy {payload['heldout_accuracy_before']} -> {payload['heldout_accuracy_after']}")
     print(f"peak RSS {payload['memory']['peak_rss_mb']:.0f} MiB; wrote {args.out}")
     return 0

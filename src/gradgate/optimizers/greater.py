@@ -793,6 +793,8 @@ class GreaterOptimizer:
 
         instr = tuple(int(t) for t in (state or {}).get("instruction_ids", initial))
         position = int((state or {}).get("position", 0))
+        if not 0 <= position <= len(instr) or (position == len(instr) and cfg.past_end == "wrap"):
+            position = 0  # a state from another configuration: start over at the first token
         first_step = int((state or {}).get("step", 0))
         initial_score = float((state or {}).get("initial_score", math.nan))
         initial_accuracy = float((state or {}).get("initial_accuracy", math.nan))
