@@ -166,12 +166,12 @@ def test_mask_commands_cover_each_line_of_a_secret() -> None:
     ]
 
 
-def _run_entrypoint(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _run_entrypoint(env: dict[str, str], tmp_path: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("INPUT_")}
     base["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), base.get("PYTHONPATH", "")])
     base["HOME"] = str(tmp_path)  # git config --global lands here, not in the real home
     base.update({"HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "GITHUB_ACTIONS": "true"})
-    return subprocess.run([sys.executable, "-m", "gradgate.action"], env={**base, **env}, cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "gradgate.action"], env={**base, **env}, cwd=cwd or tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -200,13 +200,19 @@ def test_entrypoint_marks_the_workspace_safe_and_runs_the_cli(tmp_path: Path) ->
     pytest.importorskip("gradgate.cli")
     if not (REPO_ROOT / "src" / "gradgate" / "__main__.py").exists():
         pytest.skip("python -m gradgate is not available yet")
-    event = tmp_path / "event.json"
-    event.write_text(json.dumps({"pull_request": {"base": {"sha": "0" * 40}}}))
     workspace = tmp_path / "ws"
     workspace.mkdir()
+    git = ["git", "-C", str(workspace), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (workspace / "notes.txt").write_text("base\n")
+    subprocess.run([*git, "add", "notes.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"base": {"sha": sha}}}))
     env = {**inputs_env(mode="check", github_token=TOKEN, config="missing.yaml"),
            "GITHUB_WORKSPACE": str(workspace), "GITHUB_EVENT_PATH": str(event)}
-    proc = _run_entrypoint(env, tmp_path)
+    proc = _run_entrypoint(env, tmp_path, cwd=workspace)
     assert TOKEN not in "\n".join(proc.stdout.splitlines()[1:]) + proc.stderr
     safe = subprocess.run(["git", "config", "--global", "--get-all", "safe.directory"],
                           env={"HOME": str(tmp_path)}, capture_output=True, text=True, check=False)
