@@ -108,13 +108,21 @@ def test_embedded_judges_rank_the_verdicts_by_log_likelihood() -> None:
     def option_scores(messages: list[dict[str, str]], options: list[str]) -> list[float]:
         seen.append(options)
         assert messages[-1]["content"].endswith("Answer with one word: PASS or FAIL.")
-        return [-3.0, -1.0]  # FAIL is likelier
+        if "N/A" in messages[-1]["content"]:
+            return [-1.0, -3.0]  # the model's prior: PASS whatever it reads
+        return [-2.0, -2.5]  # PASS is likelier here too, but less than its prior: calibrated, FAIL
 
     gw = gateway(lambda spec, m: "unused", option_scores=option_scores)
     verdict = asyncio.run(judge_output(gw, JudgeConfig(), input_text="q", output="a"))  # local/ judge: auto -> loglik
-    assert (verdict.score, verdict.raw) == (0.0, "FAIL") and seen == [["PASS", "FAIL"]]
-    scale = asyncio.run(judge_output(gateway(lambda s, m: "", option_scores=lambda m, o: [float(o == "8") for o in o]),
-                                     JudgeConfig(scale="1-10"), input_text="q", output="a"))
+    assert (verdict.score, verdict.raw) == (0.0, "FAIL") and seen == [["PASS", "FAIL"]] * 2
+    scale = asyncio.run(
+        judge_output(
+            gateway(lambda s, m: "", option_scores=lambda m, o: [float(x == "8") * ("N/A" not in m[-1]["content"]) for x in o]),
+            JudgeConfig(scale="1-10"),
+            input_text="q",
+            output="a",
+        )
+    )
     assert scale.raw == "8" and scale.score == pytest.approx(7 / 9)
 
 
@@ -183,7 +191,7 @@ def test_eval_job_writes_results_and_report(examples_copy: Path, tmp_path: Path)
     assert by_id["math"]["mean_score"] == pytest.approx(1 / 12, abs=1e-5)  # only "apples" is 7
     assert by_id["ticket-triage"]["mean_score"] == pytest.approx(4 / 12, abs=1e-5)
     # The examples' judge is the embedded model: its verdict is ranked by log-likelihood.
-    assert by_id["release-note"]["items"][0]["judge_explanation"].startswith("log-likelihood verdict PASS")
+    assert by_id["release-note"]["items"][0]["judge_explanation"].startswith("log-likelihood verdict")
     assert "| `math` |" in outcome.report_path.read_text()
     # Rerun: everything from the cache, zero calls.
     again = asyncio.run(

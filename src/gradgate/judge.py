@@ -164,14 +164,35 @@ async def judge_output(
 
 
 async def _judge_by_loglik(gateway: Gateway, config: JudgeConfig, messages: list[dict[str, str]]) -> Judgement:
-    """Rank the possible verdicts by log-likelihood: robust for small models that cannot hold a format."""
-    user = messages[-1]["content"]
-    cut = user.rfind("First explain your reasoning")
-    question = (user[:cut] if cut >= 0 else user).rstrip() + "\n\n" + LOGLIK_ENDING[config.scale]
+    """Rank the possible verdicts by log-likelihood: robust for small models that cannot hold a format.
+
+    Small models prefer some verdict whatever they read. Contextual calibration (Zhao et al., 2021) removes
+    that prior: the same question about a content-free output ("N/A") gives the bias, which is subtracted.
+    The content-free request is the same for every item with these criteria, so the cache makes it one call.
+    """
+    question = _loglik_question(messages[-1]["content"], config.scale)
     options = VERDICT_OPTIONS[config.scale]
     scores = await gateway.score_options("judge", [*messages[:-1], {"role": "user", "content": question}], options)
-    best = max(range(len(options)), key=scores.__getitem__)
+    neutral = build_judge_messages(
+        criteria=config.criteria,
+        scale=config.scale,
+        input_text="N/A",
+        output="N/A",
+        expected=None,
+        task_description=config.task_description,
+        nonce="000000000000",
+    )
+    prior = await gateway.score_options(
+        "judge", [*neutral[:-1], {"role": "user", "content": _loglik_question(neutral[-1]["content"], config.scale)}], options
+    )
+    calibrated = [s - p for s, p in zip(scores, prior, strict=True)]
+    best = max(range(len(options)), key=calibrated.__getitem__)
     raw = options[best]
     score = (1.0 if raw == "PASS" else 0.0) if config.scale == "binary" else (int(raw) - 1) / 9
-    ranked = ", ".join(f"{o} {s:.2f}" for o, s in sorted(zip(options, scores, strict=True), key=lambda x: -x[1])[:3])
-    return Judgement(score=score, raw=raw, explanation=f"log-likelihood verdict {raw} (top: {ranked})", parsed=True)
+    ranked = ", ".join(f"{o} {c:+.2f}" for o, c in sorted(zip(options, calibrated, strict=True), key=lambda x: -x[1])[:3])
+    return Judgement(score=score, raw=raw, explanation=f"log-likelihood verdict {raw} (calibrated: {ranked})", parsed=True)
+
+
+def _loglik_question(user: str, scale: str) -> str:
+    cut = user.rfind("First explain your reasoning")
+    return (user[:cut] if cut >= 0 else user).rstrip() + "\n\n" + LOGLIK_ENDING[scale]

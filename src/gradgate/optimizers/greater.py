@@ -30,6 +30,7 @@ positions whose logits are used.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -37,13 +38,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gradgate.errors import BudgetExhausted, ConfigError, ModelError
+from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.greater_prompts import (
     EXTRACTION_PHRASE,
     SEED_INSTRUCTION,
@@ -970,3 +972,89 @@ class GreaterOptimizer:
         if best is None or not best.score < current.score:
             return table, None
         return table, best
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The shared optimizer interface
+
+
+def _greater_config(settings: Mapping[str, Any], seed: int) -> GreaterConfig:
+    known = {f.name for f in GreaterConfig.__dataclass_fields__.values()}
+    unknown = sorted(set(settings) - known - {"model"})
+    if unknown:
+        raise ConfigError(
+            f"unknown GReaTer setting(s): {', '.join(unknown)}",
+            where="gradgate.yaml:optimize.greater",
+            hint=f"known: model, {', '.join(sorted(known))}",
+        )
+    values = {k: v for k, v in settings.items() if k != "model"}
+    try:
+        return GreaterConfig(**{"seed": seed, **values})
+    except TypeError as exc:
+        raise ConfigError(f"invalid GReaTer settings: {exc}", where="gradgate.yaml:optimize.greater") from None
+
+
+class Greater(Optimizer):
+    """GReaTer behind the shared interface: the task model optimizes its own prompt from token gradients.
+
+    The local model is `optimize.greater.model` or, by default, the task model (which must then be an embedded
+    `local/...` model). Each accepted step's prompt is scored on dev by the shared scorer, like every other
+    method's candidates, and the runner confirms the best on the test split.
+    """
+
+    name: ClassVar[str] = "greater"
+    needs_expected: ClassVar[bool] = True
+
+    def _model_name(self, ctx: OptimizeContext) -> str:
+        explicit = self.settings.get("model")
+        if explicit:
+            return str(explicit)
+        task = ctx.gateway.spec("task").model
+        if task.startswith("local/"):
+            return task
+        raise ConfigError(
+            f"GReaTer needs the weights of a local model, and the task model {task!r} is an API model",
+            where="gradgate.yaml:optimize.greater.model",
+            hint="set optimize.greater.model to an embedded model (local/smollm2-135m-instruct), a model folder or a hub id",
+        )
+
+    async def optimize(self, ctx: OptimizeContext) -> None:
+        config = _greater_config(self.settings, ctx.seed)
+        model_name = self._model_name(ctx)
+        optimizer = GreaterOptimizer(config)
+        steps: list[GreaterStep] = []
+
+        def on_step(step: GreaterStep) -> None:
+            steps.append(step)
+            swap = f"{step.old_token!r} → {step.new_token!r}" if step.accepted else f"kept {step.old_token!r}"
+            ctx.trajectory.add_gradient(
+                GradientNote(
+                    step=step.step,
+                    parent="c0000",
+                    summary=f"position {step.position}: {swap} (loss {step.loss:.3f}, train accuracy {step.accuracy:.2f})",
+                    per_item=tuple(f"{c.token!r}: gradient {c.gradient:+.4f}" for c in step.candidates[:8]),
+                )
+            )
+            ctx.save_state({"greater": dict(step.state), "prompts": [*ctx.state.get("prompts", []), step.prompt_text]})
+
+        stopped_by_budget = False
+        try:
+            # The torch work blocks; a worker thread keeps the event loop (and its progress output) alive.
+            await asyncio.to_thread(
+                optimizer.optimize,
+                prompt_body=ctx.original,
+                train=list(ctx.splits.train),
+                model_name=model_name.removeprefix("local/"),
+                budget=ctx.budget,
+                on_step=on_step,
+                state=ctx.state.get("greater"),
+            )
+        except BudgetExhausted:
+            stopped_by_budget = True
+        # Score each distinct accepted prompt on dev with the shared scorer (cached ones cost nothing).
+        prompts = list(dict.fromkeys([*ctx.state.get("prompts", []), *(s.prompt_text for s in steps if s.accepted)]))
+        for index, text in enumerate(p for p in prompts if p != ctx.original):
+            if ctx.cached_candidate(text) is None:
+                await ctx.evaluate(text, step=index + 1, parent="c0000", origin="token")
+        if stopped_by_budget:
+            raise BudgetExhausted("budget exhausted during GReaTer's search")
