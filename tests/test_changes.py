@@ -177,3 +177,30 @@ def test_repository_in_a_subdirectory(tmp_path: Path) -> None:
     changes = detect_changes(sub, base_ref="HEAD")
     assert statuses(changes) == {"a": "changed"}
     assert changes.git_prefix == "services/bot/"
+
+
+def test_safe_extract_without_the_data_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 12's Python 3.11.2 (the action image) has no tarfile data filter: the fallback checks members."""
+    import io
+    import tarfile
+
+    from gradgate import changes
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(*members: tarfile.TarInfo) -> tarfile.TarFile:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as out:
+            for member in members:
+                out.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+        buffer.seek(0)
+        return tarfile.open(fileobj=buffer, mode="r:")
+
+    good = tarfile.TarInfo("prompts/a.md")
+    good.size = 1
+    changes._safe_extract(archive(good), tmp_path / "ok")
+    assert (tmp_path / "ok" / "prompts" / "a.md").read_text() == "x"
+    evil = tarfile.TarInfo("link")
+    evil.type, evil.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+    with pytest.raises(tarfile.TarError, match="outside"):
+        changes._safe_extract(archive(evil), tmp_path / "bad")

@@ -151,15 +151,37 @@ def extract_tree(repo: Path, sha: str, prefix: str, dest: Path) -> bool:
         raise GitHubError(
             f"git archive {sha[:12]} failed: {stderr[:300]}", hint="check the repository is intact"
         )
+    if not bytes(done.stdout).strip(b"\0"):
+        return True  # an empty tree archives to padding only
     try:
         with tarfile.open(fileobj=io.BytesIO(done.stdout), mode="r:") as archive:
-            archive.extractall(dest, filter="data")  # refuses links and paths that leave dest
+            _safe_extract(archive, dest)
     except tarfile.TarError as exc:
         raise ConfigError(
             f"revision {sha[:12]} cannot be unpacked safely: {exc}",
             hint="remove links that point outside the repository",
         ) from None
     return True
+
+
+def _safe_extract(archive: tarfile.TarFile, dest: Path) -> None:
+    """Extract refusing links and paths that leave `dest` (tarfile's "data" filter where Python has it:
+    Debian 12's Python 3.11.2 predates it)."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for member in archive.getmembers():
+        target = (root / member.name).resolve()
+        link_target = (target.parent / member.linkname).resolve() if member.issym() else None
+        if member.islnk():
+            link_target = (root / member.linkname).resolve()
+        for path in (target, link_target):
+            if path is not None and path != root and root not in path.parents:
+                raise tarfile.TarError(f"{member.name} leads outside the repository")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise tarfile.TarError(f"{member.name} is not a regular file, directory or link")
+    archive.extractall(dest)  # every member was checked above
 
 
 # -- effective content --------------------------------------------------------------------------------

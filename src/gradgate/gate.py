@@ -502,24 +502,15 @@ def run_check(
     )
     markdown, report_path, outputs = _emit(summary, out_dir, env)
     comment_url = None
+    message = summary.error
     if comment:
         try:
             comment_url = _comment(markdown, env, github_options)
         except GradgateError as exc:
-            log.error("%s", redact(str(exc)))
+            # The report is written; a regression keeps exit 1 so a comment failure cannot hide it.
             message = redact(str(exc))
-            error = error or exc
+            log.error("%s", message)
             exit_code = exit_code if exit_code == EXIT_REGRESSION else EXIT_INFRA
-            return CheckOutcome(
-                exit_code=exit_code,
-                overall=summary.overall,
-                verdicts={p.prompt_id: p.verdict for p in done},
-                summary=summary,
-                markdown=markdown,
-                report_path=report_path,
-                error=message,
-                outputs=outputs,
-            )
     return CheckOutcome(
         exit_code=exit_code,
         overall=summary.overall,
@@ -527,7 +518,7 @@ def run_check(
         summary=summary,
         markdown=markdown,
         report_path=report_path,
-        error=summary.error,
+        error=message,
         comment_url=comment_url,
         outputs=outputs,
     )
