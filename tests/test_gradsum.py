@@ -327,3 +327,13 @@ def test_an_interrupted_run_resumes_at_the_next_iteration_without_rescoring(tmp_
     assert rescored == []
     assert [c.id for c in result.candidates] == ["c0000", "c0001", "c0002"]
     assert result.best.text.startswith("GOOD") and result.improved
+
+
+def test_repair_placeholders_reattaches_the_lost_lines() -> None:
+    from gradgate.optimizers.base import repair_placeholders
+
+    original = "Answer carefully.\n\nQuestion: {{question}}\nContext: {{context}}\n"
+    repaired, lines = repair_placeholders(original, "Think step by step. Use {{context}}.")
+    assert lines == ["Question: {{question}}"]
+    assert repaired == "Think step by step. Use {{context}}.\n\nQuestion: {{question}}\n"
+    assert repair_placeholders(original, original) == (original, [])

@@ -277,3 +277,14 @@ def test_a_job_whose_search_the_budget_stopped_still_exits_0_and_says_so(tmp_pat
     assert outcome.exit_code == 0 and outcome.results[0].improved
     assert "ended the search of qa/gradsum early" in outcome.message
     assert "The search stopped early" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_lost_placeholders_are_rejected_by_default_and_repaired_on_request(tmp_path: Path) -> None:
+    one = {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1}
+    repo = make_repo(tmp_path / "repo")
+    rejected, _ = optimize(repo, Script(sequence_editor(LOST)), tmp_path / "a", one)
+    assert [c.rejected for c in rejected.candidates if c.origin != "initial"] == ["lost template variable(s): question"]
+    repaired, _ = optimize(repo, Script(sequence_editor(LOST)), tmp_path / "b", one, optimize={"repair_placeholders": True})
+    [candidate] = [c for c in repaired.candidates if c.origin != "initial"]
+    assert candidate.rejected is None and candidate.dev_score is not None
+    assert candidate.text.endswith("Question: {{question}}\n") and "repaired" in (candidate.note or "")

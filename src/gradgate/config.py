@@ -115,6 +115,11 @@ class OptimizeConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     margin: float = Field(0.0, ge=0, le=1, description="A new prompt must beat the original on test by more than this.")
     alpha: float = Field(0.1, gt=0, lt=1, description="Significance level for 'beats the original'.")
+    repair_placeholders: bool = Field(
+        False,
+        description="Repair a candidate that lost a {{variable}} by re-attaching the original's line that holds it, "
+        "instead of rejecting it (small rewriters often drop that line).",
+    )
     gradsum: dict[str, Any] = Field(default_factory=dict, description="GRAD-SUM settings (see docs).")
     gpo: dict[str, Any] = Field(default_factory=dict, description="GPO settings (see docs).")
     greater: dict[str, Any] = Field(default_factory=dict, description="GReaTer settings (see docs).")

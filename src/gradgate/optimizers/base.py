@@ -101,9 +101,13 @@ class Trajectory:
         return max(scored, key=lambda c: (c.dev_score or 0.0, -self.candidates.index(c)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": TRAJECTORY_VERSION, "method": self.method, "prompt_id": self.prompt_id,
-                "candidates": [asdict(c) for c in self.candidates],
-                "gradients": [asdict(g) for g in self.gradients]}
+        return {
+            "version": TRAJECTORY_VERSION,
+            "method": self.method,
+            "prompt_id": self.prompt_id,
+            "candidates": [asdict(c) for c in self.candidates],
+            "gradients": [asdict(g) for g in self.gradients],
+        }
 
     def save(self) -> None:
         if self.path is not None:
@@ -119,9 +123,10 @@ class Trajectory:
         if data.get("version") != TRAJECTORY_VERSION or data.get("method") != method or data.get("prompt_id") != prompt_id:
             return trajectory
         trajectory.candidates = [Candidate(**c) for c in data.get("candidates", [])]
-        trajectory.gradients = [GradientNote(**{**g, "per_item": tuple(g.get("per_item", ())),
-                                                "children": tuple(g.get("children", ()))})
-                                for g in data.get("gradients", [])]
+        trajectory.gradients = [
+            GradientNote(**{**g, "per_item": tuple(g.get("per_item", ())), "children": tuple(g.get("children", ()))})
+            for g in data.get("gradients", [])
+        ]
         return trajectory
 
 
@@ -157,6 +162,19 @@ class RunState:
         return cls(path=path, fingerprint=fingerprint, data=stored.get("data", {}), resumed=True)
 
 
+def repair_placeholders(original: str, candidate: str) -> tuple[str, list[str]]:
+    """Re-attach, after the candidate, the original's lines that carry the variables the candidate lost.
+
+    Small rewriters often drop the `{{input}}` line while improving the instruction. With
+    `optimize.repair_placeholders` on, such a candidate is repaired instead of rejected.
+    """
+    lost = set(missing_variables(original, candidate))
+    lines = [line for line in original.splitlines() if lost & set(template_variables(line))]
+    if not lines:
+        return candidate, []
+    return candidate.rstrip() + "\n\n" + "\n".join(lines) + "\n", lines
+
+
 def missing_variables(original: str, candidate: str) -> list[str]:
     """Template variables of the original that the candidate lost (such candidates are rejected)."""
     have = set(template_variables(candidate))
@@ -176,6 +194,7 @@ class OptimizeContext:
     settings: dict[str, Any]
     trajectory: Trajectory
     state: RunState
+    repair: bool = False  # optimize.repair_placeholders: repair candidates that lost a variable, not reject
 
     @property
     def original(self) -> str:
@@ -198,10 +217,27 @@ class OptimizeContext:
         """A candidate with this exact text scored before (on resume, or a duplicate proposal)."""
         return next((c for c in self.trajectory.candidates if c.text == text and c.dev_score is not None), None)
 
-    def reject(self, text: str, *, step: int, parent: str | None, origin: str, reason: str,
-               edit_words: int | None = None, note: str | None = None) -> Candidate:
-        candidate = Candidate(id=self.trajectory.next_id(), text=text, step=step, origin=origin, parent=parent,
-                              rejected=reason, edit_words=edit_words, note=note)
+    def reject(
+        self,
+        text: str,
+        *,
+        step: int,
+        parent: str | None,
+        origin: str,
+        reason: str,
+        edit_words: int | None = None,
+        note: str | None = None,
+    ) -> Candidate:
+        candidate = Candidate(
+            id=self.trajectory.next_id(),
+            text=text,
+            step=step,
+            origin=origin,
+            parent=parent,
+            rejected=reason,
+            edit_words=edit_words,
+            note=note,
+        )
         log.info("rejected candidate %s: %s", candidate.id, reason)
         return self.trajectory.add(self._stamp(candidate))
 
@@ -209,25 +245,52 @@ class OptimizeContext:
         """Score a body on items without recording it (train-batch generation, say)."""
         return await self.scorer.score(self.target.prompt.with_body(text), items)
 
-    async def evaluate(self, text: str, *, step: int, parent: str | None, origin: str,
-                       items: Sequence[Item] | None = None, edit_words: int | None = None,
-                       note: str | None = None) -> Candidate:
+    async def evaluate(
+        self,
+        text: str,
+        *,
+        step: int,
+        parent: str | None,
+        origin: str,
+        items: Sequence[Item] | None = None,
+        edit_words: int | None = None,
+        note: str | None = None,
+    ) -> Candidate:
         """Score `text` on dev (or `items`), record it in the trajectory and return it.
 
         Candidates that lose a template variable are rejected without a call. BudgetExhausted
         propagates: the runner stops the search there and keeps the best so far.
         """
         lost = missing_variables(self.original, text)
+        if lost and self.repair:
+            text, lines = repair_placeholders(self.original, text)
+            note = f"{note + '; ' if note else ''}repaired: re-attached {' / '.join(lines)}"
+            lost = missing_variables(self.original, text)
         if lost:
-            return self.reject(text, step=step, parent=parent, origin=origin, edit_words=edit_words, note=note,
-                               reason=f"lost template variable(s): {', '.join(lost)}")
+            return self.reject(
+                text,
+                step=step,
+                parent=parent,
+                origin=origin,
+                edit_words=edit_words,
+                note=note,
+                reason=f"lost template variable(s): {', '.join(lost)}",
+            )
         evaluation = await self.score_text(text, self.splits.dev if items is None else items)
         if not evaluation.complete:
             from gradgate.errors import BudgetExhausted
 
             raise BudgetExhausted(f"budget exhausted while scoring a candidate: {evaluation.stopped_reason}")
-        candidate = Candidate(id=self.trajectory.next_id(), text=text, step=step, origin=origin, parent=parent,
-                              dev_score=evaluation.mean_score, edit_words=edit_words, note=note)
+        candidate = Candidate(
+            id=self.trajectory.next_id(),
+            text=text,
+            step=step,
+            origin=origin,
+            parent=parent,
+            dev_score=evaluation.mean_score,
+            edit_words=edit_words,
+            note=note,
+        )
         return self.trajectory.add(self._stamp(candidate))
 
 

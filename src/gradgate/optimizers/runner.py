@@ -262,6 +262,7 @@ async def run_optimization(
         settings=settings,
         trajectory=trajectory,
         state=state,
+        repair=session.config.optimize.repair_placeholders,
     )
 
     # Calls the confirmation needs: original and best on test; the judge may be asked twice per item.
