@@ -190,10 +190,12 @@ def bench_config(*, task_model: str, optimizer_model: str, seed: int, sizes: tup
     n = sum(sizes)
     train, dev = sizes[0] / n, sizes[1] / n
     data: dict[str, Any] = {
-        "models": {"task": task_model, "judge": task_model, "optimizer": optimizer_model,
-                   "concurrency": 1 if task_model.startswith("local/") else 8},
+        # Embedded models answer concurrent greedy requests as one batch, so concurrency helps them too.
+        "models": {"task": task_model, "judge": task_model, "optimizer": optimizer_model, "concurrency": 8},
+        # DSPy's optimizers rewrite the instruction only and cannot lose the input field; repairing lost
+        # placeholders puts gradgate's text optimizers on the same footing with a small rewriter.
         "optimize": {"seed": seed, "split": {"train": train, "dev": dev, "test": 1.0 - train - dev},
-                     **(method_settings or {})},
+                     "repair_placeholders": True, **(method_settings or {})},
         "cache_dir": cache_dir,
     }
     return parse_config(data, "bench config")
