@@ -70,7 +70,13 @@ def test_fake_flags_bad_query_and_unknown_routes(fake_github: FakeGitHub) -> Non
     fake_github.violations.clear()
 
 
+def _need_spec() -> None:
+    if not fake_module.spec_path().is_file():
+        pytest.skip("GitHub OpenAPI description not available")
+
+
 def test_fake_records_without_the_token(tmp_path: Path) -> None:
+    _need_spec()
     record = tmp_path / "rec.json"
     with FakeGitHub(record_file=record) as fake:
         client, _ = make_client(fake)
@@ -137,6 +143,7 @@ def test_marker_must_fit_an_html_comment() -> None:
 
 
 def test_enterprise_prefix() -> None:
+    _need_spec()
     with FakeGitHub(prefix="/api/v3") as fake:
         assert fake.api_url.endswith("/api/v3")
         client, _ = make_client(fake)
@@ -364,8 +371,7 @@ def test_context_for_issue_comment_on_a_pull_request(tmp_path: Path) -> None:
 
 
 def test_fake_runs_as_a_process(tmp_path: Path) -> None:
-    if not fake_module.spec_path().is_file():
-        pytest.skip("GitHub OpenAPI description not available")
+    _need_spec()
     record = tmp_path / "record.json"
     repo_root = Path(__file__).resolve().parents[1]
     command = ["-m", "tests.fake_github", "--port", "0", "--record", str(record), "--prefix", "/api/v3"]
