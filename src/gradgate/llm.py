@@ -316,6 +316,7 @@ class Gateway:
                 spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, timeout=timeout
             ),
         )
+        log.debug("%s %s <- %r", role, spec.model, messages)
         log.debug("%s %s -> %r", role, spec.model, reply.text[:2000])
         completion = Completion(
             text=reply.text,
