@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,27 +12,11 @@ from gradgate.github import GitHubClient
 from gradgate.publish import COMMITTER_EMAIL, TRAILER_KEY, publish_tuning_pr
 from tests import fake_github as fake_module
 from tests.fake_github import FakeGitHub
+from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture
 
 fake_github = fake_module.fake_github  # the fixture
 
 BRANCH = "gradgate/tune-prompts"
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_git(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ opens nothing; a person's commit on the branch stops gradgate."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +13,12 @@ import pytest
 from gradgate.errors import GitHubError
 from gradgate.optimizers.runner import OptimizeJobOutcome, branch_for, run_optimize_job
 from tests.fake_github import FakeGitHub
+from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture
 from tests.test_gradsum import GOOD, Script, make_repo, open_session, sequence_editor
 
 GOOD_TOO = "<prompt>GOOD: reply with just the number.\n\nQuestion: {{question}}</prompt>"
 BRANCH = branch_for(["qa"])
 SETTINGS = {"gradsum": {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1}}
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_git(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
 
 @pytest.fixture
