@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -62,12 +61,9 @@ def build_model(shape: dict[str, Any], device: Any, dtype: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    from gradgate.files import atomic_write_text  # imported late: torch's thread settings come first
+
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
