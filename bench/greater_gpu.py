@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     init_seconds = time.perf_counter() - t
 
     gen = torch.Generator().manual_seed(0)
-    vocab = shape["vocab_size"]
+    vocab = int(shape["vocab_size"])
 
     def rand(n: int) -> tuple[int, ...]:
         return tuple(int(x) for x in torch.randint(3, vocab, (n,), generator=gen))
