@@ -447,26 +447,9 @@ class GreaterEngine:
         del logp
 
         # Greedy decoding; rows that finished keep being fed (masked out) so the batch stays rectangular.
-        next_logits = self.logits(hidden[:, -1])  # (B, V)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
         pos_next = mask.sum(-1)  # (B,) position id of the next real token
-        steps: list[Tensor] = []
-        for _ in range(cfg.max_new_tokens):
-            tok = next_logits.argmax(-1)  # (B,)
-            real = ~done & ~torch.isin(tok, self.eos)
-            done |= ~real
-            if not bool(real.any()):
-                break
-            steps.append(torch.where(real, tok, -1))
-            mask = torch.cat([mask, real[:, None].long()], dim=1)
-            out = self.base(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=pos_next[:, None], past_key_values=cache, use_cache=True
-            )
-            cache = out.past_key_values
-            pos_next = pos_next + real.long()
-            next_logits = self.logits(out.last_hidden_state[:, -1])
-        gen = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
-        reasoning = [tuple(t for t in row if t >= 0) for row in gen]
+        generated, mask, pos_next, cache = self._greedy(self.logits(hidden[:, -1]), mask, pos_next, cache, cfg.max_new_tokens)
+        reasoning = [tuple(row) for row in generated]
 
         # Answer tail from the cache: phrase + gold (scored), or phrase then greedy answer tokens.
         tails = [list(self.phrase) + ([] if generate_answers else list(it.gold)) for it in items]
@@ -499,27 +482,7 @@ class GreaterEngine:
             next_logits = self.logits(tail_hidden[torch.arange(B, device=dev), last])
             # Here the tail is the phrase alone, the same length in every row: no padding, the mask is complete.
             pos_next = pos_next + len(self.phrase)
-            produced: list[Tensor] = []
-            done = torch.zeros(B, dtype=torch.bool, device=dev)
-            for _ in range(cfg.answer_tokens):
-                tok = next_logits.argmax(-1)
-                real = ~done & ~torch.isin(tok, self.eos)
-                done |= ~real
-                if not bool(real.any()):
-                    break
-                produced.append(torch.where(real, tok, -1))
-                mask = torch.cat([mask, real[:, None].long()], dim=1)
-                out = self.base(
-                    input_ids=tok[:, None],
-                    attention_mask=mask,
-                    position_ids=pos_next[:, None],
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
-                pos_next = pos_next + real.long()
-                next_logits = self.logits(out.last_hidden_state[:, -1])
-            rows = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in range(B)]
-            answer_ids = [[t for t in row if t >= 0] for row in rows]
+            answer_ids, *_ = self._greedy(next_logits, mask, pos_next, out.past_key_values, cfg.answer_tokens)
             completion += sum(map(len, answer_ids))
             if self.decode is not None:
                 answers = [self.decode(a) for a in answer_ids]
@@ -535,6 +498,31 @@ class GreaterEngine:
             }
             for b in range(B)
         ]
+
+    def _greedy(
+        self, next_logits: Tensor, mask: Tensor, pos_next: Tensor, cache: Any, max_steps: int
+    ) -> tuple[list[list[int]], Tensor, Tensor, Any]:
+        """Greedy decoding from a KV cache; rows that finished keep being fed (masked out) so the batch stays
+        rectangular. Returns the new tokens per row, and the mask, next positions and cache after them."""
+        B = next_logits.shape[0]
+        done = torch.zeros(B, dtype=torch.bool, device=next_logits.device)
+        steps: list[Tensor] = []
+        for _ in range(max_steps):
+            tok = next_logits.argmax(-1)  # (B,)
+            real = ~done & ~torch.isin(tok, self.eos)
+            done |= ~real
+            if not bool(real.any()):
+                break
+            steps.append(torch.where(real, tok, -1))
+            mask = torch.cat([mask, real[:, None].long()], dim=1)
+            out = self.base(
+                input_ids=tok[:, None], attention_mask=mask, position_ids=pos_next[:, None], past_key_values=cache, use_cache=True
+            )
+            cache = out.past_key_values
+            pos_next = pos_next + real.long()
+            next_logits = self.logits(out.last_hidden_state[:, -1])
+        rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
+        return [[t for t in row if t >= 0] for row in rows], mask, pos_next, cache
 
     # ---- one-hot gradient -------------------------------------------------------------------------------------
 
