@@ -43,4 +43,4 @@ RUN set -eu; \
     /opt/gradgate/bin/pip install --no-deps /tmp/gradgate-src; \
     rm -rf /tmp/gradgate-src /root/.cache
 
-ENTRYPOINT ["/opt/gradgate/bin/python", "-m", "gradgate.action"]
+ENTRYPOINT ["/opt/gradgate/bin/python", "-m", "gradgate.github.action_entry"]

@@ -8,7 +8,7 @@ What runs, side by side in one process tree:
    tests/openai_server.py);
 2. a temporary git repository built from examples/: a base commit, then a head commit that rewords
    every prompt;
-3. `gradgate check --base HEAD~1 --head HEAD` (through `gradgate.gate.run_check` in a child process),
+3. `gradgate check --base HEAD~1 --head HEAD` (through `gradgate.gate.check.run_check` in a child process),
    cold (empty caches) and warm (second run);
 4. `promptfoo eval` (npm package, pinned) on generated promptfooconfigs with the head prompts, the same
    tests (assertions translated: final number, chosen letter, llm-rubric for the judge suite) and the
@@ -62,7 +62,7 @@ NOTE = (
 GATE_RUNNER = """
 import json, os, sys
 from pathlib import Path
-from gradgate.gate import run_check
+from gradgate.gate.check import run_check
 o = run_check(repo=Path(sys.argv[1]), base_ref="HEAD~1", head_ref="HEAD", config_path=None, prompt_ids=(),
               model=None, judge_model=None, out_dir=Path(sys.argv[2]), env={}, comment=False)
 s = o.summary
@@ -112,8 +112,8 @@ def build_repo(repo: Path, base_url: str, model: str) -> None:
 
 def promptfoo_config(repo: Path, base_url: str, model: str, dest: Path) -> int:
     """One promptfooconfig per prompt (so tests run only against their own prompt); returns the test count."""
-    from gradgate.config import load_config
-    from gradgate.discovery import discover
+    from gradgate.core.config import load_config
+    from gradgate.core.discovery import discover
 
     config, _ = load_config(repo)
     tests_total = 0
@@ -282,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     from tests.openai_server import start_openai_server
 
-    from gradgate.local_models import converted_model_dir
+    from gradgate.models.local.runtime import converted_model_dir
 
     binary = install_promptfoo(args.promptfoo_version)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "GITHUB_ACTIONS": ""}

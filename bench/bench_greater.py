@@ -64,7 +64,7 @@ def cpu_seconds() -> float:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    from gradgate.files import atomic_write_text  # imported late: torch's thread settings come first
+    from gradgate.core.files import atomic_write_text  # imported late: torch's thread settings come first
 
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gradgate.optimizers.greater import GreaterConfig, GreaterOptimizer, GreaterStep
+    from gradgate.optimizers.greater.method import GreaterConfig, GreaterOptimizer, GreaterStep
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def build_model(shape: dict[str, Any], device: Any, dtype: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    from gradgate.files import atomic_write_text  # imported late: torch's thread settings come first
+    from gradgate.core.files import atomic_write_text  # imported late: torch's thread settings come first
 
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gradgate.optimizers.greater import (
+    from gradgate.optimizers.greater.method import (
         PHASES,
         EncodedItem,
         GreaterConfig,

@@ -36,12 +36,12 @@ from bench.shootout import report  # noqa: E402
 from bench.shootout.replay import PhaseBudget, ReplayBackend  # noqa: E402
 from bench.shootout.tasks import BenchTask, bench_config, build_task  # noqa: E402
 
-from gradgate.config import DEFAULT_MODEL, BudgetConfig, Config  # noqa: E402
+from gradgate.core.config import DEFAULT_MODEL, BudgetConfig, Config  # noqa: E402
 from gradgate.errors import GradgateError  # noqa: E402
-from gradgate.evaluate import Scorer  # noqa: E402
-from gradgate.jobs import Session  # noqa: E402
-from gradgate.llm import Backend, Gateway, LiteLLMBackend, ResponseCache  # noqa: E402
-from gradgate.stats import mean_interval  # noqa: E402
+from gradgate.scoring.scorer import Scorer  # noqa: E402
+from gradgate.app.eval_job import Session  # noqa: E402
+from gradgate.models.gateway import Backend, Gateway, LiteLLMBackend, ResponseCache  # noqa: E402
+from gradgate.core.stats import mean_interval  # noqa: E402
 
 log = logging.getLogger("bench.optimizers")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradgate.action import (
+from gradgate.github.action_entry import (
     INPUT_NAMES,
     ActionInputs,
     mask_commands,
@@ -171,7 +171,7 @@ def _run_entrypoint(env: dict[str, str], tmp_path: Path, cwd: Path | None = None
     base["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), base.get("PYTHONPATH", "")])
     base["HOME"] = str(tmp_path)  # git config --global lands here, not in the real home
     base.update({"HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "GITHUB_ACTIONS": "true"})
-    return subprocess.run([sys.executable, "-m", "gradgate.action"], env={**base, **env}, cwd=cwd or tmp_path,
+    return subprocess.run([sys.executable, "-m", "gradgate.github.action_entry"], env={**base, **env}, cwd=cwd or tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

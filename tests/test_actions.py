@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gradgate import actions
-from gradgate.actions import (
+from gradgate.github import actions
+from gradgate.github.actions import (
     MAX_SUMMARY_BYTES,
     annotate_error,
     annotate_warning,

@@ -15,10 +15,10 @@ from bench.shootout.dspy_methods import copro_shape
 from bench.shootout.report import decide
 from bench.shootout.tasks import bench_config, body_for, build_task, read_rows
 
-from gradgate.config import ModelSpec
+from gradgate.core.config import ModelSpec
 from gradgate.errors import ConfigError
-from gradgate.suites import split_items
-from gradgate.testing import ScriptedBackend, last_user_text
+from gradgate.core.suites import split_items
+from gradgate.models.scripted import ScriptedBackend, last_user_text
 
 HAS_DSPY = importlib.util.find_spec("dspy") is not None and importlib.util.find_spec("optuna") is not None
 REPO_ROOT = Path(__file__).resolve().parents[1]

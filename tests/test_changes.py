@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.changes import detect_changes, resolve_ref
+from gradgate.gate.changes import detect_changes, resolve_ref
 from gradgate.errors import UsageError
 
 GIT_ENV = {
@@ -184,7 +184,7 @@ def test_safe_extract_without_the_data_filter(tmp_path: Path, monkeypatch: pytes
     import io
     import tarfile
 
-    from gradgate import changes
+    from gradgate.gate import changes
 
     monkeypatch.delattr(tarfile, "data_filter", raising=False)
 

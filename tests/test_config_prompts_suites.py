@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.config import Config, json_schema, load_config, parse_config, shipped_schema_text
-from gradgate.discovery import discover
+from gradgate.core.config import Config, json_schema, load_config, parse_config, shipped_schema_text
+from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError, PathOutsideRepoError
-from gradgate.prompts import load_prompt, write_prompt_body
-from gradgate.suites import load_suite, split_items
+from gradgate.core.prompts import load_prompt, write_prompt_body
+from gradgate.core.suites import load_suite, split_items
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -149,7 +149,7 @@ def test_dataset_suite_from_a_local_jsonl(tmp_path: Path) -> None:
 
 
 def test_splits_are_deterministic_disjoint_and_complete() -> None:
-    from gradgate.suites import Item
+    from gradgate.core.suites import Item
 
     items = [Item(id=str(i), vars={}) for i in range(20)]
     a = split_items(items, seed=1, train=0.5, dev=0.25)

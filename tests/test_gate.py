@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from gradgate.config import GateConfig, ModelSpec
+from gradgate.core.config import GateConfig, ModelSpec
 from gradgate.errors import ModelError
-from gradgate.gate import decide, run_check, spending
-from gradgate.testing import ScriptedBackend, last_user_text
+from gradgate.gate.check import decide, run_check, spending
+from gradgate.models.scripted import ScriptedBackend, last_user_text
 from tests.test_changes import commit, git, prompt, write
 
 N_ITEMS = 16

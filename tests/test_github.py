@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gradgate.errors import ConfigError, GitHubError
-from gradgate.github import (
+from gradgate.github.client import (
     MAX_BODY_CHARS,
     GitHubClient,
     github_context_from_env,

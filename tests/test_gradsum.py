@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from gradgate.config import ModelSpec, parse_config
-from gradgate.discovery import discover
+from gradgate.core.config import ModelSpec, parse_config
+from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError, ModelError
-from gradgate.jobs import Session
-from gradgate.optimizers.gradsum import GradSum, GradSumSettings
-from gradgate.optimizers.gradsum_prompts import (
+from gradgate.app.eval_job import Session
+from gradgate.optimizers.gradsum.method import GradSum, GradSumSettings
+from gradgate.optimizers.gradsum.prompts import (
     EDIT_SYSTEM,
     GRADIENT_SYSTEM,
     SUMMARY_SYSTEM,
@@ -31,7 +31,7 @@ from gradgate.optimizers.gradsum_prompts import (
     parse_candidates,
 )
 from gradgate.optimizers.runner import OptimizeResult, run_optimization
-from gradgate.testing import ScriptedBackend, last_user_text
+from gradgate.models.scripted import ScriptedBackend, last_user_text
 
 ORIGINAL = "Answer the question.\n\nQuestion: {{question}}\n"
 GOOD = "<prompt>GOOD: answer with the number only.\n\nQuestion: {{question}}</prompt>"
@@ -136,7 +136,7 @@ def optimize(
 
 
 def dev_split(repo: Path, seed: int = 0) -> tuple[Any, ...]:
-    from gradgate.suites import split_items
+    from gradgate.core.suites import split_items
 
     target = discover(repo, config_for())[0]
     return split_items(target.suite.items, seed=seed, train=0.5, dev=0.25).dev

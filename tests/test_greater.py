@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gradgate.errors import BudgetExhausted, ConfigError  # noqa: E402
-from gradgate.optimizers.greater import (  # noqa: E402
+from gradgate.optimizers.greater.method import (  # noqa: E402
     EncodedItem,
     GreaterConfig,
     GreaterEngine,
@@ -28,7 +28,7 @@ from gradgate.optimizers.greater import (  # noqa: E402
     propose_candidates,
     split_prompt,
 )
-from gradgate.optimizers.greater_prompts import EXTRACTION_PHRASE, SEED_INSTRUCTION, build_answer_tail  # noqa: E402
+from gradgate.optimizers.greater.prompts import EXTRACTION_PHRASE, SEED_INSTRUCTION, build_answer_tail  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -443,7 +443,7 @@ def test_budget_resume_and_extend_on_tiny_model(smol_tokenizer: Any) -> None:
 @pytest.fixture(scope="session")
 def smol_model(smol_tokenizer: Any) -> Any:
     try:
-        from gradgate.local_models import load_causal_lm
+        from gradgate.models.local.runtime import load_causal_lm
     except ImportError:
         found = _smol_folder()
         assert found is not None

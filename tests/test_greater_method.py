@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.config import load_config
-from gradgate.discovery import discover
+from gradgate.core.config import load_config
+from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError
-from gradgate.jobs import Session
+from gradgate.app.eval_job import Session
 from gradgate.optimizers import registry
-from gradgate.optimizers.greater import Greater, _greater_config
-from gradgate.testing import ScriptedBackend
+from gradgate.optimizers.greater.method import Greater, _greater_config
+from gradgate.models.scripted import ScriptedBackend
 
 BOOL_ROWS = [
     ("True and False", "False"),

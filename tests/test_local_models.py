@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gradgate import local_models
+from gradgate.models.local import runtime as local_models
 from gradgate.errors import ConfigError, UnknownModelError
-from gradgate.local_models import (
+from gradgate.models.local.runtime import (
     EMBEDDED_MODELS,
     LocalGeneration,
     generate,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gradgate import publish as publish_module
+from gradgate.github import tuning_pr as publish_module
 from gradgate.errors import ConfigError, GitHubError, PathOutsideRepoError
-from gradgate.github import GitHubClient
-from gradgate.publish import COMMITTER_EMAIL, TRAILER_KEY, publish_tuning_pr
+from gradgate.github.client import GitHubClient
+from gradgate.github.tuning_pr import COMMITTER_EMAIL, TRAILER_KEY, publish_tuning_pr
 from tests import fake_github as fake_module
 from tests.fake_github import FakeGitHub
 from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture

@@ -12,15 +12,15 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gradgate.config import parse_config
-from gradgate.discovery import discover
+from gradgate.core.config import parse_config
+from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError, UsageError
-from gradgate.jobs import Session
+from gradgate.app.eval_job import Session
 from gradgate.optimizers.base import OptimizeContext, Optimizer
-from gradgate.optimizers.gradsum_prompts import GRADIENT_SYSTEM
+from gradgate.optimizers.gradsum.prompts import GRADIENT_SYSTEM
 from gradgate.optimizers.runner import branch_for, run_optimization, run_optimize_job
-from gradgate.prompts import load_prompt
-from gradgate.testing import ScriptedBackend
+from gradgate.core.prompts import load_prompt
+from gradgate.models.scripted import ScriptedBackend
 from tests.test_gradsum import GOOD, HALF, LOST, Script, make_repo, open_session, optimize, sequence_editor
 
 SEARCH = {"iterations": 10, "beam_width": 1, "candidates_per_prompt": 2}
@@ -134,7 +134,7 @@ class Fixed(Optimizer):
 @pytest.fixture
 def fixed_method(monkeypatch: pytest.MonkeyPatch) -> None:
     from gradgate import optimizers
-    from gradgate.optimizers.gradsum import GradSum
+    from gradgate.optimizers.gradsum.method import GradSum
 
     monkeypatch.setattr(optimizers, "registry", lambda: {"gradsum": GradSum, "fixed": Fixed})
 

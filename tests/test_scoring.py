@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.budget import BudgetTracker
-from gradgate.config import BudgetConfig, JudgeConfig, ModelsConfig, load_config
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.config import BudgetConfig, JudgeConfig, ModelsConfig, load_config
 from gradgate.errors import BudgetExhausted, ConfigError, ModelError
-from gradgate.jobs import Session, run_eval
-from gradgate.judge import build_judge_messages, judge_output, parse_verdict
-from gradgate.llm import Gateway, ResponseCache
-from gradgate.metrics import extract_choice, final_number, parse_metrics, score_metric
-from gradgate.testing import ScriptedBackend, last_user_text
+from gradgate.app.eval_job import Session, run_eval
+from gradgate.scoring.judge import build_judge_messages, judge_output, parse_verdict
+from gradgate.models.gateway import Gateway, ResponseCache
+from gradgate.scoring.metrics import extract_choice, final_number, parse_metrics, score_metric
+from gradgate.models.scripted import ScriptedBackend, last_user_text
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from bench.shootout.tasks import BenchTask, items_by_input
 
 from gradgate.errors import BudgetExhausted, GradgateError
-from gradgate.evaluate import ItemResult, Scorer
-from gradgate.jobs import Session
-from gradgate.suites import Item
+from gradgate.scoring.scorer import ItemResult, Scorer
+from gradgate.app.eval_job import Session
+from gradgate.core.suites import Item
 
 log = logging.getLogger(__name__)
 

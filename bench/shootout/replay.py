@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.budget import BudgetTracker
-from gradgate.config import ModelSpec
-from gradgate.files import atomic_write_text
-from gradgate.llm import Backend, BackendReply
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.config import ModelSpec
+from gradgate.core.files import atomic_write_text
+from gradgate.models.gateway import Backend, BackendReply
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.files import atomic_write_text
-from gradgate.stats import Interval, is_binary, mcnemar_exact, paired_difference
+from gradgate.core.files import atomic_write_text
+from gradgate.core.stats import Interval, is_binary, mcnemar_exact, paired_difference
 
 
 @dataclass(frozen=True)

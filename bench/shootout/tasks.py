@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 import yaml
 
-from gradgate.config import Config, parse_config
-from gradgate.discovery import Target
+from gradgate.core.config import Config, parse_config
+from gradgate.core.discovery import Target
 from gradgate.errors import ConfigError
-from gradgate.files import atomic_write_text
-from gradgate.prompts import load_prompt
-from gradgate.suites import Item, Splits, load_suite, split_items
+from gradgate.core.files import atomic_write_text
+from gradgate.core.prompts import load_prompt
+from gradgate.core.suites import Item, Splits, load_suite, split_items
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gradgate import __version__
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
-from gradgate.secrets import RedactingFilter, redact
+from gradgate.core.secrets import RedactingFilter, redact
 
 T = TypeVar("T")
 log = logging.getLogger("gradgate")
@@ -63,7 +63,7 @@ def _repo(path: str) -> Path:
 
 
 def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
-    from gradgate.config import apply_env_overrides, load_config, override_models
+    from gradgate.core.config import apply_env_overrides, load_config, override_models
 
     config, _ = load_config(repo, Path(config_path) if config_path else None)
     return override_models(apply_env_overrides(config), **models)
@@ -116,8 +116,8 @@ def eval_command(
     no_cache: bool,
 ) -> None:
     """Score every prompt on its eval suite."""
-    from gradgate.jobs import Session, run_eval
-    from gradgate.report import print_table
+    from gradgate.app.eval_job import Session, run_eval
+    from gradgate.scoring.results import print_table
 
     def job() -> int:
         repo = _repo(repo_path)
@@ -179,7 +179,7 @@ def check_command(
     comment: bool,
 ) -> None:
     """Gate a change: score base and head of every changed prompt on the same items and compare."""
-    from gradgate.gate import run_check
+    from gradgate.gate.check import run_check
 
     def job() -> int:
         outcome = run_check(
@@ -245,8 +245,8 @@ def optimize_command(
     open_pr: bool,
 ) -> None:
     """Optimize prompts within a hard budget; confirm on held-out items; optionally write back and open a PR."""
-    from gradgate.budget import resolve_budget
-    from gradgate.jobs import Session
+    from gradgate.core.budget import resolve_budget
+    from gradgate.app.eval_job import Session
     from gradgate.optimizers.runner import run_optimize_job
 
     def job() -> int:
@@ -297,8 +297,8 @@ def init_command(directory: str) -> None:
 @click.option("--results", is_flag=True, help="Print the results.json schema instead of gradgate.yaml's.")
 def schema_command(results: bool) -> None:
     """Print the JSON Schema of gradgate.yaml (or of results.json)."""
-    from gradgate.config import shipped_schema_text
-    from gradgate.report import results_schema
+    from gradgate.core.config import shipped_schema_text
+    from gradgate.scoring.results import results_schema
 
     click.echo(json.dumps(results_schema(), indent=2) if results else shipped_schema_text().rstrip())
 

@@ -8,12 +8,12 @@ from gradgate.optimizers.base import Optimizer
 
 def registry() -> dict[str, type[Optimizer]]:
     # Imported lazily: GReaTer pulls in torch, which `check` and `eval` never need.
-    from gradgate.optimizers.gpo import GPO
-    from gradgate.optimizers.gradsum import GradSum
+    from gradgate.optimizers.gpo.method import GPO
+    from gradgate.optimizers.gradsum.method import GradSum
 
     methods: dict[str, type[Optimizer]] = {GradSum.name: GradSum, GPO.name: GPO}
     try:
-        from gradgate.optimizers.greater import Greater
+        from gradgate.optimizers.greater.method import Greater
     except ImportError:  # torch missing: the method says so when chosen
         pass
     else:

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gradgate.budget import BudgetTracker
-from gradgate.discovery import Target
-from gradgate.evaluate import PromptEval, Scorer
-from gradgate.files import atomic_write_text
-from gradgate.llm import Gateway
-from gradgate.prompts import template_variables
-from gradgate.suites import Item, Splits
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.discovery import Target
+from gradgate.scoring.scorer import PromptEval, Scorer
+from gradgate.core.files import atomic_write_text
+from gradgate.models.gateway import Gateway
+from gradgate.core.prompts import template_variables
+from gradgate.core.suites import Item, Splits
 
 log = logging.getLogger(__name__)
 

@@ -33,16 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.config import BudgetConfig
-from gradgate.discovery import Target, discover
+from gradgate.core.config import BudgetConfig
+from gradgate.core.discovery import Target, discover
 from gradgate.errors import BudgetExhausted, ConfigError, UsageError
-from gradgate.evaluate import PromptEval, Scorer
-from gradgate.files import atomic_write_bytes, atomic_write_text
-from gradgate.jobs import Session
+from gradgate.scoring.scorer import PromptEval, Scorer
+from gradgate.core.files import atomic_write_bytes, atomic_write_text
+from gradgate.app.eval_job import Session
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer, RunState, Trajectory
-from gradgate.prompts import write_prompt_body
-from gradgate.stats import Interval, is_binary, mcnemar_exact, mean_interval, paired_difference
-from gradgate.suites import Item, split_items
+from gradgate.core.prompts import write_prompt_body
+from gradgate.core.stats import Interval, is_binary, mcnemar_exact, mean_interval, paired_difference
+from gradgate.core.suites import Item, split_items
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +470,8 @@ async def run_optimize_job(
     base_branch: str | None = None,
 ) -> OptimizeJobOutcome:
     """`gradgate optimize`: every prompt × method, one report, optional write-back and pull request."""
-    from gradgate import actions
-    from gradgate.optimizers import tune_report
+    from gradgate.github import actions
+    from gradgate.optimizers import report as tune_report
 
     if not methods:
         raise UsageError("no optimization method given", hint="pass --method gradsum (repeatable)")
@@ -597,9 +597,9 @@ def _open_pr(
     write: bool,
     base_branch: str | None,
 ) -> Any:
-    from gradgate.github import github_context_from_env, truncate_body
-    from gradgate.optimizers import tune_report
-    from gradgate.publish import publish_tuning_pr
+    from gradgate.github.client import github_context_from_env, truncate_body
+    from gradgate.optimizers import report as tune_report
+    from gradgate.github.tuning_pr import publish_tuning_pr
 
     by_id = {t.prompt.id: t for t in targets}
     changed = {pid: by_id[pid].prompt for pid in chosen}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from gradgate.report import fmt_usd
+from gradgate.scoring.results import fmt_usd
 
 Verdict = Literal["regressed", "improved", "unchanged", "inconclusive", "new", "error"]
 Overall = Literal["regressed", "improved", "unchanged", "inconclusive", "no-changes", "error"]

@@ -778,7 +778,7 @@ def local_llm_class() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # `from gradgate.local_models import LocalLLM` works without importing litellm at module import.
+    # `from gradgate.models.local.runtime import LocalLLM` works without importing litellm at module import.
     if name == "LocalLLM":
         return local_llm_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Deterministic metrics. Each turns (output, item) into a score in [0, 1] and a short reason.
 
 Metric specs are a name (`final_number`) or a mapping (`{type: regex, pattern: "^yes"}`), with an
-optional `weight`. `judge` is a metric too; the LLM-as-judge lives in `gradgate.judge`.
+optional `weight`. `judge` is a metric too; the LLM-as-judge lives in `gradgate.scoring.judge`.
 """
 
 from __future__ import annotations

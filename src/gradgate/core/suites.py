@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gradgate.config import JudgeConfig, format_validation_error
+from gradgate.core.config import JudgeConfig, format_validation_error
 from gradgate.errors import ConfigError
-from gradgate.files import read_text, resolve_inside
+from gradgate.core.files import read_text, resolve_inside
 
 log = logging.getLogger(__name__)
 

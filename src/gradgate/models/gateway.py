@@ -6,7 +6,7 @@
 One gateway per run, passed in (never global). It adds what every caller needs: a concurrency limit,
 retries with backoff on 429/5xx/timeouts, a disk cache keyed on the full request (a rerun with
 nothing changed makes zero calls), hard budgets, and token/cost accounting per role. The backend is
-litellm; tests may pass a scripted backend instead (see `gradgate.testing`).
+litellm; tests may pass a scripted backend instead (see `gradgate.models.scripted`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gradgate.budget import BudgetTracker
-from gradgate.config import ModelsConfig, ModelSpec
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.config import ModelsConfig, ModelSpec
 from gradgate.errors import BudgetExhausted, ModelError, UnknownModelError
-from gradgate.files import atomic_write_text
-from gradgate.secrets import redact
+from gradgate.core.files import atomic_write_text
+from gradgate.core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 
 
 class LiteLLMBackend:
-    """Calls any litellm model string; `local/...` models run in-process (gradgate.local_models)."""
+    """Calls any litellm model string; `local/...` models run in-process (gradgate.models.local.runtime)."""
 
     def __init__(self) -> None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -98,14 +98,14 @@ class LiteLLMBackend:
 
     def _ensure_local(self) -> None:
         if not self._local_registered:
-            from gradgate.local_models import register_local_provider
+            from gradgate.models.local.runtime import register_local_provider
 
             register_local_provider()
             self._local_registered = True
 
     def validate(self, spec: ModelSpec) -> None:
         if spec.model.startswith("local/"):
-            from gradgate.local_models import EMBEDDED_MODELS
+            from gradgate.models.local.runtime import EMBEDDED_MODELS
 
             name = spec.model.removeprefix("local/")
             if name not in EMBEDDED_MODELS:
@@ -224,7 +224,7 @@ class LiteLLMBackend:
                 f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
                 hint="set the suite's `scoring.mode: generate` or use a local/ task model",
             )
-        from gradgate import local_models
+        from gradgate.models.local import runtime as local_models
 
         return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gradgate.report import fmt_usd
-from gradgate.secrets import redact
-from gradgate.stats import Interval
+from gradgate.scoring.results import fmt_usd
+from gradgate.core.secrets import redact
+from gradgate.core.stats import Interval
 
 if TYPE_CHECKING:
     from gradgate.optimizers.runner import OptimizeResult

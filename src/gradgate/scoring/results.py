@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gradgate import __version__
-from gradgate.evaluate import PromptEval
-from gradgate.files import atomic_write_text
-from gradgate.stats import mean_interval
+from gradgate.scoring.scorer import PromptEval
+from gradgate.core.files import atomic_write_text
+from gradgate.core.stats import mean_interval
 
 RESULTS_SCHEMA_VERSION = 1
 

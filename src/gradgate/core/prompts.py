@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from gradgate.errors import ConfigError
-from gradgate.files import atomic_write_bytes, read_text, resolve_inside
+from gradgate.core.files import atomic_write_bytes, read_text, resolve_inside
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 INCLUDE_RE = re.compile(r"\{\{>\s*([^}\s]+)\s*\}\}")

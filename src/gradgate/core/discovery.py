@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradgate.config import Config
+from gradgate.core.config import Config
 from gradgate.errors import ConfigError
-from gradgate.files import resolve_inside
-from gradgate.prompts import Prompt, load_prompt
-from gradgate.suites import Suite, load_suite
+from gradgate.core.files import resolve_inside
+from gradgate.core.prompts import Prompt, load_prompt
+from gradgate.core.suites import Suite, load_suite
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gradgate.actions import escape_data
+from gradgate.github.actions import escape_data
 from gradgate.errors import EXIT_USAGE, UsageError
 
 logger = logging.getLogger(__name__)

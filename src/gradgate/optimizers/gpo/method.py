@@ -29,13 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, get_args
 
-from gradgate.editdistance import word_edit_distance, words
-from gradgate.embeddings import Embedder, EmbedderChoice, cosine_similarities, load_embedder
+from gradgate.core.editdistance import word_edit_distance, words
+from gradgate.models.embeddings import Embedder, EmbedderChoice, cosine_similarities, load_embedder
 from gradgate.errors import ConfigError
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.gpo_prompts import CLOSE_TAG, OPEN_TAG, ScoreScale, build_meta_prompt, format_score
-from gradgate.prompts import template_variables
-from gradgate.suites import Item
+from gradgate.optimizers.gpo.prompts import CLOSE_TAG, OPEN_TAG, ScoreScale, build_meta_prompt, format_score
+from gradgate.core.prompts import template_variables
+from gradgate.core.suites import Item
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gradgate.config import ModelSpec
+from gradgate.core.config import ModelSpec
 from gradgate.errors import UnknownModelError
-from gradgate.llm import BackendReply, RetryableError
+from gradgate.models.gateway import BackendReply, RetryableError
 
 Script = Callable[[ModelSpec, list[dict[str, str]]], str]
 

@@ -11,8 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from gradgate.config import JudgeConfig
-from gradgate.llm import Gateway
+from gradgate.core.config import JudgeConfig
+from gradgate.models.gateway import Gateway
 
 JUDGE_SYSTEM = (
     "You are a strict, fair evaluator. You judge one output of an AI assistant against written criteria. "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradgate.errors import ConfigError, GitHubError, PathOutsideRepoError
-from gradgate.github import GitHubClient
+from gradgate.github.client import GitHubClient
 
 logger = logging.getLogger(__name__)
 

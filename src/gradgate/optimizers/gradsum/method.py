@@ -24,9 +24,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.evaluate import ItemResult
+from gradgate.scoring.scorer import ItemResult
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.gradsum_prompts import (
+from gradgate.optimizers.gradsum.prompts import (
     NO_EXPLANATION,
     NO_VARIABLES,
     TEMPLATES,
@@ -34,7 +34,7 @@ from gradgate.optimizers.gradsum_prompts import (
     feedback_list,
     parse_candidates,
 )
-from gradgate.prompts import template_variables
+from gradgate.core.prompts import template_variables
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradgate.config import Config, JudgeConfig
-from gradgate.discovery import Target
+from gradgate.core.config import Config, JudgeConfig
+from gradgate.core.discovery import Target
 from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.judge import judge_output
-from gradgate.llm import Gateway
-from gradgate.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
-from gradgate.prompts import Prompt
-from gradgate.suites import Item
+from gradgate.scoring.judge import judge_output
+from gradgate.models.gateway import Gateway
+from gradgate.scoring.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
+from gradgate.core.prompts import Prompt
+from gradgate.core.suites import Item
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gradgate.config import Config, load_config
-from gradgate.discovery import Target, find_prompt_files, suite_path_for
+from gradgate.core.config import Config, load_config
+from gradgate.core.discovery import Target, find_prompt_files, suite_path_for
 from gradgate.errors import ConfigError, GitHubError, GradgateError, UsageError
-from gradgate.prompts import load_prompt
-from gradgate.suites import load_suite
+from gradgate.core.prompts import load_prompt
+from gradgate.core.suites import load_suite
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@
                         prompt_ids=(), model=None, judge_model=None, out_dir=Path("out"), env=os.environ)
     sys.exit(outcome.exit_code)
 
-Steps: find the prompts whose effective content changed (`gradgate.changes`); score base and head
+Steps: find the prompts whose effective content changed (`gradgate.gate.changes`); score base and head
 versions of each on the paired items in batches, deciding after each batch with a paired test
-(`decide`, alpha spent by `spending`); render one summary (`gradgate.gate_report`) to `report.md`,
+(`decide`, alpha spent by `spending`); render one summary (`gradgate.gate.report`) to `report.md`,
 `check.json`, the job summary, step outputs, error annotations and the sticky pull request comment;
 then return the exit code. Everything user-visible is written before a failing code is returned.
 
@@ -31,15 +31,15 @@ from typing import Any
 
 from scipy.stats import norm
 
-from gradgate import actions
-from gradgate.budget import BudgetTracker
-from gradgate.changes import ChangeSet, PromptChange, config_sections, detect_changes
-from gradgate.config import Config, GateConfig, apply_env_overrides, override_models
-from gradgate.discovery import Target
+from gradgate.github import actions
+from gradgate.core.budget import BudgetTracker
+from gradgate.gate.changes import ChangeSet, PromptChange, config_sections, detect_changes
+from gradgate.core.config import Config, GateConfig, apply_env_overrides, override_models
+from gradgate.core.discovery import Target
 from gradgate.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, BudgetExhausted, GradgateError
-from gradgate.evaluate import Scorer
-from gradgate.files import atomic_write_text
-from gradgate.gate_report import (
+from gradgate.scoring.scorer import Scorer
+from gradgate.core.files import atomic_write_text
+from gradgate.gate.report import (
     COMMENT_MARKER,
     CheckSummary,
     Decision,
@@ -48,11 +48,11 @@ from gradgate.gate_report import (
     render_markdown,
     step_outputs,
 )
-from gradgate.github import github_context_from_env
-from gradgate.jobs import Session
-from gradgate.llm import Backend
-from gradgate.secrets import redact
-from gradgate.suites import Item
+from gradgate.github.client import github_context_from_env
+from gradgate.app.eval_job import Session
+from gradgate.models.gateway import Backend
+from gradgate.core.secrets import redact
+from gradgate.core.suites import Item
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def decide(
     seed: int = BOOTSTRAP_SEED,
 ) -> Decision:
     """The verdict for paired per-item scores at significance `level` (see gate_report.DECISION_RULE)."""
-    from gradgate.stats import is_binary, mcnemar_exact, paired_difference
+    from gradgate.core.stats import is_binary, mcnemar_exact, paired_difference
 
     n = len(base)
     if n == 0:

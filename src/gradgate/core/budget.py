@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradgate.config import BudgetConfig
+from gradgate.core.config import BudgetConfig
 from gradgate.errors import BudgetExhausted
 
 log = logging.getLogger(__name__)

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradgate.budget import BudgetTracker
-from gradgate.config import Config
-from gradgate.discovery import Target, discover
-from gradgate.evaluate import ItemResult, Scorer
-from gradgate.llm import Backend, Gateway, gateway_from_config
-from gradgate.report import EvalResults, build_results, prompt_out, write_results
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.config import Config
+from gradgate.core.discovery import Target, discover
+from gradgate.scoring.scorer import ItemResult, Scorer
+from gradgate.models.gateway import Backend, Gateway, gateway_from_config
+from gradgate.scoring.results import EvalResults, build_results, prompt_out, write_results
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,12 @@ from torch import Tensor
 
 from gradgate.errors import BudgetExhausted, ConfigError, ModelError
 from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.greater_prompts import (
+from gradgate.optimizers.greater.prompts import (
     EXTRACTION_PHRASE,
     SEED_INSTRUCTION,
     build_answer_tail,
 )
-from gradgate.prompts import VARIABLE_RE, render_template
+from gradgate.core.prompts import VARIABLE_RE, render_template
 
 log = logging.getLogger(__name__)
 
@@ -651,10 +651,10 @@ Loader = Callable[[str, torch.device, torch.dtype], tuple[Any, Any]]
 
 def _default_loader(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     try:
-        from gradgate.local_models import load_causal_lm  # type: ignore[import-not-found,unused-ignore]
+        from gradgate.models.local.runtime import load_causal_lm  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ModelError(
-            "gradgate.local_models is not available to load the model for GReaTer",
+            "gradgate.models.local.runtime is not available to load the model for GReaTer",
             hint="install gradgate completely, or pass a loader",
         ) from exc
     return load_causal_lm(name, device=str(device), dtype=dtype)  # type: ignore[no-any-return,unused-ignore]
