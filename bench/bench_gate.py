@@ -62,7 +62,7 @@ NOTE = (
 GATE_RUNNER = """
 import json, os, sys
 from pathlib import Path
-from gradgate.gate.check import run_check
+from gradgate.app.check_job import run_check
 o = run_check(repo=Path(sys.argv[1]), base_ref="HEAD~1", head_ref="HEAD", config_path=None, prompt_ids=(),
               model=None, judge_model=None, out_dir=Path(sys.argv[2]), env={}, comment=False)
 s = o.summary
@@ -282,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     from tests.openai_server import start_openai_server
 
-    from gradgate.models.local.runtime import converted_model_dir
+    from gradgate.models.local import converted_model_dir
 
     binary = install_promptfoo(args.promptfoo_version)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "GITHUB_ACTIONS": ""}

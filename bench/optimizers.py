@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import shlex
 import shutil
@@ -37,11 +36,11 @@ from bench.shootout.replay import PhaseBudget, ReplayBackend  # noqa: E402
 from bench.shootout.tasks import BenchTask, bench_config, build_task  # noqa: E402
 
 from gradgate.core.config import DEFAULT_MODEL, BudgetConfig, Config  # noqa: E402
-from gradgate.errors import GradgateError  # noqa: E402
-from gradgate.scoring.scorer import Scorer  # noqa: E402
-from gradgate.app.eval_job import Session  # noqa: E402
-from gradgate.models.gateway import Backend, Gateway, LiteLLMBackend, ResponseCache  # noqa: E402
 from gradgate.core.stats import mean_interval  # noqa: E402
+from gradgate.errors import GradgateError  # noqa: E402
+from gradgate.models.gateway import Backend, Gateway, LiteLLMBackend, ResponseCache  # noqa: E402
+from gradgate.models.session import Session  # noqa: E402
+from gradgate.scoring.scorer import Scorer  # noqa: E402
 
 log = logging.getLogger("bench.optimizers")
 
@@ -81,10 +80,9 @@ def _session(task: BenchTask, config: Config, *, max_calls: int | None, replay_d
 
 def confirm_calls(task: BenchTask) -> int:
     """Calls the gradgate runner holds back for its own test confirmation (outside the search budget)."""
-    from gradgate.optimizers.runner import CONFIRM_EXTRA_CALLS, CONFIRM_MARGIN
+    from gradgate.optimizers.confirmation import calls_needed
 
-    calls = 2 * len(task.splits.test)
-    return calls + math.ceil(calls * CONFIRM_MARGIN) + CONFIRM_EXTRA_CALLS
+    return calls_needed(len(task.splits.test), uses_judge=False)
 
 
 def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int,
@@ -99,9 +97,8 @@ def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_
         shutil.rmtree(run_dir)
     started = time.monotonic()
     result = asyncio.run(run_optimization(session, task.target, method, out_dir=run_dir, seed=seed))
-    # marks[0]: before the search; marks[1]: right after it (the runner releases the confirmation's hold there).
-    end = budget.marks[1] if len(budget.marks) > 1 else {"calls": budget.calls, "tokens": budget.tokens,
-                                                          "seconds": budget.elapsed}
+    # marks[0]: the end of the innermost budget phase, which is the search (the confirmation comes after).
+    end = budget.marks[0] if budget.marks else {"calls": budget.calls, "tokens": budget.tokens, "seconds": budget.elapsed}
     return MethodRun(method=method, body=result.best.text, calls=int(end["calls"]), tokens=int(end["tokens"]),
                      seconds=float(end["seconds"]), model_seconds=replay.stats.model_seconds,
                      stopped_reason=result.stopped_reason, runner_improved=result.improved,

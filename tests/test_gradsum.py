@@ -20,7 +20,8 @@ import pytest
 from gradgate.core.config import ModelSpec, parse_config
 from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError, ModelError
-from gradgate.app.eval_job import Session
+from gradgate.models.scripted import ScriptedBackend, last_user_text
+from gradgate.models.session import Session
 from gradgate.optimizers.gradsum.method import GradSum, GradSumSettings
 from gradgate.optimizers.gradsum.prompts import (
     EDIT_SYSTEM,
@@ -30,8 +31,8 @@ from gradgate.optimizers.gradsum.prompts import (
     build_messages,
     parse_candidates,
 )
-from gradgate.optimizers.runner import OptimizeResult, run_optimization
-from gradgate.models.scripted import ScriptedBackend, last_user_text
+from gradgate.optimizers.results import OptimizeResult
+from gradgate.optimizers.runner import run_optimization
 
 ORIGINAL = "Answer the question.\n\nQuestion: {{question}}\n"
 GOOD = "<prompt>GOOD: answer with the number only.\n\nQuestion: {{question}}</prompt>"

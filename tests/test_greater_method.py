@@ -11,10 +11,10 @@ import pytest
 from gradgate.core.config import load_config
 from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError
-from gradgate.app.eval_job import Session
-from gradgate.optimizers import registry
-from gradgate.optimizers.greater.method import Greater, _greater_config
 from gradgate.models.scripted import ScriptedBackend
+from gradgate.models.session import Session
+from gradgate.optimizers.greater.method import Greater, _greater_config
+from gradgate.optimizers.registry import method_class
 
 BOOL_ROWS = [
     ("True and False", "False"),
@@ -45,7 +45,7 @@ def bool_repo(
 
 
 def test_greater_is_registered_and_needs_gold_answers() -> None:
-    assert registry()["greater"] is Greater and Greater.needs_expected
+    assert method_class("greater") is Greater and Greater.needs_expected
 
 
 def test_unknown_settings_are_refused() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gradgate.errors import ConfigError, GitError, GitHubError, PathOutsideRepoError
 from gradgate.github import tuning_pr as publish_module
-from gradgate.errors import ConfigError, GitHubError, PathOutsideRepoError
 from gradgate.github.client import GitHubClient
 from gradgate.github.tuning_pr import COMMITTER_EMAIL, TRAILER_KEY, publish_tuning_pr
 from tests import fake_github as fake_module
@@ -204,7 +204,7 @@ def test_paths_and_branch_names_are_checked(repos: tuple[Path, Path], tmp_path: 
 
 
 def test_not_a_git_repository(tmp_path: Path) -> None:
-    with pytest.raises(GitHubError, match="not inside a git repository"):
+    with pytest.raises(GitError, match="not inside a git repository"):
         publish(tmp_path, None)
 
 

@@ -12,15 +12,16 @@ from typing import Any, ClassVar
 
 import pytest
 
+from gradgate.app.optimize_job import branch_for, run_optimize_job
 from gradgate.core.config import parse_config
 from gradgate.core.discovery import discover
+from gradgate.core.prompts import load_prompt
 from gradgate.errors import ConfigError, UsageError
-from gradgate.app.eval_job import Session
+from gradgate.models.scripted import ScriptedBackend
+from gradgate.models.session import Session
 from gradgate.optimizers.base import OptimizeContext, Optimizer
 from gradgate.optimizers.gradsum.prompts import GRADIENT_SYSTEM
-from gradgate.optimizers.runner import branch_for, run_optimization, run_optimize_job
-from gradgate.core.prompts import load_prompt
-from gradgate.models.scripted import ScriptedBackend
+from gradgate.optimizers.runner import run_optimization
 from tests.test_gradsum import GOOD, HALF, LOST, Script, make_repo, open_session, optimize, sequence_editor
 
 SEARCH = {"iterations": 10, "beam_width": 1, "candidates_per_prompt": 2}
@@ -133,10 +134,9 @@ class Fixed(Optimizer):
 
 @pytest.fixture
 def fixed_method(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gradgate import optimizers
-    from gradgate.optimizers.gradsum.method import GradSum
+    from gradgate.optimizers import registry
 
-    monkeypatch.setattr(optimizers, "registry", lambda: {"gradsum": GradSum, "fixed": Fixed})
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "fixed": f"{__name__}:Fixed"})
 
 
 def run_job(repo: Path, script: Script, out: Path, *, methods: list[str], env: dict[str, str] | None = None, **kw: Any) -> Any:

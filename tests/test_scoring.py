@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from gradgate.app.eval_job import run_eval
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, JudgeConfig, ModelsConfig, load_config
 from gradgate.errors import BudgetExhausted, ConfigError, ModelError
-from gradgate.app.eval_job import Session, run_eval
-from gradgate.scoring.judge import build_judge_messages, judge_output, parse_verdict
 from gradgate.models.gateway import Gateway, ResponseCache
-from gradgate.scoring.metrics import extract_choice, final_number, parse_metrics, score_metric
 from gradgate.models.scripted import ScriptedBackend, last_user_text
+from gradgate.models.session import Session
+from gradgate.scoring.judge import build_judge_messages, judge_output, parse_verdict
+from gradgate.scoring.metrics import extract_choice, final_number, parse_metrics, score_metric
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from gradgate.app.optimize_job import OptimizeJobOutcome, branch_for, run_optimize_job
 from gradgate.errors import GitHubError
-from gradgate.optimizers.runner import OptimizeJobOutcome, branch_for, run_optimize_job
 from tests.fake_github import FakeGitHub
 from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture
 from tests.test_gradsum import GOOD, Script, make_repo, open_session, sequence_editor

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 from bench.shootout.tasks import BenchTask, items_by_input
 
-from gradgate.errors import BudgetExhausted, GradgateError
-from gradgate.scoring.scorer import ItemResult, Scorer
-from gradgate.app.eval_job import Session
 from gradgate.core.suites import Item
+from gradgate.errors import BudgetExhausted, GradgateError
+from gradgate.models.session import Session
+from gradgate.scoring.scorer import ItemResult, Scorer
 
 log = logging.getLogger(__name__)
 

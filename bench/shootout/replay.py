@@ -17,11 +17,13 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.core.budget import BudgetTracker
+from gradgate.core.budget import BudgetTracker, Holdback
 from gradgate.core.config import ModelSpec
 from gradgate.core.files import atomic_write_text
 from gradgate.models.gateway import Backend, BackendReply
@@ -53,8 +55,7 @@ class ReplayBackend:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _key(self, request: dict[str, Any]) -> tuple[str, Path]:
-        canonical = json.dumps({"v": REPLAY_VERSION, **request}, sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=False)
+        canonical = json.dumps({"v": REPLAY_VERSION, **request}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         with self._lock:
             occurrence = self._seen[digest]
@@ -75,10 +76,27 @@ class ReplayBackend:
         except OSError as exc:
             log.warning("could not write the replay cache: %s", exc)
 
-    async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], *, temperature: float,
-                       max_tokens: int, seed: int | None, stop: list[str] | None, timeout: float) -> BackendReply:
-        request = {"kind": "chat", "model": spec.model, "api_base": spec.api_base, "messages": messages,
-                   "temperature": temperature, "max_tokens": max_tokens, "seed": seed, "stop": stop}
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+        timeout: float,
+    ) -> BackendReply:
+        request = {
+            "kind": "chat",
+            "model": spec.model,
+            "api_base": spec.api_base,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "stop": stop,
+        }
         _, path = self._key(request)
         self.stats.requests += 1
         if (hit := self._load(path)) is not None:
@@ -86,16 +104,16 @@ class ReplayBackend:
             self.stats.model_seconds += float(hit.get("seconds", 0.0))
             return BackendReply(**hit["reply"])
         started = time.monotonic()
-        reply = await self.inner.complete(spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                          stop=stop, timeout=timeout)
+        reply = await self.inner.complete(
+            spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, timeout=timeout
+        )
         seconds = time.monotonic() - started
         self.stats.model_seconds += seconds
         self._store(path, {"reply": asdict(reply), "seconds": seconds})
         return reply
 
     async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
-        request = {"kind": "loglik", "model": spec.model, "api_base": spec.api_base, "messages": messages,
-                   "options": options}
+        request = {"kind": "loglik", "model": spec.model, "api_base": spec.api_base, "messages": messages, "options": options}
         _, path = self._key(request)
         self.stats.requests += 1
         if (hit := self._load(path)) is not None:
@@ -118,14 +136,18 @@ class ReplayBackend:
 
 @dataclass
 class PhaseBudget(BudgetTracker):
-    """A budget tracker that remembers the usage at each `hold_back` call.
+    """A budget tracker that remembers the usage at the end of each budget phase.
 
-    The runner holds back the test confirmation's calls before its search and releases that hold right after it,
-    so the usage at the second `hold_back` is exactly what the search spent (the confirmation comes after).
+    The runner searches inside its innermost phase (the confirmation's share held back) and confirms after it,
+    so the first mark is exactly what the search spent.
     """
 
     marks: list[dict[str, float]] = field(default_factory=list)
 
-    def hold_back(self, calls: int) -> None:
-        self.marks.append({"calls": self.calls, "tokens": self.tokens, "seconds": self.elapsed})
-        super().hold_back(calls)
+    @contextmanager
+    def phase(self, hold_back: Holdback) -> Iterator[None]:
+        with super().phase(hold_back):
+            try:
+                yield
+            finally:
+                self.marks.append({"calls": self.calls, "tokens": self.tokens, "seconds": self.elapsed})

@@ -17,10 +17,10 @@ import yaml
 
 from gradgate.core.config import Config, parse_config
 from gradgate.core.discovery import Target
-from gradgate.errors import ConfigError
 from gradgate.core.files import atomic_write_text
 from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import Item, Splits, load_suite, split_items
+from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradgate import __version__
-from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
 from gradgate.core.secrets import RedactingFilter, redact
+from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
 
 T = TypeVar("T")
 log = logging.getLogger("gradgate")
@@ -116,7 +116,8 @@ def eval_command(
     no_cache: bool,
 ) -> None:
     """Score every prompt on its eval suite."""
-    from gradgate.app.eval_job import Session, run_eval
+    from gradgate.app.eval_job import run_eval
+    from gradgate.models.session import Session
     from gradgate.scoring.results import print_table
 
     def job() -> int:
@@ -179,7 +180,7 @@ def check_command(
     comment: bool,
 ) -> None:
     """Gate a change: score base and head of every changed prompt on the same items and compare."""
-    from gradgate.gate.check import run_check
+    from gradgate.app.check_job import run_check
 
     def job() -> int:
         outcome = run_check(
@@ -245,9 +246,9 @@ def optimize_command(
     open_pr: bool,
 ) -> None:
     """Optimize prompts within a hard budget; confirm on held-out items; optionally write back and open a PR."""
+    from gradgate.app.optimize_job import run_optimize_job
     from gradgate.core.budget import resolve_budget
-    from gradgate.app.eval_job import Session
-    from gradgate.optimizers.runner import run_optimize_job
+    from gradgate.models.session import Session
 
     def job() -> int:
         repo = _repo(repo_path)

@@ -10,7 +10,8 @@ Exception tree (the CLI catches only ``GradgateError`` and maps ``exit_code``)::
     │   └── UnknownModelError     exit 2  the model string names nothing we can call
     ├── ParseError                exit 3  a model reply could not be parsed, even after a retry
     ├── BudgetExhausted           exit 3  the hard budget ran out before a decision
-    └── GitHubError               exit 3  the GitHub REST API or git refused
+    ├── GitError                  exit 3  a git command failed or is missing
+    └── GitHubError               exit 3  the GitHub REST API refused
 
 Each message says what happened, why, and what to do (the ``hint``).
 """
@@ -70,4 +71,8 @@ class BudgetExhausted(GradgateError):
 
 
 class GitHubError(GradgateError):
+    exit_code = EXIT_INFRA
+
+
+class GitError(GradgateError):
     exit_code = EXIT_INFRA

@@ -1,9 +1,4 @@
-"""The jobs the CLI runs, wired from the modules that do the work (discover → evaluate → report).
-
-A `Session` holds what one run shares: the repository, the resolved config, the budget and the
-model gateway. `run_eval` is the `gradgate eval` job; the gate and the optimizers have their own
-modules and use the same session.
-"""
+"""`gradgate eval`: discover → score → report, on a `Session` (gradgate.models.session)."""
 
 from __future__ import annotations
 
@@ -12,46 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradgate.core.budget import BudgetTracker
-from gradgate.core.config import Config
 from gradgate.core.discovery import Target, discover
-from gradgate.scoring.scorer import ItemResult, Scorer
-from gradgate.models.gateway import Backend, Gateway, gateway_from_config
+from gradgate.models.session import Session
 from gradgate.scoring.results import EvalResults, build_results, prompt_out, write_results
+from gradgate.scoring.scorer import ItemResult, Scorer
 
 log = logging.getLogger(__name__)
 
 ProgressStart = Callable[[str, int], None]
 ProgressAdvance = Callable[[ItemResult], None]
-
-
-@dataclass
-class Session:
-    repo: Path
-    config: Config
-    budget: BudgetTracker
-    gateway: Gateway
-
-    @classmethod
-    def open(
-        cls,
-        repo: Path,
-        config: Config,
-        *,
-        backend: Backend | None = None,
-        use_cache: bool = True,
-        roles: tuple[str, ...] = ("task", "judge"),
-    ) -> Session:
-        budget = BudgetTracker(config.budget)
-        gateway = gateway_from_config(
-            repo, config.models, budget, cache_dir=config.cache_dir if use_cache else None, backend=backend
-        )
-        gateway.validate(roles)
-        budget.log_start()
-        return cls(repo=repo, config=config, budget=budget, gateway=gateway)
-
-    def models(self, roles: tuple[str, ...] = ("task", "judge")) -> dict[str, str]:
-        return {role: self.config.models.for_role(role).model for role in roles}
 
 
 @dataclass(frozen=True)

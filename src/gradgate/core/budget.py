@@ -3,6 +3,10 @@
 Before each call the gateway reserves its worst case (one call, the prompt's estimated tokens plus
 `max_tokens`, their price); the reservation fails if any limit could be passed, so no limit is ever
 exceeded. After the call the reservation is settled with what was really used.
+
+A run in phases keeps part of the budget for a later phase: `with budget.phase(Holdback(calls=40,
+seconds=60)):` makes those 40 calls and 60 seconds unreachable inside the block (the optimizers keep
+the test confirmation's share this way), in every unit alike.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +50,19 @@ class Reservation:
     settled: bool = False
 
 
+@dataclass(frozen=True)
+class Holdback:
+    """Budget a phase must leave untouched for the phases after it."""
+
+    calls: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0
+
+    def __add__(self, other: Holdback) -> Holdback:
+        return Holdback(self.calls + other.calls, self.tokens + other.tokens, self.usd + other.usd, self.seconds + other.seconds)
+
+
 @dataclass
 class BudgetTracker:
     limits: BudgetConfig = field(default_factory=BudgetConfig)
@@ -55,7 +73,7 @@ class BudgetTracker:
     _reserved_calls: int = 0
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
-    held_back_calls: int = 0  # kept for a later phase (the optimizers' test confirmation)
+    held: Holdback = field(default_factory=Holdback)  # kept for a later phase (see `phase`)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +97,10 @@ class BudgetTracker:
         return self.clock() - self.started_at
 
     def seconds_left(self) -> float | None:
+        """Seconds this phase may still use (what is held back for later phases excluded)."""
         if self.limits.max_seconds is None:
             return None
-        return max(0.0, self.limits.max_seconds - self.elapsed)
+        return max(0.0, self.limits.max_seconds - self.held.seconds - self.elapsed)
 
     def describe(self) -> str:
         parts = [
@@ -103,29 +122,39 @@ class BudgetTracker:
         )
 
     def _check_locked(self, calls: int, tokens: int, usd: float) -> None:
-        lim = self.limits
-        if lim.max_seconds is not None and self.elapsed >= lim.max_seconds:
-            raise self._refuse(f"{lim.max_seconds:g} s time limit reached")
-        if lim.max_calls is not None and self.calls + self._reserved_calls + self.held_back_calls + calls > lim.max_calls:
-            raise self._refuse(f"{lim.max_calls} calls used")
-        if lim.max_tokens is not None and self.tokens + self._reserved_tokens + tokens > lim.max_tokens:
-            raise self._refuse(f"token limit {lim.max_tokens} would be passed")
-        if lim.max_usd is not None and self.cost_usd + self._reserved_usd + usd > lim.max_usd + 1e-12:
-            raise self._refuse(f"USD limit {lim.max_usd:g} would be passed")
+        lim, held = self.limits, self.held
+        if lim.max_seconds is not None and self.elapsed >= lim.max_seconds - held.seconds:
+            raise self._refuse(f"{lim.max_seconds:g} s time limit reached" + _kept(held.seconds, "s"))
+        if lim.max_calls is not None and self.calls + self._reserved_calls + held.calls + calls > lim.max_calls:
+            raise self._refuse(f"{lim.max_calls} calls used" + _kept(held.calls, "calls"))
+        if lim.max_tokens is not None and self.tokens + self._reserved_tokens + held.tokens + tokens > lim.max_tokens:
+            raise self._refuse(f"token limit {lim.max_tokens} would be passed" + _kept(held.tokens, "tokens"))
+        if lim.max_usd is not None and self.cost_usd + self._reserved_usd + held.usd + usd > lim.max_usd + 1e-12:
+            raise self._refuse(f"USD limit {lim.max_usd:g} would be passed" + _kept(held.usd, "USD"))
 
     def check_can_spend(self, calls: int = 1, tokens: int = 0, usd: float = 0.0) -> None:
         """Raise BudgetExhausted if spending this much could pass a limit."""
         with self._lock:
             self._check_locked(calls, tokens, usd)
 
-    def hold_back(self, calls: int) -> None:
-        """Keep `calls` out of reach until `release_held()`: a search must leave room to confirm its result."""
-        with self._lock:
-            self.held_back_calls = max(0, calls)
+    def check_wait(self, seconds: float) -> None:
+        """Raise BudgetExhausted if waiting `seconds` (a retry's back-off) would pass the time limit."""
+        left = self.seconds_left()
+        if left is not None and seconds >= left:
+            with self._lock:
+                raise self._refuse(f"no time left to wait {seconds:.1f} s before a retry")
 
-    def release_held(self) -> None:
+    @contextmanager
+    def phase(self, hold_back: Holdback) -> Iterator[None]:
+        """Within the block, `hold_back` is out of reach (on top of what an enclosing phase holds)."""
         with self._lock:
-            self.held_back_calls = 0
+            outer = self.held
+            self.held = outer + hold_back
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held = outer
 
     def reserve(self, tokens: int, usd: float) -> Reservation:
         with self._lock:
@@ -185,6 +214,10 @@ class BudgetTracker:
                 "stopped_reason": self.stopped_reason,
                 "by_role": {role: {**asdict(u), "cost_usd": round(u.cost_usd, 6)} for role, u in sorted(self.usage.items())},
             }
+
+
+def _kept(amount: float, unit: str) -> str:
+    return f" ({amount:g} {unit} kept for a later phase)" if amount else ""
 
 
 def resolve_budget(

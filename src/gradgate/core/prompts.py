@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from gradgate.errors import ConfigError
 from gradgate.core.files import atomic_write_bytes, read_text, resolve_inside
+from gradgate.errors import ConfigError
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 INCLUDE_RE = re.compile(r"\{\{>\s*([^}\s]+)\s*\}\}")
@@ -189,6 +189,11 @@ def _dominant_newline(text: str) -> str:
 
 def write_prompt_body(prompt: Prompt, new_body: str) -> None:
     """Replace only the body of the prompt file; everything before it stays byte-for-byte."""
+    atomic_write_bytes(prompt.path, prompt_file_bytes(prompt, new_body))
+
+
+def prompt_file_bytes(prompt: Prompt, new_body: str) -> bytes:
+    """The prompt file's bytes with its body replaced; front matter and newline habits kept byte-for-byte."""
     raw = prompt.path.read_bytes()
     text = raw.decode("utf-8")
     head, old_body = split_front_matter(text)
@@ -199,4 +204,4 @@ def write_prompt_body(prompt: Prompt, new_body: str) -> None:
         body += newline
     elif not old_body.endswith(("\n", "\r")) and body.endswith(newline):
         body = body[: -len(newline)]
-    atomic_write_bytes(prompt.path, head.encode("utf-8") + body.encode("utf-8"))
+    return head.encode("utf-8") + body.encode("utf-8")

@@ -21,8 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -32,9 +30,10 @@ from typing import Any, Literal
 
 from gradgate.core.config import Config, load_config
 from gradgate.core.discovery import Target, find_prompt_files, suite_path_for
-from gradgate.errors import ConfigError, GitHubError, GradgateError, UsageError
+from gradgate.core.git import Git
 from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import load_suite
+from gradgate.errors import ConfigError, GitError, GradgateError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +86,11 @@ class ChangeSet:
 # -- git ----------------------------------------------------------------------------------------------
 
 
-def _git(repo: Path, *args: str, binary: bool = False) -> subprocess.CompletedProcess[Any]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    try:
-        return subprocess.run(
-            ["git", *args],
-            cwd=repo,
-            capture_output=True,
-            env=env,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-            text=not binary,
-        )
-    except FileNotFoundError:
-        raise GitHubError(
-            "git is not installed or not on PATH", hint="install git; the gate reads revisions with it"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise GitHubError(
-            f"git {args[0]} took longer than {GIT_TIMEOUT_S:.0f} s", hint="check the repository"
-        ) from None
-
-
 def git_toplevel_prefix(repo: Path) -> str:
     """The repository directory relative to the git top level; UsageError outside a git repository."""
     if not repo.is_dir():
-        raise UsageError(
-            f"repository directory {repo} does not exist", hint="pass --repo with an existing directory"
-        )
-    done = _git(repo, "rev-parse", "--show-prefix")
+        raise UsageError(f"repository directory {repo} does not exist", hint="pass --repo with an existing directory")
+    done = Git(repo, timeout=GIT_TIMEOUT_S).run("rev-parse", "--show-prefix", check=False)
     if done.returncode != 0:
         raise UsageError(
             f"{repo} is not inside a git repository",
@@ -127,10 +102,10 @@ def git_toplevel_prefix(repo: Path) -> str:
 def resolve_ref(repo: Path, ref: str, *, what: str) -> str:
     """The full sha of the commit `ref` names; UsageError when it names none."""
     if not ref or ref.startswith("-") or any(ch in ref for ch in "\0\n\r"):
-        raise UsageError(
-            f"{what} ref {ref!r} is not a valid git revision", hint="pass a branch, tag or commit sha"
-        )
-    done = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+        raise UsageError(f"{what} ref {ref!r} is not a valid git revision", hint="pass a branch, tag or commit sha")
+    done = Git(repo, timeout=GIT_TIMEOUT_S).run(
+        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False
+    )
     sha = str(done.stdout).strip()
     if done.returncode != 0 or not sha:
         raise UsageError(f"{what} ref {ref!r} does not name a commit in {repo}", hint=FETCH_HINT)
@@ -141,16 +116,14 @@ def extract_tree(repo: Path, sha: str, prefix: str, dest: Path) -> bool:
     """Unpack the repository directory (`prefix` of the git tree) at `sha` into `dest`; False if absent."""
     tree = f"{sha}:{prefix.rstrip('/')}" if prefix else sha
     # git archive resolves `REV:path` against the working directory's own path, so run it at the top level.
-    top = Path(str(_git(repo, "rev-parse", "--show-toplevel").stdout).strip() or repo)
-    done = _git(top, "archive", "--format=tar", tree, binary=True)
+    top = Path(str(Git(repo, timeout=GIT_TIMEOUT_S).run("rev-parse", "--show-toplevel", check=False).stdout).strip() or repo)
+    done = Git(top, timeout=GIT_TIMEOUT_S).run("archive", "--format=tar", tree, binary=True, check=False)
     if done.returncode != 0:
         stderr = bytes(done.stderr).decode("utf-8", "replace").strip()
         if prefix and ("not a valid" in stderr or "does not exist" in stderr or "not a tree" in stderr):
             log.info("%s does not exist at %s", prefix, sha[:12])
             return False
-        raise GitHubError(
-            f"git archive {sha[:12]} failed: {stderr[:300]}", hint="check the repository is intact"
-        )
+        raise GitError(f"git archive {sha[:12]} failed: {stderr[:300]}", hint="check the repository is intact")
     if not bytes(done.stdout).strip(b"\0"):
         return True  # an empty tree archives to padding only
     try:
@@ -236,8 +209,7 @@ def _load_targets(root: Path, config: Config, *, strict: bool) -> tuple[dict[str
             prompt = load_prompt(path, root)
             if prompt.id in targets:
                 raise ConfigError(
-                    f"prompt id {prompt.id!r} is used by {targets[prompt.id].prompt.rel_path} "
-                    f"and {prompt.rel_path}",
+                    f"prompt id {prompt.id!r} is used by {targets[prompt.id].prompt.rel_path} and {prompt.rel_path}",
                     hint="give each prompt a unique `id:` in its front matter",
                 )
             suite = load_suite(suite_path_for(prompt, root, config), root)
@@ -263,9 +235,7 @@ def _config_rel(repo: Path, config_path: Path | None) -> Path | None:
         return None
 
 
-def _load_revision(
-    root: Path, *, label: str, sha: str | None, repo: Path, config_path: Path | None, strict: bool
-) -> Revision:
+def _load_revision(root: Path, *, label: str, sha: str | None, repo: Path, config_path: Path | None, strict: bool) -> Revision:
     rel = _config_rel(repo, config_path)
     if config_path is not None and rel is None:
         path: Path | None = config_path  # outside the repository: the same file for both sides
@@ -313,9 +283,7 @@ def _compare(base: Revision, head: Revision, only: Iterable[str]) -> tuple[Promp
         elif bh == hh:
             changes.append(PromptChange(pid, "unchanged", b, h, bh, hh))
         else:
-            changes.append(
-                PromptChange(pid, "changed", b, h, bh, hh, _reasons(b, base.config, h, head.config))
-            )
+            changes.append(PromptChange(pid, "changed", b, h, bh, hh, _reasons(b, base.config, h, head.config)))
     return tuple(changes)
 
 
@@ -336,9 +304,7 @@ def detect_changes(
         base_root = Path(tmp) / "base"
         base_root.mkdir()
         if extract_tree(repo, base_sha, prefix, base_root):
-            base = _load_revision(
-                base_root, label=base_sha[:12], sha=base_sha, repo=repo, config_path=config_path, strict=False
-            )
+            base = _load_revision(base_root, label=base_sha[:12], sha=base_sha, repo=repo, config_path=config_path, strict=False)
         else:
             base = Revision(
                 label=base_sha[:12],
@@ -349,19 +315,13 @@ def detect_changes(
                 broken={},
             )
         if head_sha is None:
-            head = _load_revision(
-                repo, label="working tree", sha=None, repo=repo, config_path=config_path, strict=True
-            )
+            head = _load_revision(repo, label="working tree", sha=None, repo=repo, config_path=config_path, strict=True)
         else:
             head_root = Path(tmp) / "head"
             head_root.mkdir()
             if not extract_tree(repo, head_sha, prefix, head_root):
-                raise UsageError(
-                    f"{prefix or 'the repository directory'} does not exist at head {head_ref!r}"
-                )
-            head = _load_revision(
-                head_root, label=head_sha[:12], sha=head_sha, repo=repo, config_path=config_path, strict=True
-            )
+                raise UsageError(f"{prefix or 'the repository directory'} does not exist at head {head_ref!r}")
+            head = _load_revision(head_root, label=head_sha[:12], sha=head_sha, repo=repo, config_path=config_path, strict=True)
     changes = _compare(base, head, prompt_ids)
     log.info(
         "changes %s -> %s: %s",

@@ -14,17 +14,17 @@ e.g. from actions/checkout) and reports that no pull request was opened; the res
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradgate.errors import ConfigError, GitHubError, PathOutsideRepoError
+from gradgate.core.git import Git
+from gradgate.core.secrets import redact
+from gradgate.errors import ConfigError, GitError, GitHubError, PathOutsideRepoError
 from gradgate.github.client import GitHubClient
 
 logger = logging.getLogger(__name__)
@@ -46,62 +46,17 @@ class PublishResult:
     message: str
 
 
-def _scrub(text: str) -> str:
-    return re.sub(r"://[^/@\s]+@", "://***@", text)  # credentials embedded in remote URLs
+def _git(cwd: Path) -> Git:
+    return Git(
+        cwd,
+        identity=(COMMITTER_NAME, COMMITTER_EMAIL),
+        timeout=GIT_TIMEOUT_S,
+        hint="check the remote, its credentials (contents: write) and the repository state",
+    )
 
 
-class _Git:
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.env = {
-            **os.environ,
-            "GIT_TERMINAL_PROMPT": "0",  # never hang on a credential prompt in CI
-            "GIT_AUTHOR_NAME": COMMITTER_NAME,
-            "GIT_AUTHOR_EMAIL": COMMITTER_EMAIL,
-            "GIT_COMMITTER_NAME": COMMITTER_NAME,
-            "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
-            "LC_ALL": "C",
-        }
-
-    def run(
-        self, *args: str, check: bool = True, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = ["git", "-c", "commit.gpgsign=false", *args]
-        logger.debug("git %s (in %s)", " ".join(args), self.cwd)
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=self.cwd,
-                env=self.env,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=GIT_TIMEOUT_S,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise GitHubError("git is not installed", hint="install git in the job's environment") from None
-        except subprocess.TimeoutExpired:
-            raise GitHubError(
-                f"git {args[0]} took longer than {GIT_TIMEOUT_S}s", hint="check the network and the remote"
-            ) from None
-        if check and proc.returncode != 0:
-            raise GitHubError(
-                _scrub(f"git {' '.join(args[:2])} failed: {(proc.stderr or proc.stdout).strip()}"),
-                hint="check the remote, its credentials (contents: write) and the repository state",
-            )
-        return proc
-
-    def out(self, *args: str) -> str:
-        return self.run(*args).stdout.strip()
-
-
-def _validate_branch(git: _Git, branch: str) -> None:
-    if (
-        not branch
-        or branch.startswith("-")
-        or git.run("check-ref-format", "--branch", branch, check=False).returncode
-    ):
+def _validate_branch(git: Git, branch: str) -> None:
+    if not branch or branch.startswith("-") or git.run("check-ref-format", "--branch", branch, check=False).returncode:
         raise ConfigError(f"{branch!r} is not a valid git branch name", hint="use e.g. gradgate/tune-prompts")
 
 
@@ -121,15 +76,13 @@ def _inside(repo: Path, cwd: Path, changed: Sequence[Path]) -> list[str]:
     return sorted(set(rels))
 
 
-def _base_branch(git: _Git, remote: str, explicit: str | None) -> str:
+def _base_branch(git: Git, remote: str, explicit: str | None) -> str:
     if explicit:
         return explicit
     current = git.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).stdout.strip()
     if current:
         return current
-    head = git.run(
-        "symbolic-ref", "--quiet", "--short", f"refs/remotes/{remote}/HEAD", check=False
-    ).stdout.strip()
+    head = git.run("symbolic-ref", "--quiet", "--short", f"refs/remotes/{remote}/HEAD", check=False).stdout.strip()
     if head.startswith(f"{remote}/"):
         return head[len(remote) + 1 :]
     listed = git.run("ls-remote", "--symref", remote, "HEAD", check=False).stdout
@@ -142,7 +95,7 @@ def _base_branch(git: _Git, remote: str, explicit: str | None) -> str:
     )
 
 
-def _remote_sha(git: _Git, remote: str, branch: str) -> str | None:
+def _remote_sha(git: Git, remote: str, branch: str) -> str | None:
     listed = git.out("ls-remote", "--heads", remote, f"refs/heads/{branch}")
     for line in listed.splitlines():
         sha, _, ref = line.partition("\t")
@@ -151,7 +104,7 @@ def _remote_sha(git: _Git, remote: str, branch: str) -> str | None:
     return None
 
 
-def _foreign_commits(git: _Git, tip: str, base_sha: str) -> list[str]:
+def _foreign_commits(git: Git, tip: str, base_sha: str) -> list[str]:
     """Commits on ``tip`` not on the base that gradgate did not make (no trailer or another committer)."""
     log = git.out(
         "log",
@@ -174,6 +127,7 @@ def publish_tuning_pr(
     repo_dir: Path,
     *,
     changed_files: list[Path],
+    contents: Mapping[Path, bytes] | None = None,
     branch: str,
     title: str,
     body: str,
@@ -183,31 +137,32 @@ def publish_tuning_pr(
     commit_message: str,
     run_id: str | None = None,
 ) -> PublishResult:
-    """Commit ``changed_files`` onto ``branch`` (from the base tip); push; open or update the PR."""
+    """Commit ``changed_files`` onto ``branch`` (from the base tip); push; open or update the PR.
+
+    A file's bytes come from ``contents`` when it has them (the working tree is then never read or
+    changed), else from the working tree."""
     if not Path(repo_dir).is_dir():
-        raise GitHubError(f"{repo_dir} is not a directory", hint="run gradgate in a git checkout")
-    git = _Git(Path(repo_dir))
+        raise GitError(f"{repo_dir} is not a directory", hint="run gradgate in a git checkout")
+    git = _git(Path(repo_dir))
     top = git.run("rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0:
-        raise GitHubError(f"{repo_dir} is not inside a git repository", hint="run gradgate in a git checkout")
+        raise GitError(f"{repo_dir} is not inside a git repository", hint="run gradgate in a git checkout")
     repo = Path(top.stdout.strip()).resolve()
-    git = _Git(repo)
+    git = _git(repo)
     _validate_branch(git, branch)
-    rels = _inside(repo, Path(repo_dir).resolve(), changed_files)
+    cwd = Path(repo_dir).resolve()
+    given = {rel: data for path, data in (contents or {}).items() for rel in _inside(repo, cwd, [path])}
+    rels = _inside(repo, cwd, changed_files)
     if not rels:
         return PublishResult(branch, None, False, None, None, False, "no changed files; nothing to publish")
     base = _base_branch(git, remote, base_branch)
     _validate_branch(git, base)
     if base == branch:
-        raise ConfigError(
-            f"the tuning branch {branch!r} is the base branch", hint="choose another branch name"
-        )
+        raise ConfigError(f"the tuning branch {branch!r} is the base branch", hint="choose another branch name")
     run_id = run_id or uuid.uuid4().hex[:12]
 
     # The base tip on the remote, so unpushed local commits never leak into the pull request.
-    fetched = git.run(
-        "fetch", "--no-tags", remote, f"+refs/heads/{base}:refs/remotes/{remote}/{base}", check=False
-    )
+    fetched = git.run("fetch", "--no-tags", remote, f"+refs/heads/{base}:refs/remotes/{remote}/{base}", check=False)
     if fetched.returncode == 0:
         base_sha = git.out("rev-parse", f"refs/remotes/{remote}/{base}^{{commit}}")
     else:
@@ -215,7 +170,7 @@ def publish_tuning_pr(
             "could not fetch %s from %s (%s); using the local branch",
             base,
             remote,
-            _scrub(fetched.stderr.strip()),
+            redact(fetched.stderr.strip()),
         )
         local = git.run("rev-parse", "--verify", "--quiet", f"refs/heads/{base}^{{commit}}", check=False)
         if local.returncode != 0:
@@ -239,6 +194,7 @@ def publish_tuning_pr(
         git,
         repo,
         rels,
+        given,
         base_sha,
         remote_sha,
         branch,
@@ -255,11 +211,7 @@ def publish_tuning_pr(
             False,
             f"the changed files are identical to {base}; nothing to publish",
         )
-    what = (
-        f"pushed {branch} ({commit_sha[:12]})"
-        if pushed
-        else f"{branch} already up to date ({commit_sha[:12]})"
-    )
+    what = f"pushed {branch} ({commit_sha[:12]})" if pushed else f"{branch} already up to date ({commit_sha[:12]})"
     if client is None:
         return PublishResult(
             branch,
@@ -284,9 +236,10 @@ def publish_tuning_pr(
 
 
 def _commit_and_push(
-    git: _Git,
+    git: Git,
     repo: Path,
     rels: list[str],
+    given: Mapping[str, bytes],
     base_sha: str,
     remote_sha: str | None,
     branch: str,
@@ -298,10 +251,13 @@ def _commit_and_push(
     tree = tmp / "tree"
     git.run("worktree", "add", "--detach", str(tree), base_sha)
     try:
-        wt = _Git(tree)
+        wt = _git(tree)
         for rel in rels:
             source, target = repo / rel, tree / rel
-            if source.is_file():
+            if rel in given:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(given[rel])
+            elif source.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 shutil.copymode(source, target)
@@ -323,7 +279,7 @@ def _commit_and_push(
         pushed = wt.run("push", "--porcelain", lease, remote, f"{sha}:refs/heads/{branch}", check=False)
         if pushed.returncode != 0:
             # --porcelain reports the per-ref reason ("[rejected] (stale info)") on stdout
-            detail = _scrub(f"{pushed.stdout.strip()} {pushed.stderr.strip()}".strip())
+            detail = redact(f"{pushed.stdout.strip()} {pushed.stderr.strip()}".strip())
             if "stale info" in detail or "rejected" in detail:
                 raise GitHubError(
                     f"{branch} changed on {remote} while gradgate published; not overwriting it: {detail}",

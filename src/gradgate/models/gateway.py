@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec
-from gradgate.errors import BudgetExhausted, ModelError, UnknownModelError
 from gradgate.core.files import atomic_write_text
 from gradgate.core.secrets import redact
+from gradgate.errors import ModelError, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 
 
 class LiteLLMBackend:
-    """Calls any litellm model string; `local/...` models run in-process (gradgate.models.local.runtime)."""
+    """Calls any litellm model string; `local/...` models run in-process (gradgate.models.local)."""
 
     def __init__(self) -> None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -98,14 +98,14 @@ class LiteLLMBackend:
 
     def _ensure_local(self) -> None:
         if not self._local_registered:
-            from gradgate.models.local.runtime import register_local_provider
+            from gradgate.models.local import register_local_provider
 
             register_local_provider()
             self._local_registered = True
 
     def validate(self, spec: ModelSpec) -> None:
         if spec.model.startswith("local/"):
-            from gradgate.models.local.runtime import EMBEDDED_MODELS
+            from gradgate.models.local import EMBEDDED_MODELS
 
             name = spec.model.removeprefix("local/")
             if name not in EMBEDDED_MODELS:
@@ -388,11 +388,7 @@ class Gateway:
                             hint="check that the model server is reachable, or raise models.max_retries",
                         ) from None
                     delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2**attempt_no) * (0.5 + random.random())
-                    left = self.budget.seconds_left()
-                    if left is not None and delay >= left:
-                        raise BudgetExhausted(
-                            "budget exhausted: no time left to retry", hint="raise budget.max_seconds"
-                        ) from None
+                    self.budget.check_wait(delay)
                     log.warning("%s: %s; retrying in %.1f s", spec.model, str(exc) or "timeout", delay)
                     await self._sleep(delay)
                     continue

@@ -1,6 +1,6 @@
 """What an optimization run reports: the score table, gradients.md, the PR body and result.json.
 
-One computed result (`runner.OptimizeResult`) rendered several ways; nothing here calls a model.
+One computed result (`results.OptimizeResult`) rendered several ways; nothing here calls a model.
 Model-written text (gradient summaries) is redacted and shortened before it is shown.
 """
 
@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gradgate.scoring.results import fmt_usd
 from gradgate.core.secrets import redact
 from gradgate.core.stats import Interval
+from gradgate.scoring.results import fmt_usd
 
 if TYPE_CHECKING:
-    from gradgate.optimizers.runner import OptimizeResult
+    from gradgate.optimizers.results import OptimizeResult
 
 SUMMARY_CHARS = 700  # per gradient summary in the PR body
 PR_MARKER = "<!-- gradgate-tune -->"
