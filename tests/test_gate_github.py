@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests import fake_github as fake_module
-from tests.fake_github import FakeGitHub, spec_path
+from tests.fake_github import FakeGitHub
 from tests.test_gate import check, gh_env, make_repo
 
 fake_github = fake_module.fake_github  # the fixture
@@ -19,9 +19,7 @@ TOKEN = "ghs_test-token-0123456789"
 NO_SLEEP = {"sleep": lambda seconds: None}
 
 
-def pr_env(
-    tmp_path: Path, api_url: str, *, number: int = 7, fork: bool = False, token: str | None = TOKEN
-) -> dict[str, str]:
+def pr_env(tmp_path: Path, api_url: str, *, number: int = 7, fork: bool = False, token: str | None = TOKEN) -> dict[str, str]:
     head_repo = "someone/prompt-repo" if fork else REPO
     event = {
         "pull_request": {
@@ -51,13 +49,13 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def ours(gh: FakeGitHub, number: int = 7) -> list[dict[str, Any]]:
-    return [c for c in gh.comments_on(number) if MARKER in c["body"]]
+    """gradgate's comments: the marker, written by the token's account (GITHUB_TOKEN: github-actions[bot])."""
+    return [c for c in gh.comments_on(number) if MARKER in c["body"] and c["user"]["login"] == gh.login]
 
 
-def test_sticky_comment_created_once_then_updated(
-    fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path
-) -> None:
+def test_sticky_comment_created_once_then_updated(fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path) -> None:
     fake_github.add_comment(7, "LGTM from a human")
+    quote = fake_github.add_comment(7, f"{MARKER}\nA human pasted an old report", user="octocat")
     env = pr_env(tmp_path, fake_github.api_url)
     first = check(repos["regress"], tmp_path / "out1", env)
     assert first.exit_code == 1 and first.comment_url
@@ -67,7 +65,8 @@ def test_sticky_comment_created_once_then_updated(
     mine = ours(fake_github)
     assert len(mine) == 1 and "regressed" not in mine[0]["body"].split("\n")[1]
     assert "✅ 1 improved" in mine[0]["body"]
-    assert len(fake_github.comments_on(7)) == 2  # the human's comment is untouched
+    assert len(fake_github.comments_on(7)) == 3  # the humans' comments are untouched, the quote too
+    assert quote["body"] == f"{MARKER}\nA human pasted an old report"
     methods = [(r.method, r.operation_id) for r in fake_github.requests]
     assert methods.count(("POST", "issues/create-comment")) == 1
     assert methods.count(("PATCH", "issues/update-comment")) == 1
@@ -77,8 +76,6 @@ def test_sticky_comment_created_once_then_updated(
 
 
 def test_github_enterprise_api_url(repos: dict[str, Path], tmp_path: Path) -> None:
-    if not spec_path().is_file():
-        pytest.skip("GitHub OpenAPI description not found")
     with FakeGitHub(prefix="/api/v3") as gh:
         outcome = check(repos["clean"], tmp_path / "out", pr_env(tmp_path, gh.api_url))
         assert outcome.exit_code == 0 and len(ours(gh)) == 1
@@ -87,12 +84,8 @@ def test_github_enterprise_api_url(repos: dict[str, Path], tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("kind", ["fork", "no-token", "not-a-pull-request"])
-def test_no_comment_but_summary_and_verdict(
-    kind: str, fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path
-) -> None:
-    env = pr_env(
-        tmp_path, fake_github.api_url, fork=kind == "fork", token=None if kind == "no-token" else TOKEN
-    )
+def test_no_comment_but_summary_and_verdict(kind: str, fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path) -> None:
+    env = pr_env(tmp_path, fake_github.api_url, fork=kind == "fork", token=None if kind == "no-token" else TOKEN)
     if kind == "not-a-pull-request":
         Path(env["GITHUB_EVENT_PATH"]).write_text(json.dumps({"ref": "refs/heads/main"}))
     outcome = check(repos["regress"], tmp_path / "out", env)
@@ -136,9 +129,7 @@ def test_api_faults_end_with_a_message_and_exit_3(
     assert (tmp_path / "out" / "report.md").is_file()
 
 
-def test_short_rate_limit_is_waited_out(
-    fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path
-) -> None:
+def test_short_rate_limit_is_waited_out(fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path) -> None:
     waits: list[float] = []
     fake_github.fail_next(429, {"Retry-After": "2"}, times=1)
     outcome = check(
@@ -150,11 +141,7 @@ def test_short_rate_limit_is_waited_out(
     assert outcome.exit_code == 0 and waits == [2.0] and len(ours(fake_github)) == 1
 
 
-def test_comment_failure_does_not_hide_a_regression(
-    fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path
-) -> None:
+def test_comment_failure_does_not_hide_a_regression(fake_github: FakeGitHub, repos: dict[str, Path], tmp_path: Path) -> None:
     fake_github.fail_next(403, times=10)
-    outcome = check(
-        repos["regress"], tmp_path / "out", pr_env(tmp_path, fake_github.api_url), github_options=NO_SLEEP
-    )
+    outcome = check(repos["regress"], tmp_path / "out", pr_env(tmp_path, fake_github.api_url), github_options=NO_SLEEP)
     assert outcome.exit_code == 1 and "lacks permission" in (outcome.error or "")

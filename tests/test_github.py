@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,12 +23,24 @@ from gradgate.github.client import (
     truncate_body,
 )
 from tests import fake_github as fake_module
-from tests.fake_github import FakeGitHub
+from tests.fake_github import FakeGitHub, OpenAPISpec, load_spec
 
 fake_github = fake_module.fake_github  # the fixture
 
 TOKEN = "ghs_s3cretTOKENvalue123"
 REPO = fake_module.DEFAULT_REPOSITORY
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MARK = "<!-- gradgate-report -->"
+
+
+def subset_script() -> object:
+    """scripts/github_openapi_subset.py as a module (scripts/ is not a package)."""
+    path = REPO_ROOT / "scripts" / "github_openapi_subset.py"
+    spec = importlib.util.spec_from_file_location("github_openapi_subset", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Sleeps(list[float]):
@@ -70,13 +84,58 @@ def test_fake_flags_bad_query_and_unknown_routes(fake_github: FakeGitHub) -> Non
     fake_github.violations.clear()
 
 
-def _need_spec() -> None:
-    if not fake_module.spec_path().is_file():
-        pytest.skip("GitHub OpenAPI description not available")
+# -- the committed subset of GitHub's description -----------------------------------------------------------
+
+
+def test_committed_subset_is_closed_and_matches_the_script() -> None:
+    script: Any = subset_script()
+    path = fake_module.spec_path()
+    assert path == REPO_ROOT / "tests" / "github_spec" / "api.github.com.subset.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["info"]["version"] == script.VERSION
+    assert raw["info"]["x-gradgate-subset"]["operations"] == list(script.OPERATIONS)
+    assert script.dangling_refs(raw) == []
+    # Cutting the subset again changes nothing: exactly those operations, exactly what they reference.
+    assert script.render(script.build_subset(raw, script.OPERATIONS)) == path.read_text(encoding="utf-8")
+    operation_ids = {op["operationId"] for item in raw["paths"].values() for op in item.values() if "operationId" in op}
+    assert operation_ids == set(script.OPERATIONS)
+    # The fake implements every operation of the subset.
+    assert all(hasattr(FakeGitHub, "_op_" + op.replace("/", "_").replace("-", "_")) for op in operation_ids)
+    licence = (path.parent / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License") and "Octokit contributors" in licence
+    assert "github_openapi_subset.py" in (path.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_an_operation_missing_from_the_subset_fails_the_test(fake_github: FakeGitHub) -> None:
+    spec = load_spec()
+    assert spec.match("GET", "/repos/o/r/issues/7")[0] is None  # issues/get: real, but gradgate does not call it
+    route = spec.match("GET", "/repos/o/r/issues/7/comments")[0]
+    assert route is not None and route.operation_id == "issues/list-comments"
+    answer = httpx.get(f"{fake_github.api_url}/repos/{REPO}/issues/7")
+    assert answer.status_code == 404
+    assert fake_github.violations == [
+        "GET /repos/octo-org/prompt-repo/issues/7: no such operation in GitHub's OpenAPI description"
+    ]
+    with pytest.raises(pytest.fail.Exception, match="no such operation"):
+        fake_module.assert_no_violations(fake_github)  # what the fixture runs at teardown
+    fake_github.violations.clear()
+
+
+def test_gradgate_calling_an_unlisted_operation_is_a_violation() -> None:
+    """Were GET /user not in the subset, the client's identity look-up would be flagged."""
+    script: Any = subset_script()
+    raw = json.loads(fake_module.spec_path().read_text(encoding="utf-8"))
+    without_user = script.build_subset(raw, [op for op in script.OPERATIONS if op != "users/get-authenticated"])
+    with FakeGitHub(spec=OpenAPISpec(without_user)) as fake:
+        fake.add_comment(3, f"{MARK}\nquoted by a person")
+        client, _ = make_client(fake)
+        client.upsert_sticky_comment(3, "report", "gradgate-report")
+        assert fake.violations == ["GET /user: no such operation in GitHub's OpenAPI description"]
+        with pytest.raises(pytest.fail.Exception):
+            fake_module.assert_no_violations(fake)
 
 
 def test_fake_records_without_the_token(tmp_path: Path) -> None:
-    _need_spec()
     record = tmp_path / "rec.json"
     with FakeGitHub(record_file=record) as fake:
         client, _ = make_client(fake)
@@ -115,9 +174,51 @@ def test_sticky_comment_found_on_a_later_page(fake_github: FakeGitHub) -> None:
     ref = client.upsert_sticky_comment(4, "new", "gradgate-report")
     assert ref.id == ours["id"] and not ref.created
     assert len(fake_github.comments_on(4)) == 132
-    pages = [r.query.get("page", ["1"])[0] for r in fake_github.requests if r.method == "GET"]
+    lists = [r for r in fake_github.requests if r.operation_id == "issues/list-comments"]
+    pages = [r.query.get("page", ["1"])[0] for r in lists]
     assert pages == ["1", "2"]
     assert ours["body"] == "<!-- gradgate-report -->\nnew"
+
+
+def test_a_persons_comment_with_the_marker_is_left_alone(fake_github: FakeGitHub) -> None:
+    """GITHUB_TOKEN (github-actions[bot], no GET /user): a person's comment quoting the marker stays as it is."""
+    person = fake_github.add_comment(6, f"{MARK}\nI copied the report here", user="octocat")
+    client, _ = make_client(fake_github)
+    first = client.upsert_sticky_comment(6, "score 0.70", "gradgate-report")
+    assert first.created and first.id != person["id"]
+    rerun, _ = make_client(fake_github)  # the next workflow run
+    second = rerun.upsert_sticky_comment(6, "score 0.75", "gradgate-report")
+    assert not second.created and second.id == first.id
+    assert person["body"] == f"{MARK}\nI copied the report here" and person["updated_at"] == person["created_at"]
+    bots = [c for c in fake_github.comments_on(6) if c["user"]["login"] == "github-actions[bot]"]
+    assert len(bots) == 1 and bots[0]["body"] == f"{MARK}\nscore 0.75"
+    assert bots[0]["user"]["type"] == "Bot"
+    calls = [(r.operation_id, r.status) for r in fake_github.requests]
+    assert calls == [
+        ("issues/list-comments", 200),
+        ("users/get-authenticated", 403),  # installation tokens may not read /user: the bot rule applies
+        ("issues/create-comment", 201),
+        ("issues/list-comments", 200),
+        ("users/get-authenticated", 403),
+        ("issues/update-comment", 200),
+    ]
+    rerun.upsert_sticky_comment(6, "score 0.80", "gradgate-report")  # asked once per client
+    assert [r.operation_id for r in fake_github.requests].count("users/get-authenticated") == 2
+
+
+def test_a_personal_token_updates_only_its_own_comment(fake_github: FakeGitHub) -> None:
+    """A personal access token: GET /user names the login; other people's and bots' comments stay."""
+    fake_github.login = "octo-dev"
+    other = fake_github.add_comment(8, f"{MARK}\nquoted", user="octocat")
+    bot = fake_github.add_comment(8, f"{MARK}\nfrom a GITHUB_TOKEN run", user="github-actions[bot]")
+    client, _ = make_client(fake_github)
+    first = client.upsert_sticky_comment(8, "one", "gradgate-report")
+    second = client.upsert_sticky_comment(8, "two", "gradgate-report")
+    assert first.created and not second.created and first.id == second.id
+    assert other["body"] == f"{MARK}\nquoted" and bot["body"] == f"{MARK}\nfrom a GITHUB_TOKEN run"
+    mine = [c for c in fake_github.comments_on(8) if c["user"]["login"] == "octo-dev"]
+    assert len(mine) == 1 and mine[0]["body"] == f"{MARK}\ntwo" and mine[0]["user"]["type"] == "User"
+    assert [r.status for r in fake_github.requests if r.operation_id == "users/get-authenticated"] == [200]
 
 
 def test_sticky_comment_truncates_to_githubs_limit(fake_github: FakeGitHub) -> None:
@@ -143,7 +244,6 @@ def test_marker_must_fit_an_html_comment() -> None:
 
 
 def test_enterprise_prefix() -> None:
-    _need_spec()
     with FakeGitHub(prefix="/api/v3") as fake:
         assert fake.api_url.endswith("/api/v3")
         client, _ = make_client(fake)
@@ -259,9 +359,7 @@ def test_server_error_gives_up_after_max_retries(fake_github: FakeGitHub) -> Non
         (403, {"Retry-After": "7", "x-ratelimit-remaining": "0"}),
     ],
 )
-def test_rate_limit_waits_for_retry_after(
-    fake_github: FakeGitHub, status: int, headers: dict[str, str]
-) -> None:
+def test_rate_limit_waits_for_retry_after(fake_github: FakeGitHub, status: int, headers: dict[str, str]) -> None:
     fake_github.fail_next(status, headers=headers, body={"message": "API rate limit exceeded"})
     client, sleeps = make_client(fake_github)
     assert client.find_pull("b") is None
@@ -281,9 +379,7 @@ def test_unreachable_api_is_a_github_error() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleeps = Sleeps()
-    client = GitHubClient(
-        TOKEN, api_url=f"http://{TOKEN}@127.0.0.1:{port}", repository=REPO, sleep=sleeps, max_retries=1
-    )
+    client = GitHubClient(TOKEN, api_url=f"http://{TOKEN}@127.0.0.1:{port}", repository=REPO, sleep=sleeps, max_retries=1)
     with pytest.raises(GitHubError, match="could not reach") as info:
         client.find_pull("b")
     assert TOKEN not in str(info.value) and len(sleeps) == 1
@@ -346,9 +442,7 @@ def test_context_for_a_fork(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("payload", ["{not json", "[1, 2]", {"pull_request": {"number": "7"}}, {}])
-def test_context_survives_odd_event_files(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, payload: object
-) -> None:
+def test_context_survives_odd_event_files(tmp_path: Path, caplog: pytest.LogCaptureFixture, payload: object) -> None:
     env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": "o/r", "GITHUB_EVENT_PATH": _event(tmp_path, payload)}
     ctx = github_context_from_env(env)
     assert ctx.pr_number is None and not ctx.can_comment
@@ -371,7 +465,6 @@ def test_context_for_issue_comment_on_a_pull_request(tmp_path: Path) -> None:
 
 
 def test_fake_runs_as_a_process(tmp_path: Path) -> None:
-    _need_spec()
     record = tmp_path / "record.json"
     repo_root = Path(__file__).resolve().parents[1]
     command = ["-m", "tests.fake_github", "--port", "0", "--record", str(record), "--prefix", "/api/v3"]

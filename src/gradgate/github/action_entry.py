@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gradgate.errors import EXIT_INFRA, EXIT_USAGE, UsageError
 from gradgate.github.actions import escape_data
-from gradgate.errors import EXIT_USAGE, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,15 @@ INPUT_NAMES = (
 )
 
 # Inputs that only mean something to `gradgate optimize`; set in check mode they are reported as ignored.
-_OPTIMIZE_ONLY = ("methods", "budget-calls", "budget-tokens", "budget-usd", "budget-seconds", "seed",
-                  "optimizer-model")
+_OPTIMIZE_ONLY = ("methods", "budget-calls", "budget-tokens", "budget-usd", "budget-seconds", "seed", "optimizer-model")
 
 # A git revision the CLI may pass to git: no leading dash (it would read as an option), no spaces, no "..".
 _REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/~^@{}+-]*$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PROMPT_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+# Variables the runner owns: the env input setting them could redirect GITHUB_OUTPUT or GITHUB_STEP_SUMMARY,
+# or point GITHUB_API_URL (and with it the token) at another host.
+RESERVED_ENV_PREFIXES = ("GITHUB_", "RUNNER_", "INPUT_", "ACTIONS_")
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,9 @@ def _split_list(raw: str) -> list[str]:
 class _Parser:
     """Collects every input error so one run reports all of them."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], workspace: Path) -> None:
         self.env = env
+        self.workspace = workspace
         self.errors: list[str] = []
 
     def raw(self, name: str) -> str:
@@ -176,9 +179,7 @@ class _Parser:
     def ref(self, name: str) -> str:
         value = self.raw(name)
         if value and (not _REF_RE.match(value) or ".." in value):
-            self.errors.append(
-                f"{name} must be a git branch, tag or commit (for example main), got {value!r}"
-            )
+            self.errors.append(f"{name} must be a git branch, tag or commit (for example main), got {value!r}")
             return ""
         return value
 
@@ -193,8 +194,10 @@ class _Parser:
         ids = _split_list(self.raw(name))
         bad = [i for i in ids if not _PROMPT_ID_RE.match(i)]
         if bad:
-            self.errors.append(f"{name} must list prompt ids separated by commas (for example summarize,"
-                               f"classify), got {', '.join(map(repr, bad))}")
+            self.errors.append(
+                f"{name} must list prompt ids separated by commas (for example summarize,"
+                f"classify), got {', '.join(map(repr, bad))}"
+            )
             return ()
         return tuple(ids)
 
@@ -202,16 +205,17 @@ class _Parser:
         methods = [m.lower() for m in _split_list(self.raw(name))]
         bad = [m for m in methods if m not in METHODS]
         if bad:
-            self.errors.append(f"{name} must list methods from {_or_list(METHODS)} separated by commas "
-                               f"(for example gradsum,gpo), got {', '.join(map(repr, bad))}")
+            self.errors.append(
+                f"{name} must list methods from {_or_list(METHODS)} separated by commas "
+                f"(for example gradsum,gpo), got {', '.join(map(repr, bad))}"
+            )
             return ()
         return tuple(dict.fromkeys(methods))  # drop repeats, keep order
 
     def api_base(self, name: str) -> str:
         value = self.raw(name)
         if value and not re.match(r"^https?://[^\s]+$", value):
-            self.errors.append(f"{name} must be an http(s) URL (for example http://127.0.0.1:8000/v1), "
-                               f"got {value!r}")
+            self.errors.append(f"{name} must be an http(s) URL (for example http://127.0.0.1:8000/v1), got {value!r}")
             return ""
         return value
 
@@ -225,11 +229,42 @@ class _Parser:
             key = key.strip()
             if not sep or not _ENV_KEY_RE.match(key):
                 # Never echo the line: it likely holds a secret.
-                self.errors.append(f"{name} line {number} must look like KEY=VALUE (for example "
-                                   f"OPENAI_API_KEY=${{{{ secrets.OPENAI_API_KEY }}}})")
+                self.errors.append(
+                    f"{name} line {number} must look like KEY=VALUE (for example "
+                    f"OPENAI_API_KEY=${{{{ secrets.OPENAI_API_KEY }}}})"
+                )
+                continue
+            if key.upper().startswith(RESERVED_ENV_PREFIXES):
+                self.errors.append(
+                    f"{name} line {number} sets {key}, which the env input may not set: names starting with "
+                    f"{_or_list(RESERVED_ENV_PREFIXES)} belong to the runner (they could redirect GITHUB_OUTPUT or "
+                    "send the token to another host); give the token through the github-token input and leave "
+                    "the others to the runner"
+                )
                 continue
             pairs.append((key, value.strip()))
         return tuple(pairs)
+
+    def workspace_path(self, name: str, bases: tuple[str, ...] = ("",)) -> str:
+        """A path input that, taken from each of ``bases`` (relative to the workspace), stays inside it."""
+        value = self.text(name)
+        if value and not all(_inside(self.workspace, base, value) for base in bases):
+            self.errors.append(
+                f"{name} must stay inside the workspace {self.workspace} (no '..' leading out of it, no absolute "
+                f"path elsewhere, no symlink pointing elsewhere), got {value!r}"
+            )
+            return ""
+        return value
+
+
+def _inside(workspace: Path, base: str, value: str) -> bool:
+    """``value`` joined to ``workspace/base`` (an absolute ``value`` stays itself) resolves inside ``workspace``.
+
+    Symlinks are followed as far as the path exists, so a link inside the workspace that points out is refused.
+    """
+    root = Path(os.path.realpath(workspace))
+    target = Path(os.path.realpath(workspace / base / value))
+    return target == root or target.is_relative_to(root)
 
 
 def _or_list(values: tuple[str, ...]) -> str:
@@ -251,24 +286,37 @@ def base_ref_from_event(event: Mapping[str, Any] | None) -> str:
     return ""
 
 
-def parse_action_inputs(env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> ActionInputs:
+def parse_action_inputs(
+    env: Mapping[str, str], event: Mapping[str, Any] | None = None, workspace: str | Path | None = None
+) -> ActionInputs:
     """Validate every ``INPUT_*`` variable in ``env``; ``event`` is the workflow event payload, if any.
 
-    Raises ``UsageError`` naming each bad input and a valid value. Pure: reads nothing but its arguments.
+    Raises ``UsageError`` naming each bad input and a valid value. Reads nothing but its arguments, except
+    that the path inputs (``working-directory``, ``config``, ``out``) are resolved in the file system to
+    follow symlinks: each must stay inside ``workspace`` (default ``$GITHUB_WORKSPACE``, else the current
+    directory), the directory the CLI runs in. ``working-directory`` is taken from the workspace; ``config``
+    and ``out`` from both the workspace and the working directory, because the CLI reads some of them from
+    one and some from the other, so either reading must stay inside. The ``env`` input may not set
+    variables the runner owns (``RESERVED_ENV_PREFIXES``).
     """
-    p = _Parser(env)
+    root = Path(workspace or env.get("GITHUB_WORKSPACE") or os.getcwd())
+    p = _Parser(env, root)
     mode = p.choice("mode", MODES, "check")
     base_ref = p.ref("base-ref")
     if mode == "check" and not p.raw("base-ref"):
         base_ref = base_ref_from_event(event)
         if not base_ref:
-            p.errors.append("base-ref must name the commit to compare against in check mode "
-                            "(for example main); outside pull_request events set it explicitly")
+            p.errors.append(
+                "base-ref must name the commit to compare against in check mode "
+                "(for example main); outside pull_request events set it explicitly"
+            )
     methods = p.methods("methods")
+    working_directory = p.workspace_path("working-directory")
+    bases = ("", working_directory) if working_directory else ("",)
     inputs = ActionInputs(
         mode=mode,
-        config=p.text("config"),
-        working_directory=p.text("working-directory"),
+        config=p.workspace_path("config", bases),
+        working_directory=working_directory,
         prompts=p.prompts("prompts"),
         base_ref=base_ref,
         head_ref=p.ref("head-ref"),
@@ -286,7 +334,7 @@ def parse_action_inputs(env: Mapping[str, str], event: Mapping[str, Any] | None 
         comment=p.boolean("comment", True),
         write=p.boolean("write", False),
         open_pr=p.boolean("open-pr", False),
-        out=p.text("out"),
+        out=p.workspace_path("out", bases),
         github_token=p.raw("github-token"),
         extra_env=p.env_lines("env"),
         ignored=_ignored(env, mode),
@@ -400,8 +448,9 @@ def _load_event(env: Mapping[str, str]) -> dict[str, Any] | None:
 def _trust_workspace(workspace: str) -> None:
     """Let git work in the mounted workspace: it belongs to the runner's user, not the container's root."""
     try:
-        known = subprocess.run(["git", "config", "--global", "--get-all", "safe.directory"],
-                               capture_output=True, text=True, check=False).stdout.split()
+        known = subprocess.run(
+            ["git", "config", "--global", "--get-all", "safe.directory"], capture_output=True, text=True, check=False
+        ).stdout.split()
         if workspace not in known:
             subprocess.run(["git", "config", "--global", "--add", "safe.directory", workspace], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -432,6 +481,12 @@ def main() -> NoReturn:
     workspace = env.get("GITHUB_WORKSPACE")
     if workspace:
         _trust_workspace(workspace)
+        # The path inputs were checked against the workspace; the CLI resolves them from its working directory.
+        try:
+            os.chdir(workspace)
+        except OSError as exc:
+            print(f"gradgate: cannot enter the workspace {workspace}: {exc}", file=sys.stderr)
+            sys.exit(EXIT_INFRA)
     args = to_cli_args(inputs)
     logger.info("running: gradgate %s", " ".join(args))
     sys.stdout.flush()

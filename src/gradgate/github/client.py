@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from gradgate import __version__
+from gradgate.core.secrets import redact
 from gradgate.errors import ConfigError, GitHubError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ TRUNCATION_NOTE = (
     "the full report is in the job summary and the workflow artifacts._\n"
 )
 PER_PAGE = 100  # the most GitHub serves per page
+# The account Actions' GITHUB_TOKEN acts as (an installation token of the "GitHub Actions" app).
+GITHUB_ACTIONS_LOGIN = "github-actions[bot]"
 
 PERMISSION_HINT = (
     "give the workflow job `permissions: pull-requests: write` (comments, pull requests) and "
@@ -87,12 +90,14 @@ def truncate_body(text: str, limit: int = MAX_BODY_CHARS, note: str = TRUNCATION
 
 
 def _redactor(secret: str) -> Callable[[str], str]:
-    def redact(text: str) -> str:
-        if secret:
-            text = text.replace(secret, "***")
-        return re.sub(r"://[^/@\s]+@", "://***@", text)  # credentials embedded in URLs
+    """Mask the token (core.secrets' rules) and credentials embedded in URLs (``https://user:pw@host``)."""
+    extra = (secret,) if secret else ()
 
-    return redact
+    def scrub(text: str) -> str:
+        # TODO(secrets): URL credentials are masked here only; move this rule into core/secrets.redact.
+        return re.sub(r"://[^/@\s]+@", "://***@", redact(text, extra))
+
+    return scrub
 
 
 class GitHubClient:
@@ -124,6 +129,8 @@ class GitHubClient:
         self.backoff = backoff
         self.max_wait = max_wait
         self._sleep = sleep
+        self._login: str | None = None  # whom the token acts as (GET /user); None for installation tokens
+        self._login_asked = False
         self._has_token = bool(token)
         self._redact = _redactor(token)
         headers = {
@@ -156,9 +163,18 @@ class GitHubClient:
     # -- transport ---------------------------------------------------------------------------------------
 
     def _request(
-        self, method: str, url: str, *, params: Mapping[str, Any] | None = None, json_body: Any = None
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        allow: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """Send one request, retrying 5xx, transport errors and rate limits; else raise ``GitHubError``."""
+        """Send one request, retrying 5xx, transport errors and rate limits; else raise ``GitHubError``.
+
+        A status in ``allow`` (that is not a rate limit) is returned instead of raised.
+        """
         label = f"{method} {self._path_of(url)}"
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
@@ -167,16 +183,11 @@ class GitHubClient:
             except httpx.TransportError as exc:
                 if last:
                     raise GitHubError(
-                        self._redact(
-                            f"could not reach the GitHub API at {self.api_url} ({label}): "
-                            f"{type(exc).__name__}: {exc}"
-                        ),
+                        self._redact(f"could not reach the GitHub API at {self.api_url} ({label}): {type(exc).__name__}: {exc}"),
                         hint="check GITHUB_API_URL and the network; GitHub may be having an outage",
                     ) from None
                 wait = self._backoff(attempt)
-                logger.warning(
-                    "GitHub API %s failed (%s); retrying in %.1fs", label, type(exc).__name__, wait
-                )
+                logger.warning("GitHub API %s failed (%s); retrying in %.1fs", label, type(exc).__name__, wait)
                 self._sleep(wait)
                 continue
             if response.status_code < 400:
@@ -197,11 +208,11 @@ class GitHubClient:
                 logger.warning("GitHub API rate limit on %s; waiting %.1fs", label, wait)
                 self._sleep(wait)
                 continue
+            if response.status_code in allow:
+                return response
             if response.status_code >= 500 and not last:
                 wait = self._backoff(attempt)
-                logger.warning(
-                    "GitHub API %s answered %d; retrying in %.1fs", label, response.status_code, wait
-                )
+                logger.warning("GitHub API %s answered %d; retrying in %.1fs", label, response.status_code, wait)
                 self._sleep(wait)
                 continue
             raise self._error(response, label)
@@ -251,10 +262,7 @@ class GitHubClient:
         for err in data.get("errors") or []:
             if isinstance(err, dict):
                 details.append(
-                    str(
-                        err.get("message")
-                        or " ".join(str(err[k]) for k in ("resource", "field", "code") if err.get(k))
-                    )
+                    str(err.get("message") or " ".join(str(err[k]) for k in ("resource", "field", "code") if err.get(k)))
                 )
             else:
                 details.append(str(err))
@@ -282,10 +290,7 @@ class GitHubClient:
         elif status == 403:
             message, hint = f"{head}; the token lacks permission for this", PERMISSION_HINT
         elif status == 404:
-            message = (
-                f"{head}; repository {self.repository} or the pull request was not found, or the token "
-                "cannot see it"
-            )
+            message = f"{head}; repository {self.repository} or the pull request was not found, or the token cannot see it"
             hint = "check GITHUB_REPOSITORY, the pull request number and the token's access to the repository"
         elif status == 422:
             message, hint = (
@@ -330,15 +335,68 @@ class GitHubClient:
 
     # -- comments ----------------------------------------------------------------------------------------
 
+    def authenticated_login(self) -> str | None:
+        """The login the token acts as (``GET /user``, asked once); None when GitHub will not say.
+
+        Personal access tokens (classic and fine-grained) and user-to-server tokens may read ``GET /user``.
+        Installation tokens, among them Actions' GITHUB_TOKEN, are refused with 403 ("Resource not
+        accessible by integration"): their account is an app's bot, which None stands for.
+        """
+        if not self._login_asked:
+            response = self._request("GET", "/user", allow=(403, 404))
+            data = self._json(response) if response.status_code < 400 else None
+            login = data.get("login") if isinstance(data, dict) else None
+            self._login = login if isinstance(login, str) and login else None
+            self._login_asked = True
+            logger.debug("the GitHub token acts as %s", self._login or "an app installation (a bot)")
+        return self._login
+
+    def _own_comments(self, comments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Of ``comments``, those this token wrote; see ``upsert_sticky_comment`` for the rule."""
+        if not comments:
+            return []  # nothing to tell apart: the first run costs no GET /user
+
+        def author(comment: dict[str, Any]) -> tuple[str, str]:
+            user = comment.get("user")
+            user = user if isinstance(user, dict) else {}
+            return str(user.get("login") or ""), str(user.get("type") or "")
+
+        login = self.authenticated_login()
+        if login is not None:
+            return [c for c in comments if author(c)[0].lower() == login.lower()]
+        bots = [c for c in comments if author(c)[1] == "Bot"]
+        return [c for c in bots if author(c)[0] == GITHUB_ACTIONS_LOGIN] or bots
+
     def upsert_sticky_comment(self, pr_number: int, body: str, marker: str) -> CommentRef:
-        """Create or update the one comment on ``pr_number`` that carries ``<!-- marker -->``."""
+        """Create or update the one comment on ``pr_number`` that carries ``<!-- marker -->``.
+
+        Only a comment this token wrote is updated; anybody else's comment that carries the marker (a person
+        quoting the report, say) is left alone and gradgate's own is created beside it. Whose comment it is:
+
+        * when ``GET /user`` answers (a personal or user token), comments whose ``user.login`` is that login;
+        * when it is refused (an installation token: Actions' GITHUB_TOKEN or another GitHub App), comments
+          whose author is a bot (``user.type == "Bot"``); those by ``github-actions[bot]``, the
+          GITHUB_TOKEN's account, first. A person's account is never of type Bot, so people's comments are
+          safe; two apps' tokens cannot be told apart, so they would share the one comment.
+
+        ``GET /user`` is asked at most once per client, and only when some comment carries the marker.
+        Among several own comments with the marker the oldest is updated.
+        """
         tag = hidden_marker(marker)
         text = body if tag in body else f"{tag}\n{body}"
         text = truncate_body(text)
         if tag not in text:  # the marker was deep inside and got cut: keep it findable next run
             text = truncate_body(f"{tag}\n{text}")
         base = f"/repos/{self.repository}/issues/{int(pr_number)}/comments"
-        existing = [c for c in self._paged(base, {}) if tag in str(c.get("body") or "")]
+        marked = [c for c in self._paged(base, {}) if tag in str(c.get("body") or "")]
+        existing = self._own_comments(marked)
+        if len(existing) < len(marked):
+            logger.info(
+                "%d comment(s) on #%d carry %s but were not written by this token; leaving them alone",
+                len(marked) - len(existing),
+                pr_number,
+                tag,
+            )
         if existing:
             if len(existing) > 1:
                 logger.warning("%d comments carry %s; updating the oldest", len(existing), tag)
@@ -431,12 +489,7 @@ class GitHubContext:
 
     @property
     def can_comment(self) -> bool:
-        return (
-            bool(self.token)
-            and self.pr_number is not None
-            and self.repository is not None
-            and not self.is_fork
-        )
+        return bool(self.token) and self.pr_number is not None and self.repository is not None and not self.is_fork
 
     def client(self, **kwargs: Any) -> GitHubClient:
         if not self.repository:
@@ -482,9 +535,7 @@ def github_context_from_env(env: Mapping[str, str]) -> GitHubContext:
     def text(value: Any) -> str | None:
         return value if isinstance(value, str) and value else None
 
-    base_repo = text(_dig(pull, "base", "repo", "full_name")) or (
-        env.get("GITHUB_REPOSITORY") if pr_number else None
-    )
+    base_repo = text(_dig(pull, "base", "repo", "full_name")) or (env.get("GITHUB_REPOSITORY") if pr_number else None)
     return GitHubContext(
         token=token,
         api_url=(env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"),
