@@ -18,10 +18,10 @@ from gradgate.errors import ConfigError, GitHubError
 from gradgate.github.client import (
     MAX_BODY_CHARS,
     GitHubClient,
-    github_context_from_env,
     hidden_marker,
     truncate_body,
 )
+from gradgate.github.context import github_context_from_env
 from tests import fake_github as fake_module
 from tests.fake_github import FakeGitHub, OpenAPISpec, load_spec
 

@@ -40,7 +40,7 @@ from gradgate.gate.report import (
     step_outputs,
 )
 from gradgate.github import actions
-from gradgate.github.client import github_context_from_env
+from gradgate.github.context import github_context_from_env
 from gradgate.models.gateway import Backend
 from gradgate.models.session import Session
 

@@ -25,7 +25,8 @@ from gradgate.core.files import atomic_write_text
 from gradgate.core.prompts import prompt_file_bytes, write_prompt_body
 from gradgate.errors import BudgetExhausted, UsageError
 from gradgate.github import actions
-from gradgate.github.client import github_context_from_env, truncate_body
+from gradgate.github.client import truncate_body
+from gradgate.github.context import github_context_from_env
 from gradgate.github.tuning_pr import PublishResult, publish_tuning_pr
 from gradgate.models.session import Session
 from gradgate.optimizers import report as tune_report

@@ -10,24 +10,25 @@ then replaces itself with ``python -m gradgate`` so the CLI's exit code (0 ok, 1
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gradgate.errors import EXIT_INFRA, EXIT_USAGE, UsageError
+from gradgate.core.git import Git
+from gradgate.errors import EXIT_INFRA, EXIT_USAGE, GitError, UsageError
 from gradgate.github.actions import escape_data
+from gradgate.github.context import dig, read_event
+from gradgate.optimizers.registry import METHOD_NAMES
 
 logger = logging.getLogger(__name__)
 
 MODES = ("check", "optimize")
-METHODS = ("gradsum", "gpo", "greater")
+METHODS = METHOD_NAMES
 DEFAULT_METHODS = ("gradsum",)
 
 # Every input action.yml declares; a test keeps the two lists equal.
@@ -272,20 +273,6 @@ def _or_list(values: tuple[str, ...]) -> str:
     return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
-def base_ref_from_event(event: Mapping[str, Any] | None) -> str:
-    """The pull request's base commit from the workflow event payload, or "" outside pull requests."""
-    if not event:
-        return ""
-    pull = event.get("pull_request")
-    if isinstance(pull, Mapping):
-        base = pull.get("base")
-        if isinstance(base, Mapping):
-            sha = base.get("sha")
-            if isinstance(sha, str):
-                return sha
-    return ""
-
-
 def parse_action_inputs(
     env: Mapping[str, str], event: Mapping[str, Any] | None = None, workspace: str | Path | None = None
 ) -> ActionInputs:
@@ -304,7 +291,8 @@ def parse_action_inputs(
     mode = p.choice("mode", MODES, "check")
     base_ref = p.ref("base-ref")
     if mode == "check" and not p.raw("base-ref"):
-        base_ref = base_ref_from_event(event)
+        sha = dig(event, "pull_request", "base", "sha")
+        base_ref = sha if isinstance(sha, str) else ""
         if not base_ref:
             p.errors.append(
                 "base-ref must name the commit to compare against in check mode "
@@ -433,28 +421,15 @@ def _raw_secrets(env: Mapping[str, str]) -> list[str]:
     return [s for s in secrets if s]
 
 
-def _load_event(env: Mapping[str, str]) -> dict[str, Any] | None:
-    path = env.get("GITHUB_EVENT_PATH")
-    if not path:
-        return None
-    try:
-        event = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("could not read the workflow event %s: %s", path, exc)
-        return None
-    return event if isinstance(event, dict) else None
-
-
 def _trust_workspace(workspace: str) -> None:
     """Let git work in the mounted workspace: it belongs to the runner's user, not the container's root."""
+    git = Git(Path(workspace))
     try:
-        known = subprocess.run(
-            ["git", "config", "--global", "--get-all", "safe.directory"], capture_output=True, text=True, check=False
-        ).stdout.split()
+        known = git.run("config", "--global", "--get-all", "safe.directory", check=False).stdout.split()
         if workspace not in known:
-            subprocess.run(["git", "config", "--global", "--add", "safe.directory", workspace], check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        logger.warning("could not mark %s as a safe git directory: %s", workspace, exc)
+            git.run("config", "--global", "--add", "safe.directory", workspace)
+    except GitError as exc:
+        logger.warning("could not mark %s as a safe git directory: %s", workspace, exc.message)
 
 
 def main() -> NoReturn:
@@ -469,7 +444,7 @@ def main() -> NoReturn:
         sys.stdout.flush()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        inputs = parse_action_inputs(env, _load_event(env))
+        inputs = parse_action_inputs(env, read_event(env.get("GITHUB_EVENT_PATH")) or None)
     except UsageError as exc:
         if in_actions:
             print(f"::error title=gradgate action inputs::{escape_data(exc.message)}")

@@ -1,23 +1,20 @@
-"""The GitHub REST API: the sticky pull request comment, the auto-tuning pull request, the run context.
+"""The GitHub REST API: the sticky pull request comment and the auto-tuning pull request.
 
 ``GitHubClient`` is a small synchronous httpx client for one repository. It retries 5xx answers and rate
 limits (429, or 403 with ``x-ratelimit-remaining: 0``) with backoff, honouring ``Retry-After`` up to a cap,
 and turns every failure into a ``GitHubError`` that says what to do. The token is sent only in the
 ``Authorization`` header to the configured API host and is scrubbed from every message and log line.
 
-``github_context_from_env`` reads what GitHub Actions puts in the environment (and the event payload) into a
-``GitHubContext``; it never fails, because running outside a pull request is normal.
+The run's context (repository, pull request, token) is `gradgate.github.context`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -458,93 +455,3 @@ class GitHubClient:
         )
         logger.info("updated pull request #%d", existing.number)
         return PullRef(number=existing.number, url=str(data.get("html_url", existing.url)), created=False)
-
-
-# -- the Actions run context ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GitHubContext:
-    """What the environment says about this run; every field may be missing outside GitHub Actions."""
-
-    token: str | None = field(default=None, repr=False)
-    api_url: str = DEFAULT_API_URL
-    repository: str | None = None
-    event_name: str | None = None
-    pr_number: int | None = None
-    head_repo: str | None = None
-    base_repo: str | None = None
-    base_ref: str | None = None
-    head_ref: str | None = None
-    head_sha: str | None = None
-
-    @property
-    def is_fork(self) -> bool:
-        """The pull request comes from another repository (its GITHUB_TOKEN is read-only)."""
-        if self.pr_number is None:
-            return False
-        if self.head_repo is None or self.base_repo is None:
-            return self.event_name in ("pull_request", "pull_request_target")  # deleted fork: assume a fork
-        return self.head_repo.lower() != self.base_repo.lower()
-
-    @property
-    def can_comment(self) -> bool:
-        return bool(self.token) and self.pr_number is not None and self.repository is not None and not self.is_fork
-
-    def client(self, **kwargs: Any) -> GitHubClient:
-        if not self.repository:
-            raise ConfigError("GITHUB_REPOSITORY is not set", hint="set it to owner/name")
-        return GitHubClient(self.token or "", api_url=self.api_url, repository=self.repository, **kwargs)
-
-
-def _read_event(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("could not read the GitHub event file %s (%s); assuming no pull request", path, exc)
-        return {}
-    if not isinstance(data, dict):
-        logger.warning("the GitHub event file %s is not a JSON object; assuming no pull request", path)
-        return {}
-    return data
-
-
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def github_context_from_env(env: Mapping[str, str]) -> GitHubContext:
-    """Read the run context from GitHub Actions' environment and event payload; never raises."""
-    token = env.get("GITHUB_TOKEN") or env.get("INPUT_GITHUB_TOKEN") or env.get("INPUT_GITHUB-TOKEN") or None
-    event = _read_event(env.get("GITHUB_EVENT_PATH"))
-    pull = event.get("pull_request")
-    pr_number: Any = _dig(pull, "number")
-    if pr_number is None and isinstance(_dig(event, "issue", "pull_request"), dict):
-        pr_number = _dig(event, "issue", "number")  # issue_comment on a pull request
-    if not isinstance(pr_number, int) or isinstance(pr_number, bool) or pr_number <= 0:
-        if pr_number is not None:
-            logger.warning("the GitHub event has an odd pull request number %r; ignoring it", pr_number)
-        pr_number = None
-
-    def text(value: Any) -> str | None:
-        return value if isinstance(value, str) and value else None
-
-    base_repo = text(_dig(pull, "base", "repo", "full_name")) or (env.get("GITHUB_REPOSITORY") if pr_number else None)
-    return GitHubContext(
-        token=token,
-        api_url=(env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"),
-        repository=env.get("GITHUB_REPOSITORY") or None,
-        event_name=env.get("GITHUB_EVENT_NAME") or None,
-        pr_number=pr_number,
-        head_repo=text(_dig(pull, "head", "repo", "full_name")) if pull else base_repo,
-        base_repo=base_repo,
-        base_ref=text(_dig(pull, "base", "ref")) or env.get("GITHUB_BASE_REF") or None,
-        head_ref=text(_dig(pull, "head", "ref")) or env.get("GITHUB_HEAD_REF") or None,
-        head_sha=text(_dig(pull, "head", "sha")) or env.get("GITHUB_SHA") or None,
-    )
