@@ -10,8 +10,7 @@ import pytest
 from gradgate.github import actions
 from gradgate.github.actions import (
     MAX_SUMMARY_BYTES,
-    annotate_error,
-    annotate_warning,
+    annotate,
     in_github_actions,
     mask_secret,
     set_output,
@@ -73,7 +72,7 @@ def test_everything_is_a_noop_outside_actions(tmp_path: Path, capsys: pytest.Cap
     assert not in_github_actions(env)
     set_output("x", "1", env=env)
     write_step_summary("# hi", env=env)
-    annotate_error("boom", file="a.py", line=3, env=env)
+    annotate("error", "boom", file="a.py", line=3, env=env)
     mask_secret("s3cret", env=env)
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().out == ""
@@ -100,14 +99,10 @@ def test_summary_stays_under_one_mib_and_utf8_safe(tmp_path: Path) -> None:
     summary.read_bytes().decode("utf-8")
 
 
-def test_annotations_escape_properties_and_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_annotations_escape_properties_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     env = _env(tmp_path)
-    annotate_error(
-        "100% worse\r\nsee: report", file="prompts/a,b:c.txt", line=12, title="Regression: 5%", env=env
-    )
-    annotate_warning("plain", env=env)
+    annotate("error", "100% worse\r\nsee: report", file="prompts/a,b:c.txt", line=12, title="Regression: 5%", env=env)
+    annotate("warning", "plain", env=env)
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "::error file=prompts/a%2Cb%3Ac.txt,line=12,title=Regression%3A 5%25::100%25 worse%0D%0Asee: report",

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gradgate import __version__
 from gradgate.core.secrets import RedactingFilter, redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
+from gradgate.optimizers.registry import METHOD_NAMES
 
 T = TypeVar("T")
 log = logging.getLogger("gradgate")
@@ -209,7 +210,7 @@ def check_command(
     "--method",
     "methods",
     multiple=True,
-    type=click.Choice(["gradsum", "gpo", "greater"]),
+    type=click.Choice(METHOD_NAMES),
     default=("gradsum",),
     show_default=True,
     help="Optimizer (repeatable).",

@@ -7,11 +7,10 @@ names are flat because packaging tools skip hidden directories such as ``.github
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
+from gradgate.core.files import atomic_write_text
 from gradgate.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,19 +49,6 @@ def init_repository(target: Path) -> list[Path]:
     # Read every template before writing anything, so a broken install cannot leave half a setup behind.
     texts = [template_text(name) for name in TEMPLATES]
     for path, text in zip(destinations, texts, strict=True):
-        _write_atomic(path, text)
+        atomic_write_text(path, text)
         logger.info("wrote %s", path)
     return destinations
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary repository files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -88,7 +88,8 @@ def _emit(summary: CheckSummary, out_dir: Path, env: Mapping[str, str]) -> tuple
             actions.set_output(name, value, env=env)
     for p in summary.prompts:
         if p.verdict == "regressed" and p.decision is not None:
-            actions.annotate_error(
+            actions.annotate(
+                "error",
                 f"prompt {p.prompt_id} regressed: mean score {p.base_mean:.3f} → {p.head_mean:.3f} "
                 f"(Δ {p.decision.mean_diff:+.3f}, interval {p.decision.low:+.3f} … {p.decision.high:+.3f})",
                 file=p.path,

@@ -6,7 +6,6 @@ The file is optional; without it the defaults below apply (prompts under `prompt
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from importlib import resources
@@ -248,7 +247,3 @@ def override_models(config: Config, **role_models: str | None) -> Config:
     if not updates:
         return config
     return config.model_copy(update={"models": config.models.model_copy(update=updates)})
-
-
-def dump_schema(path: Path) -> None:
-    path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")

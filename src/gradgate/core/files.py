@@ -1,37 +1,227 @@
-"""Safe file handling: paths stay inside the repository, writes are atomic."""
+"""Safe file handling: paths stay inside the repository (and out of `.git/`), reads strip a BOM and
+parse untrusted YAML/JSON into a `ConfigError` on any failure, writes are atomic and redacted.
+
+Prompt files, suites and configs arrive in pull requests: every loader goes through these helpers, so
+hostile input ends as a `ConfigError` (exit 2, with the file and a hint), never as a traceback.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from gradgate.errors import ConfigError, PathOutsideRepoError
+import yaml
+
+from gradgate.core.secrets import redact
+from gradgate.errors import ConfigError, PathInGitDirError, PathOutsideRepoError
+
+BOM = "\ufeff"
+GIT_DIR = ".git"
+MAX_NESTING = 64  # levels of lists/mappings in any config, front matter, suite or JSONL row
+MAX_VALUES = 1_000_000  # values after expanding YAML aliases ("billion laughs")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")
+
+
+def _shown(path: str | Path) -> str:
+    text = str(path)
+    return repr(text if len(text) <= 200 else text[:200] + "…")
+
+
+def _git_parts(parts: Iterable[str]) -> bool:
+    return any(part.casefold() == GIT_DIR for part in parts)
+
+
+def _relative_parts(path: Path, *roots: Path) -> tuple[str, ...] | None:
+    for root in roots:
+        try:
+            return path.relative_to(root).parts
+        except ValueError:
+            continue
+    return None
 
 
 def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None = None) -> Path:
-    """Resolve `path` (relative to `repo`, symlinks followed) and refuse anything outside `repo`."""
+    """Resolve `path` (relative to `repo`, symlinks followed); refuse anything outside `repo` or under `.git/`.
+
+    This is the one place every prompt, include, suite, dataset and cache path is resolved, so the rules
+    hold everywhere: no NUL byte, no escape through `..` or a symlink, no `.git` path component (before
+    or after resolving symlinks: `.git/config` holds the job's token under actions/checkout).
+    """
+    text = str(path)
+    if "\x00" in text:
+        raise ConfigError(
+            f"{what} {_shown(path)} contains a NUL byte", where=where, hint="remove the NUL character from the path"
+        )
     root = repo.resolve()
     candidate = Path(path)
+    raw_parts = candidate.parts if not candidate.is_absolute() else (_relative_parts(candidate, repo, root) or ())
     if not candidate.is_absolute():
         candidate = root / candidate
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{what} {_shown(path)} cannot be resolved: {exc}", where=where, hint="check the path") from None
     if resolved != root and root not in resolved.parents:
         raise PathOutsideRepoError(
-            f"{what} {str(path)!r} leads outside the repository",
+            f"{what} {_shown(path)} leads outside the repository",
             where=where,
             hint="keep prompt and suite files (and symlink targets) inside the repository",
+        )
+    if _git_parts(raw_parts) or _git_parts(resolved.relative_to(root).parts):
+        raise PathInGitDirError(
+            f"{what} {_shown(path)} leads into the repository's .git directory",
+            where=where,
+            hint="gradgate never reads or writes under .git/ (it holds credentials and hooks); use a file of the work tree",
         )
     return resolved
 
 
+def strip_bom(text: str) -> str:
+    """A UTF-8 byte-order mark is an encoding artefact, not content (editors on Windows add it)."""
+    return text[1:] if text.startswith(BOM) else text
+
+
 def read_text(path: Path, *, what: str) -> str:
+    """The file as text: UTF-8, BOM stripped; a missing, unreadable or non-regular file is a ConfigError."""
     try:
-        return path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{what} is not a regular file", where=str(path), hint="point to a file, not a directory or device")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what} does not exist", where=str(path), hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{what} cannot be read: {exc}", where=str(path)) from None
+    try:
+        return strip_bom(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} is not valid UTF-8 (byte {exc.start}, line {line})", where=str(path), hint="save the file as UTF-8"
+        ) from None
+
+
+def _parse_failure(exc: BaseException, *, fmt: str, where: str, label: str) -> ConfigError:
+    prefix = f"{label} " if label else ""
+    if isinstance(exc, RecursionError):
+        return ConfigError(
+            f"{prefix}nests too deeply to be read as {fmt}",
+            where=where,
+            hint=f"flatten the structure (at most {MAX_NESTING} levels of lists and mappings)",
+        )
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return ConfigError(
+            f"{prefix}holds a number with too many digits", where=where, hint="quote long numbers so they are read as text"
+        )
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
+    return ConfigError(
+        f"{prefix}is not valid {fmt}{at}: {problem}",
+        where=where,
+        hint="check indentation and quoting" if fmt == "YAML" else "one JSON value per line",
+    )
+
+
+def parse_yaml(text: str, *, where: str, label: str = "") -> Any:
+    """`yaml.safe_load` of untrusted text: any failure (syntax, bad tags, deep nesting, huge numbers) is a
+    ConfigError, and the result passes `check_tree`."""
+    try:
+        data = yaml.safe_load(strip_bom(text))
+    except Exception as exc:  # the parser raises many types on hostile text (ValueError, AttributeError, ...)
+        raise _parse_failure(exc, fmt="YAML", where=where, label=label) from None
+    check_tree(data, where=where)
+    return data
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, *, where: str, label: str = "") -> Any:
+    """`json.loads` of untrusted text (NaN and Infinity refused); failures are ConfigErrors."""
+    try:
+        data = json.loads(strip_bom(text), parse_constant=_no_constants)
+    except Exception as exc:
+        raise _parse_failure(exc, fmt="JSON", where=where, label=label) from None
+    check_tree(data, where=where)
+    return data
+
+
+def _key_path(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def check_tree(data: Any, *, where: str, max_nesting: int = MAX_NESTING, max_values: int = MAX_VALUES) -> None:
+    """Refuse what parses but breaks later: nesting deeper than `max_nesting` (recursion in validation,
+    hashing, JSON output), alias bombs and cycles, and strings with lone surrogates (they cannot be
+    encoded as UTF-8, so reports and requests would fail after model calls).
+
+    Iterative, and linear in the parsed size: shared (aliased) nodes are visited once.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (values after expansion, height)
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, str, bool]] = [(data, "", False)]
+    while stack:
+        node, path, done = stack.pop()
+        if isinstance(node, str):
+            _check_string(node, where=where, path=path)
+            continue
+        if not isinstance(node, dict | list | tuple | set | frozenset):
+            continue
+        key = id(node)
+        children = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        if done:
+            open_nodes.discard(key)
+            values, height = 1, 1
+            for name, child in children:
+                child_size, child_height = sizes.get(id(child), (1, 0))
+                values += child_size + (1 if isinstance(node, dict) else 0)
+                height = max(height, child_height + 1)
+                if isinstance(name, str):
+                    _check_string(name, where=where, path=path)
+            sizes[key] = (values, height)
+            if height > max_nesting:
+                raise ConfigError(
+                    f"nests more than {max_nesting} levels deep",
+                    where=f"{where}:{path}" if path else where,
+                    hint="flatten the structure",
+                )
+            if values > max_values:
+                raise ConfigError(
+                    f"expands to more than {max_values} values (YAML aliases?)", where=where, hint="write the data out plainly"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise ConfigError("refers to itself (a YAML alias cycle)", where=f"{where}:{path}" if path else where)
+        open_nodes.add(key)
+        stack.append((node, path, True))
+        if len(stack) + len(children) > max_values:
+            raise ConfigError(f"holds more than {max_values} values", where=where, hint="split the file")
+        for name, child in children:
+            stack.append((child, _key_path(path, name), False))
+
+
+def _check_string(text: str, *, where: str, path: str) -> None:
+    if _SURROGATE_RE.search(text):
+        raise ConfigError(
+            "holds a lone UTF-16 surrogate (e.g. an escaped \\ud800), which is not valid Unicode text",
+            where=f"{where}:{path}" if path else where,
+            hint="remove the escape or write the character itself",
+        )
+
+
+def has_control_chars(text: str) -> bool:
+    return _CONTROL_RE.search(text) is not None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -51,5 +241,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, redact_secrets: bool = True) -> None:
+    """Atomic UTF-8 write. Reports, results and caches go through here, so secrets are masked on the way
+    out (`gradgate.core.secrets.redact`) unless the caller writes exact bytes it must keep."""
+    atomic_write_bytes(path, (redact(text) if redact_secrets else text).encode("utf-8"))

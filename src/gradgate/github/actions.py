@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +94,17 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _command(
-    name: str, message: str, properties: Mapping[str, str | int | None], env: Mapping[str, str] | None
-) -> None:
+def _command(name: str, message: str, properties: Mapping[str, str | int | None], env: Mapping[str, str] | None) -> None:
     if not in_github_actions(env):
         return
-    props = ",".join(
-        f"{key}={escape_property(str(value))}" for key, value in properties.items() if value is not None
-    )
+    props = ",".join(f"{key}={escape_property(str(value))}" for key, value in properties.items() if value is not None)
     line = f"::{name}{' ' + props if props else ''}::{escape_data(message)}\n"
     sys.stdout.write(line)
     sys.stdout.flush()
 
 
-def annotate_error(
+def annotate(
+    level: Literal["error", "warning", "notice"],
     message: str,
     file: str | None = None,
     line: int | None = None,
@@ -114,30 +112,8 @@ def annotate_error(
     *,
     env: Mapping[str, str] | None = None,
 ) -> None:
-    """An error annotation, shown on the file and line in the pull request's diff when given."""
-    _command("error", message, {"file": file, "line": line, "title": title}, env)
-
-
-def annotate_warning(
-    message: str,
-    file: str | None = None,
-    line: int | None = None,
-    title: str | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-) -> None:
-    _command("warning", message, {"file": file, "line": line, "title": title}, env)
-
-
-def annotate_notice(
-    message: str,
-    file: str | None = None,
-    line: int | None = None,
-    title: str | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-) -> None:
-    _command("notice", message, {"file": file, "line": line, "title": title}, env)
+    """An annotation, shown on the file and line in the pull request's diff when given."""
+    _command(level, message, {"file": file, "line": line, "title": title}, env)
 
 
 def mask_secret(value: str, *, env: Mapping[str, str] | None = None) -> None:
