@@ -171,7 +171,7 @@ MODEL_NAME_FILE="$WORK/model-name"
 import signal, sys, time
 from pathlib import Path
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-from gradgate.models.local.runtime import converted_model_dir
+from gradgate.models.local import converted_model_dir
 from tests.openai_server import start_openai_server
 with start_openai_server(converted_model_dir("smollm2-135m-instruct"), int(sys.argv[1]), timeout=300) as server:
     Path(sys.argv[2]).write_text(server.model, encoding="utf-8")

@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `bench.greater_eval` importable
+    sys.path.insert(0, str(REPO_ROOT))
 SHARED_BBH = REPO_ROOT.parent / "shared" / "data" / "bbh"
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "greater.json"
 DEFAULT_BODY = "Question: {{question}}\nThink step by step, then give the final answer."
@@ -91,22 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
+    from bench.greater_eval import evaluate
 
-    from gradgate.optimizers.greater.method import GreaterConfig, GreaterOptimizer, GreaterStep
+    from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
+    from gradgate.optimizers.greater.settings import GreaterConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     random.Random(args.seed).shuffle(items)
     train, test = items[: args.train], items[args.train : args.train + args.test]
     cfg = GreaterConfig(steps=args.steps, max_items=args.train, max_new_tokens=args.new_tokens, seed=args.seed)
-    opt = GreaterOptimizer(cfg)
+    opt = GreaterSearch(cfg)
 
     started = time.perf_counter()
     opt.load(args.model)
     load_seconds = time.perf_counter() - started
     rss_after_load = rss_mb()
 
-    before = opt.evaluate(prompt_body=args.body, items=test, model_name=args.model) if test else None
+    before = evaluate(opt, prompt_body=args.body, items=test, model_name=args.model) if test else None
     steps: list[dict[str, Any]] = []
     step_started = [time.perf_counter(), cpu_seconds()]
 
@@ -120,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
     tracemalloc.start()
     step_started[:] = [time.perf_counter(), cpu_seconds()]
-    result = opt.optimize(prompt_body=args.body, train=train, model_name=args.model, budget=None, on_step=on_step)
+    result = opt.run(prompt_body=args.body, train=train, model_name=args.model, budget=None, on_step=on_step)
     _, python_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_after_steps = rss_mb()
-    after = opt.evaluate(prompt_body=result.best_prompt, items=test, model_name=args.model) if test else None
+    after = evaluate(opt, prompt_body=result.best_prompt, items=test, model_name=args.model) if test else None
 
     payload = {
         "task": args.task,
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
         },
         "config": asdict(cfg),
-        "stopped": result.stopped,
+        "stopped": "budget" if result.stopped_by_budget else "steps",
     }
     write_json(args.out, payload)
     for s in steps:

@@ -28,7 +28,7 @@ QUESTION = [{"role": "user", "content": "What color is the sky on a clear day?"}
 def child_load_seconds(model: str) -> float:
     code = (
         "import time; t = time.perf_counter(); "
-        "from gradgate.models.local.runtime import load_causal_lm; "
+        "from gradgate.models.local import load_causal_lm; "
         f"load_causal_lm({model!r}); print(time.perf_counter() - t)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -45,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from gradgate.models.local import runtime as lm
+    from gradgate.models import local as lm
+    from gradgate.models.local.convert import cache_dir
 
     convert_s = None
-    folder = lm.cache_dir() / "models" / args.model
+    folder = cache_dir() / "models" / args.model
     if not (folder / "config.json").is_file():
         start = time.perf_counter()
         lm.converted_model_dir(args.model)

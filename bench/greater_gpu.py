@@ -5,7 +5,7 @@
 
 Random weights never emit end-of-sequence, so every row generates all ``--new-tokens`` tokens: the worst case for
 the generation phases. Items are random token ids (no tokenizer): every candidate counts as a word token. The step
-is the real one (GreaterOptimizer.run_step): proposal from the rollout's top-k, the one-hot gradient over the
+is the real one (GreaterSearch.run_step): proposal from the rollout's top-k, the one-hot gradient over the
 reasoning, and regenerating the reasoning for the best candidates. Writes bench/results/greater_gpu.json (or
 greater_gpu_tiny.json).
 """
@@ -80,13 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gradgate.optimizers.greater.method import (
-        PHASES,
-        EncodedItem,
-        GreaterConfig,
-        GreaterEngine,
-        GreaterOptimizer,
-    )
+    from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine
+    from gradgate.optimizers.greater.search import PHASES, GreaterSearch
+    from gradgate.optimizers.greater.settings import GreaterConfig
 
     cuda = torch.cuda.is_available()
     if not args.tiny and not cuda:
@@ -119,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype="bfloat16" if cuda else "float32",
     )
     engine = GreaterEngine(model, cfg, pad_id=0, eos_ids=[], phrase_ids=rand(8))  # no EOS: full-length rows
-    opt = GreaterOptimizer(cfg, loader=lambda *_: (model, None))
+    opt = GreaterSearch(cfg, loader=lambda *_: (model, None))
 
     def sync() -> None:
         if cuda:

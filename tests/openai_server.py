@@ -79,7 +79,7 @@ def start_openai_server(
     port = port or free_port()
     model = str(Path(folder).resolve())
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gradgate.models.local.runtime.prepare_torch_env
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gradgate.models.local.convert.prepare_torch_env
     log_dir = Path(tempfile.mkdtemp(prefix="gradgate-serve-"))
     log_path = log_dir / "serve.log"
     command = [*_serve_command(), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
@@ -114,7 +114,7 @@ def _wait_ready(handle: ServerHandle, timeout: float) -> None:
 @pytest.fixture(scope="session")
 def openai_server() -> Iterator[ServerHandle]:
     """A session-wide ``transformers serve`` of the embedded SmolLM2 model (converted on first use)."""
-    from gradgate.models.local.runtime import converted_model_dir
+    from gradgate.models.local import converted_model_dir
 
     folder = converted_model_dir("smollm2-135m-instruct")
     with start_openai_server(folder) as handle:

@@ -14,21 +14,20 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from bench.greater_eval import answer_matches  # noqa: E402
+
 from gradgate.errors import BudgetExhausted, ConfigError  # noqa: E402
-from gradgate.optimizers.greater.method import (  # noqa: E402
+from gradgate.models.local import load_causal_lm  # noqa: E402
+from gradgate.optimizers.greater.engine import (  # noqa: E402
     EncodedItem,
-    GreaterConfig,
     GreaterEngine,
-    GreaterOptimizer,
-    GreaterStep,
     WordFilter,
-    advance_position,
-    answer_matches,
     is_word_text,
     propose_candidates,
-    split_prompt,
 )
-from gradgate.optimizers.greater.prompts import EXTRACTION_PHRASE, SEED_INSTRUCTION, build_answer_tail  # noqa: E402
+from gradgate.optimizers.greater.prompts import EXTRACTION_PHRASE, SEED_INSTRUCTION, build_answer_tail, split_prompt  # noqa: E402
+from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep, advance_position  # noqa: E402
+from gradgate.optimizers.greater.settings import GreaterConfig  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -327,18 +326,18 @@ def test_without_gold_answers_raises_config_error_before_loading() -> None:
     def loader(*_: Any) -> Any:
         raise AssertionError("must not load a model")
 
-    opt = GreaterOptimizer(GreaterConfig(), loader=loader)
+    opt = GreaterSearch(GreaterConfig(), loader=loader)
     with pytest.raises(ConfigError, match="gold answers"):
-        opt.optimize(
+        opt.run(
             prompt_body="Q: {{q}}\nThink.", train=[Item({"q": "x"}, None), Item({"q": "y"}, "")], model_name="any", budget=None
         )
 
 
 def test_invalid_config_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="top_k"):
-        GreaterOptimizer(GreaterConfig(top_k=0))
+        GreaterSearch(GreaterConfig(top_k=0))
     with pytest.raises(ConfigError, match="past_end"):
-        GreaterOptimizer(GreaterConfig(past_end="loop"))  # type: ignore[arg-type]
+        GreaterSearch(GreaterConfig(past_end="loop"))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,49 +413,40 @@ def test_budget_resume_and_extend_on_tiny_model(smol_tokenizer: Any) -> None:
     def loader(*_: Any) -> Any:
         return model, tok
 
-    opt = GreaterOptimizer(small_config(steps=3, max_new_tokens=4, past_end="extend"), loader=loader)
+    opt = GreaterSearch(small_config(steps=3, max_new_tokens=4, past_end="extend"), loader=loader)
     budget = RecordingBudget()
     seen: list[GreaterStep] = []
     body = "Question: {{question}}\nBe brief."  # 3 instruction tokens: steps at 0, 1, 2
-    result = opt.optimize(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=budget, on_step=seen.append)
+    result = opt.run(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=budget, on_step=seen.append)
     assert [s.position for s in result.trajectory] == [0, 1, 2] and seen == list(result.trajectory)
-    assert result.stopped == "steps" and result.best_score <= result.initial_score
+    assert not result.stopped_by_budget and result.best_score <= result.initial_score
     assert budget.calls == result.calls > 0 and budget.roles == {"optimizer"}
     assert budget.completion_tokens == result.completion_tokens
     assert set(result.trajectory[0].phase_seconds) == {"generation", "proposal", "gradient", "selection"}
     assert result.config["top_k"] == 10 and result.best_prompt.startswith("Question: {{question}}\n")
     # Resume after step 1: the next step is step 2 at position 2, then the extension slot (position 3).
-    opt2 = GreaterOptimizer(small_config(steps=4, max_new_tokens=4, past_end="extend"), loader=loader)
-    resumed = opt2.optimize(
-        prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=None, state=dict(result.trajectory[1].state)
-    )
+    opt2 = GreaterSearch(small_config(steps=4, max_new_tokens=4, past_end="extend"), loader=loader)
+    resumed = opt2.run(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=None, state=dict(result.trajectory[1].state))
     assert [s.step for s in resumed.trajectory] == [2, 3]
     assert resumed.trajectory[0].position == 2
     assert resumed.trajectory[1].position == 3  # the extension slot
     # Budget exhaustion mid-run returns the best so far instead of raising.
     stingy = RecordingBudget(max_calls=3)
-    stopped = opt.optimize(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=stingy)
-    assert stopped.stopped == "budget" and stingy.calls <= 3
+    stopped = opt.run(prompt_body=body, train=BOOL_ITEMS, model_name="tiny", budget=stingy)
+    assert stopped.stopped_by_budget and stingy.calls <= 3
     assert isinstance(stopped.best_prompt, str)
 
 
 @pytest.fixture(scope="session")
 def smol_model(smol_tokenizer: Any) -> Any:
-    try:
-        from gradgate.models.local.runtime import load_causal_lm
-    except ImportError:
-        found = _smol_folder()
-        assert found is not None
-        model = transformers.AutoModelForCausalLM.from_pretrained(found[0], gguf_file=found[1])
-        return model, smol_tokenizer
     return load_causal_lm("smollm2-135m-instruct", device="cpu", dtype=torch.float32)
 
 
 @pytest.mark.slow
 def test_one_real_step_on_smollm2(smol_model: Any) -> None:
     model, tok = smol_model
-    opt = GreaterOptimizer(small_config(), loader=lambda *_: (model, tok))
-    result = opt.optimize(prompt_body=BODY, train=BOOL_ITEMS, model_name="smollm2-135m-instruct", budget=None)
+    opt = GreaterSearch(small_config(), loader=lambda *_: (model, tok))
+    result = opt.run(prompt_body=BODY, train=BOOL_ITEMS, model_name="smollm2-135m-instruct", budget=None)
     step = result.trajectory[0]
     assert math.isfinite(step.loss) and math.isfinite(result.initial_score)
     assert step.loss <= result.initial_score

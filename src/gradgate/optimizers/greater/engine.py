@@ -1,0 +1,444 @@
+"""GReaTer's torch engine, on token ids: batched KV-cached rollouts, the loss, one-hot gradients, candidate filtering.
+
+Text, the step loop, budget policy and resuming live in search.py; this module never sees a string prompt.
+
+Shapes: B rows in a batch (a row is one instruction x one item), T tokens, H hidden size, V vocabulary, N items,
+L instruction tokens, K candidates at the optimized slot, G gold answer tokens.
+
+One row of the gradient pass (``[s]`` is the optimized slot)::
+
+    [chat head + text before the span][instruction ..[s]..][text after + chat tail][reasoning][phrase][gold]
+     EncodedItem.before                optimized            EncodedItem.after       greedy     fixed   loss
+
+Cheaper than the published implementation: batched greedy decoding with a KV cache, answers scored from the
+cached prefix, and ``lm_head`` applied only at the positions whose logits are used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gradgate.optimizers.greater.settings import GreaterConfig
+
+_WORD_RE = re.compile(r"[A-Za-z ]*[A-Za-z][A-Za-z ]*|\s?[.,]")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+@dataclass(frozen=True)
+class EncodedItem:
+    before: tuple[int, ...]  # chat head + rendered text before the instruction; never empty
+    after: tuple[int, ...]  # rendered text after the instruction + chat tail (assistant turn start)
+    gold: tuple[int, ...]  # answer tokens the loss is taken on (empty when only answers are generated)
+    expected: str | None = None
+
+
+@dataclass
+class Rollout:
+    """One instruction run over all items: reasoning, per-item losses, and proposal inputs."""
+
+    instruction: tuple[int, ...]
+    reasoning: list[tuple[int, ...]]  # greedy reasoning per item (no EOS)
+    answer_loss: Tensor  # (N,) mean CE over gold tokens, logits / answer_temperature
+    fluency: Tensor  # (N,) mean NLL of the instruction tokens
+    correct: Tensor  # (N,) bool: greedy decoding after the phrase reproduces the gold tokens
+    topk: list[Tensor]  # N x (L+1, k): next-token ids predicted at instruction slot i (slot L extends)
+    answers: list[str] = field(default_factory=list)  # generated answer text (generate_answers mode only)
+    score: float = math.inf  # mean answer loss + fluency_weight * mean fluency
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean())
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One (instruction, item) row of a rollout batch."""
+
+    reasoning: tuple[int, ...]
+    answer_loss: float
+    fluency: float
+    correct: bool
+    topk: Tensor  # (L+1, k)
+    answer: str
+
+
+class BudgetLike(Protocol):
+    def check_can_spend(self, calls: int, tokens: int) -> None: ...
+    def charge(self, role: str, calls: int, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class Meter:
+    """Counts model invocations and tokens, and asks the shared budget before each one."""
+
+    def __init__(self, budget: BudgetLike | None, role: str) -> None:
+        self.budget, self.role = budget, role
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+
+    def check(self, tokens: int) -> None:
+        if self.budget is not None:
+            self.budget.check_can_spend(calls=1, tokens=tokens)  # raises BudgetExhausted
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if self.budget is not None:
+            self.budget.charge(self.role, 1, prompt_tokens, completion_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Candidate filtering
+
+
+def is_word_text(text: str) -> bool:
+    """Letters and spaces (at least one letter), or a lone '.' / ',' (optionally after a space)."""
+    return bool(_WORD_RE.fullmatch(text))
+
+
+class WordFilter:
+    """Which token ids decode to word tokens; decodes lazily and remembers."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, token_id: int) -> bool:
+        if token_id not in self._known:
+            ok = token_id not in self._special and is_word_text(self._tokenizer.decode([token_id]))
+            self._known[token_id] = ok
+        return self._known[token_id]
+
+
+def propose_candidates(
+    topk: Tensor,
+    current_id: int,
+    *,
+    num_intersections: int,
+    intersection_size: int,
+    is_word: Callable[[int], bool],
+    generator: torch.Generator,
+    fallback: int = 10,
+) -> list[int]:
+    """Candidate ids for one slot: current id first, then the united subset intersections (sorted).
+
+    topk: (N, k) next-token ids per item at the slot. Each of ``num_intersections`` random subsets of
+    ``intersection_size`` items keeps the ids in every member's top-k; the union over subsets is filtered to word
+    tokens. When the union is empty (common with few, diverse items) the ``fallback`` most frequent word tokens over
+    all items' top-k are used instead, so a step always has something to try.
+    """
+    n = topk.shape[0]
+    rows = [set(r) for r in topk.tolist()]
+    united: set[int] = set()
+    for _ in range(num_intersections):
+        members = torch.randperm(n, generator=generator)[: min(intersection_size, n)].tolist()
+        united |= set.intersection(*(rows[i] for i in members))
+    words = sorted(t for t in united if t != current_id and is_word(t))
+    if not words:
+        counts = Counter(t for r in topk.tolist() for t in r)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        words = sorted([t for t, _ in ranked if t != current_id and is_word(t)][:fallback])
+    return [current_id, *words]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+class GreaterEngine:
+    """Everything GReaTer does with the model, on token ids."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: GreaterConfig,
+        *,
+        pad_id: int,
+        eos_ids: Sequence[int],
+        phrase_ids: Sequence[int],
+        meter: Meter | None = None,
+        decode: Callable[[Sequence[int]], str] | None = None,
+    ) -> None:
+        self.model, self.config = model, config
+        self.base = getattr(model, model.base_model_prefix)  # decoder stack without lm_head
+        self.embed = model.get_input_embeddings()  # Gemma's scales its output; used as a module, so handled
+        self.head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=self.device)
+        self.phrase = tuple(phrase_ids)
+        self.meter = meter or Meter(None, config.budget_role)
+        self.decode = decode
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., H) -> (..., V) in at least float32, as the CausalLM head computes them (Gemma's soft-capping)."""
+        out = self.head(hidden)
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.float()
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(
+        self, instructions: Sequence[Sequence[int]], items: Sequence[EncodedItem], *, generate_answers: bool = False
+    ) -> list[Rollout]:
+        """Greedy reasoning for every (instruction, item), then the answer loss from the cached prefix.
+
+        With ``generate_answers`` the phrase is followed by ``answer_tokens`` greedy tokens instead of the gold
+        answer (held-out accuracy); the answer loss is then NaN.
+        """
+        pairs = [(i, j) for i in range(len(instructions)) for j in range(len(items))]
+        rows: list[_Row] = []
+        for lo in range(0, len(pairs), self.config.batch_size):
+            chunk = pairs[lo : lo + self.config.batch_size]
+            rows += self._rollout_batch(
+                [tuple(instructions[i]) for i, _ in chunk], [items[j] for _, j in chunk], generate_answers
+            )
+        results = []
+        for i, instr in enumerate(instructions):
+            mine = rows[i * len(items) : (i + 1) * len(items)]
+            r = Rollout(
+                instruction=tuple(instr),
+                reasoning=[row.reasoning for row in mine],
+                answer_loss=torch.tensor([row.answer_loss for row in mine], dtype=torch.float64),
+                fluency=torch.tensor([row.fluency for row in mine], dtype=torch.float64),
+                correct=torch.tensor([row.correct for row in mine], dtype=torch.bool),
+                topk=[row.topk for row in mine],
+                answers=[row.answer for row in mine],
+            )
+            r.score = float(r.answer_loss.mean() + self.config.fluency_weight * r.fluency.mean())
+            results.append(r)
+        return results
+
+    def _rollout_batch(
+        self, instrs: Sequence[tuple[int, ...]], items: Sequence[EncodedItem], generate_answers: bool
+    ) -> list[_Row]:
+        """One batch of rows: prefill the prompts, read the slot predictions, reason greedily, then the answer tail."""
+        cfg = self.config
+        prompts = [list(it.before) + list(ins) + list(it.after) for ins, it in zip(instrs, items, strict=True)]
+        B = len(prompts)
+        self.meter.check(sum(map(len, prompts)) + B * cfg.max_new_tokens)
+        hidden, mask, cache = self._prefill(prompts)  # hidden: (B, T0, H), mask: (B, T0)
+        topk, fluency = self._slot_predictions(hidden, prompts, instrs, items)
+
+        pos_next = mask.sum(-1)  # (B,) position id of the next real token
+        generated, mask, pos_next, cache = self._greedy(self.logits(hidden[:, -1]), mask, pos_next, cache, cfg.max_new_tokens)
+        reasoning = [tuple(row) for row in generated]
+        completion = sum(map(len, reasoning))
+
+        # The answer tail from the cache: phrase + gold (scored), or the phrase then greedy answer tokens.
+        tails = [list(self.phrase) + ([] if generate_answers else list(it.gold)) for it in items]
+        tail_hidden, mask, cache = self._extend(tails, mask, pos_next, cache)  # tail_hidden: (B, Lt, H)
+        answer_loss, correct, answers = [math.nan] * B, [False] * B, [""] * B
+        if generate_answers:
+            # The tail is the phrase alone, the same length in every row: no padding, the mask is complete.
+            next_logits = self.logits(tail_hidden[:, -1])  # (B, V)
+            answer_ids, *_ = self._greedy(next_logits, mask, pos_next + len(self.phrase), cache, cfg.answer_tokens)
+            completion += sum(map(len, answer_ids))
+            if self.decode is not None:
+                answers = [self.decode(a) for a in answer_ids]
+        else:
+            answer_loss, correct = self._score_gold(tail_hidden, items)
+        self.meter.charge(sum(map(len, prompts)) + sum(map(len, tails)), completion)
+        return [_Row(reasoning[b], answer_loss[b], fluency[b], correct[b], topk[b], answers[b]) for b in range(B)]
+
+    def _prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Any]:
+        """Left-padded forward pass over the prompts: (hidden (B, T0, H), attention mask (B, T0), KV cache)."""
+        dev = self.device
+        B, T0 = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, T0), self.pad_id, dtype=torch.long, device=dev)  # (B, T0) left-padded
+        mask = torch.zeros((B, T0), dtype=torch.long, device=dev)
+        for b, p in enumerate(prompts):
+            ids[b, T0 - len(p) :] = torch.tensor(p, device=dev)
+            mask[b, T0 - len(p) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) real positions despite the padding
+        out = self.base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        return out.last_hidden_state, mask, out.past_key_values
+
+    def _slot_predictions(
+        self,
+        hidden: Tensor,
+        prompts: Sequence[Sequence[int]],
+        instrs: Sequence[tuple[int, ...]],
+        items: Sequence[EncodedItem],
+    ) -> tuple[list[Tensor], list[float]]:
+        """Per row: top-k next-token ids at instruction slots 0..L (L+1, k), and the instruction's mean NLL.
+
+        Logits only at the positions that predict a slot (slot L = an extension), not over the whole prompt.
+        """
+        T0 = hidden.shape[1]
+        rows_b: list[int] = []
+        rows_t: list[int] = []
+        spans: list[tuple[int, int]] = []  # (first gathered row, instruction length) per batch row
+        for b, (ins, it) in enumerate(zip(instrs, items, strict=True)):
+            start = T0 - len(prompts[b]) + len(it.before)  # index of instruction token 0
+            spans.append((len(rows_t), len(ins)))
+            rows_b += [b] * (len(ins) + 1)
+            rows_t += range(start - 1, start + len(ins))
+        logp = F.log_softmax(self.logits(hidden[rows_b, rows_t]), dim=-1)  # (M, V), M = sum of (L+1)
+        k = min(self.config.top_k, logp.shape[-1])
+        topk = logp.topk(k, dim=-1).indices.cpu()  # (M, k)
+        fluency = []
+        for b, (first, n) in enumerate(spans):
+            target = torch.tensor(instrs[b], device=self.device)
+            fluency.append(float(-logp[first : first + n].gather(-1, target[:, None]).mean()) if n else 0.0)
+        return [topk[first : first + n + 1] for first, n in spans], fluency
+
+    def _extend(self, tails: Sequence[Sequence[int]], mask: Tensor, pos_next: Tensor, cache: Any) -> tuple[Tensor, Tensor, Any]:
+        """Feed right-padded tails after the cached rows: (hidden (B, Lt, H), the longer mask, the cache)."""
+        dev = self.device
+        B, Lt = len(tails), max(len(t) for t in tails)
+        tail_ids = torch.full((B, Lt), self.pad_id, dtype=torch.long, device=dev)  # (B, Lt) right-padded
+        tail_mask = torch.zeros((B, Lt), dtype=torch.long, device=dev)
+        for b, t in enumerate(tails):
+            tail_ids[b, : len(t)] = torch.tensor(t, device=dev)
+            tail_mask[b, : len(t)] = 1
+        mask = torch.cat([mask, tail_mask], dim=1)
+        tail_pos = pos_next[:, None] + torch.arange(Lt, device=dev)[None, :]  # (B, Lt)
+        out = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=tail_pos, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state, mask, out.past_key_values
+
+    def _score_gold(self, tail_hidden: Tensor, items: Sequence[EncodedItem]) -> tuple[list[float], list[bool]]:
+        """Per row: CE of the gold tokens after the phrase (logits / answer_temperature), and an exact greedy match."""
+        P = len(self.phrase)
+        answer_loss = [math.nan] * len(items)
+        correct = [False] * len(items)
+        for b, it in enumerate(items):
+            if not it.gold:
+                continue
+            logits = self.logits(tail_hidden[b, P - 1 : P - 1 + len(it.gold)])  # (G, V) predicts gold
+            gold = torch.tensor(it.gold, device=self.device)
+            answer_loss[b] = float(F.cross_entropy(logits / self.config.answer_temperature, gold))
+            correct[b] = bool((logits.argmax(-1) == gold).all())
+        return answer_loss, correct
+
+    def _greedy(
+        self, next_logits: Tensor, mask: Tensor, pos_next: Tensor, cache: Any, max_steps: int
+    ) -> tuple[list[list[int]], Tensor, Tensor, Any]:
+        """Greedy decoding from a KV cache; rows that finished keep being fed (masked out) so the batch stays
+        rectangular. Returns the new tokens per row, and the mask, next positions and cache after them."""
+        B = next_logits.shape[0]
+        done = torch.zeros(B, dtype=torch.bool, device=next_logits.device)
+        steps: list[Tensor] = []
+        for _ in range(max_steps):
+            tok = next_logits.argmax(-1)  # (B,)
+            real = ~done & ~torch.isin(tok, self.eos)
+            done |= ~real
+            if not bool(real.any()):
+                break
+            steps.append(torch.where(real, tok, -1))
+            mask = torch.cat([mask, real[:, None].long()], dim=1)
+            out = self.base(
+                input_ids=tok[:, None], attention_mask=mask, position_ids=pos_next[:, None], past_key_values=cache, use_cache=True
+            )
+            cache = out.past_key_values
+            pos_next = pos_next + real.long()
+            next_logits = self.logits(out.last_hidden_state[:, -1])
+        rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
+        return [[t for t in row if t >= 0] for row in rows], mask, pos_next, cache
+
+    # ---- one-hot gradient -------------------------------------------------------------------------------------
+
+    def objective(
+        self,
+        weights: Tensor,
+        instruction: Sequence[int],
+        position: int,
+        insert: bool,
+        candidates: Sequence[int],
+        items: Sequence[EncodedItem],
+        reasoning: Sequence[Sequence[int]],
+    ) -> Tensor:
+        """Sum over items of answer CE + fluency_weight x instruction NLL, with slot ``position`` = weights @ cands.
+
+        weights: (K,) over ``candidates``; a one-hot on the current token gives the real loss. ``insert`` puts the
+        slot in front of ``instruction[position]`` (position == len for an extension) instead of replacing it.
+        """
+        cfg, dev = self.config, self.device
+        instr = list(instruction)
+        if insert:
+            instr.insert(position, candidates[0])
+        else:
+            instr[position] = candidates[0]
+        seqs = [
+            list(it.before) + instr + list(it.after) + list(r) + list(self.phrase) + list(it.gold)
+            for it, r in zip(items, reasoning, strict=True)
+        ]
+        B, T = len(seqs), max(map(len, seqs))
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)  # (B, T) right-padded: positions 0..
+        mask = torch.zeros((B, T), dtype=torch.long, device=dev)
+        slot = torch.zeros((B, T), dtype=torch.bool, device=dev)
+        for b, (s, it) in enumerate(zip(seqs, items, strict=True)):
+            ids[b, : len(s)] = torch.tensor(s, device=dev)
+            mask[b, : len(s)] = 1
+            slot[b, len(it.before) + position] = True
+        cand = torch.tensor(list(candidates), device=dev)  # (K,)
+        with torch.no_grad():
+            emb = self.embed(ids)  # (B, T, H), scaled like the model does it
+            cand_emb = self.embed(cand)  # (K, H); the scale is linear, so mixing scaled rows is exact
+        soft = weights.to(cand_emb.dtype) @ cand_emb  # (H,)
+        emb = torch.where(slot[:, :, None], soft.expand(B, T, -1), emb)
+        hidden = self.base(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # (B, T, H)
+
+        total = weights.new_zeros(())
+        for b, (s, it) in enumerate(zip(seqs, items, strict=True)):
+            g0 = len(s) - len(it.gold)  # first gold index
+            logits = self.logits(hidden[b, g0 - 1 : len(s) - 1])  # (G, V) predict the gold tokens
+            answer = F.cross_entropy(logits / cfg.answer_temperature, torch.tensor(it.gold, device=dev))
+            s0 = len(it.before)
+            logp = F.log_softmax(self.logits(hidden[b, s0 - 1 : s0 + len(instr) - 1]), dim=-1)  # (L, V)
+            nll = -logp.gather(-1, torch.tensor(instr, device=dev)[:, None]).squeeze(-1)  # (L,)
+            slot_nll = -(weights.to(logp.dtype) * logp[position, cand]).sum()  # soft target at the slot
+            others = torch.cat([nll[:position], nll[position + 1 :]])
+            fluency = (others.sum() + slot_nll) / len(instr)
+            total = total + answer.to(total.dtype) + cfg.fluency_weight * fluency.to(total.dtype)
+        return total
+
+    def gradient(
+        self,
+        instruction: Sequence[int],
+        position: int,
+        insert: bool,
+        candidates: Sequence[int],
+        items: Sequence[EncodedItem],
+        reasoning: Sequence[Sequence[int]],
+    ) -> Tensor:
+        """(K,) d loss / d one-hot weight at the current token (candidates[0]), summed over items."""
+        # bf16/fp16 models: the weight and its gradient in fp32, so small differences between candidates survive.
+        low_precision = next(self.model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        weights = torch.zeros(
+            len(candidates),
+            dtype=torch.float32 if low_precision else next(self.model.parameters()).dtype,
+            device=self.device,
+        )
+        weights[0] = 1.0
+        weights.requires_grad_(True)
+        step = self.config.grad_batch_size
+        for lo in range(0, len(items), step):
+            part, why = items[lo : lo + step], reasoning[lo : lo + step]
+            n_tokens = sum(
+                len(it.before) + len(instruction) + 1 + len(it.after) + len(r) + len(self.phrase) + len(it.gold)
+                for it, r in zip(part, why, strict=True)
+            )
+            self.meter.check(n_tokens)
+            loss = self.objective(weights, instruction, position, insert, candidates, part, why)
+            loss.backward()  # gradients accumulate in weights.grad over the item batches
+            self.meter.charge(n_tokens, 0)
+        assert weights.grad is not None  # set by backward above; internal invariant, not user input
+        return weights.grad.detach().float().cpu()

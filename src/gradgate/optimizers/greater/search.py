@@ -1,0 +1,471 @@
+"""GReaTer's search: a small open model optimizes its own prompt from token gradients over its reasoning.
+
+Das et al., "GReaTer: Gradients over Reasoning Makes Smaller Language Models Strong Prompt Optimizers" (2024).
+No large model gives feedback; one step at one position of the instruction:
+
+1. generation: greedy reasoning for every training item with the current instruction (batched, KV cache, left padding);
+2. proposal: top-k next tokens at that position per item, intersected over random item subsets, then united; word
+   tokens only; the current token always stays in;
+3. gradient: loss = cross-entropy of the gold answer after the reasoning and ``EXTRACTION_PHRASE`` plus
+   ``fluency_weight`` x NLL of the instruction tokens, differentiated w.r.t. a one-hot weight over the candidates at
+   that position (it reaches the slot through the attention of the reasoning and answer tokens), summed over items;
+4. selection: regenerate the reasoning with the few candidates of most negative gradient and keep the lowest
+   answer-loss-plus-fluency score (the current token included, so the train score never rises);
+5. advance: next position; past the end wrap around or extend the instruction (``past_end``).
+
+The optimized text is the prompt's free text outside ``{{variable}}`` placeholders (prompts.split_prompt). Token ids,
+not text, are the optimized state: the returned prompt is their decoding. The winning candidate's reasoning is reused
+as the next step's generation. The torch work is in engine.py; this module holds text <-> ids, the step loop, the
+budget stop and resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import torch
+
+from gradgate.core.prompts import render_template
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.models.local import choose_device, eos_ids, load_causal_lm
+from gradgate.optimizers.greater.engine import (
+    BudgetLike,
+    EncodedItem,
+    GreaterEngine,
+    Meter,
+    Rollout,
+    WordFilter,
+    propose_candidates,
+)
+from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, split_prompt
+from gradgate.optimizers.greater.settings import GreaterConfig, PastEnd
+
+log = logging.getLogger(__name__)
+
+PHASES = ("generation", "proposal", "gradient", "selection")
+
+# Splits the chat-templated user message around the instruction; never sent to a model.
+_SENTINEL = "\u2063GRADGATE-INSTRUCTION\u2063"
+
+
+class ItemLike(Protocol):
+    @property
+    def vars(self) -> Mapping[str, Any]: ...
+    @property
+    def expected(self) -> str | None: ...
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    token_id: int
+    token: str
+    gradient: float  # d loss / d one-hot weight; most negative = most promising
+    score: float | None = None  # answer loss + fluency after regenerating the reasoning (evaluated ones only)
+    accuracy: float | None = None  # share of items whose greedy answer reproduces the gold tokens
+
+
+@dataclass(frozen=True)
+class GreaterStep:
+    step: int
+    position: int
+    old_token: str  # "" when the step tried to extend the instruction
+    new_token: str  # == old_token when nothing beat the current instruction
+    prompt_text: str  # the whole prompt body after this step
+    loss: float  # score of the kept instruction
+    accuracy: float  # train accuracy of the kept instruction (teacher-forced greedy match)
+    accepted: bool
+    candidates: tuple[CandidateScore, ...]
+    phase_seconds: Mapping[str, float]
+    state: Mapping[str, Any]  # persist it; pass it back as run(state=...) to resume after this step
+
+
+@dataclass(frozen=True)
+class GreaterResult:
+    best_prompt: str
+    best_instruction: str
+    initial_prompt: str
+    best_score: float
+    initial_score: float
+    best_accuracy: float
+    initial_accuracy: float
+    trajectory: tuple[GreaterStep, ...]  # the steps of this run (a resumed run starts after the saved ones)
+    stopped_by_budget: bool  # the budget refused a forward pass before the last step ran
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    seed: int
+    model: str
+    config: Mapping[str, Any]
+    state: Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Search state and position advance
+
+
+def advance_position(position: int, length: int, past_end: PastEnd, max_length: int) -> int:
+    """Position of the next step. ``position == length`` is the extension slot (only with past_end='extend')."""
+    nxt = position + 1
+    if nxt < length:
+        return nxt
+    if past_end == "extend" and length < max_length and nxt <= length:
+        return length
+    return 0
+
+
+@dataclass
+class SearchState:
+    """Where the search stands; saved after every step so that a later run resumes there."""
+
+    step: int  # the next step to run
+    instruction: tuple[int, ...]
+    position: int  # the next slot; == len(instruction) is the extension slot
+    initial_score: float = math.nan  # of the instruction the first run started from
+    initial_accuracy: float = math.nan
+
+    @classmethod
+    def resume(cls, saved: Mapping[str, Any] | None, initial: tuple[int, ...], past_end: PastEnd) -> SearchState:
+        saved = saved or {}
+        instruction = tuple(int(t) for t in saved.get("instruction_ids", initial))
+        position = int(saved.get("position", 0))
+        if not 0 <= position <= len(instruction) or (position == len(instruction) and past_end == "wrap"):
+            position = 0  # a state from another configuration: start over at the first token
+        return cls(
+            step=int(saved.get("step", 0)),
+            instruction=instruction,
+            position=position,
+            initial_score=float(saved.get("initial_score", math.nan)),
+            initial_accuracy=float(saved.get("initial_accuracy", math.nan)),
+        )
+
+    def to_json(self, seed: int) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "step": self.step,
+            "instruction_ids": list(self.instruction),
+            "position": self.position,
+            "seed": seed,
+            "initial_score": self.initial_score,
+            "initial_accuracy": self.initial_accuracy,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text <-> ids
+
+
+def encode_items(tokenizer: Any, split: PromptSplit, items: Sequence[ItemLike], *, use_chat_template: bool) -> list[EncodedItem]:
+    """Each item's prompt as token ids before and after the instruction, and its gold answer's ids."""
+    chat = use_chat_template and getattr(tokenizer, "chat_template", None)
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for n, item in enumerate(items):
+        values = {k: str(v) for k, v in item.vars.items()}
+        head = render_template(split.head, values, where=f"item {n}")
+        tail = render_template(split.tail, values, where=f"item {n}")
+        if chat:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": head + _SENTINEL + tail}], tokenize=False, add_generation_prompt=True
+            )
+            before_text, after_text = str(text).split(_SENTINEL, 1)
+            before = tokenizer(before_text, add_special_tokens=False)["input_ids"]
+        else:
+            before_text, after_text = head, tail
+            before = tokenizer(before_text, add_special_tokens=True)["input_ids"]
+        after = tokenizer(after_text, add_special_tokens=False)["input_ids"]
+        if not before or (not chat and start_id is not None and before[0] != start_id):
+            before = [start_id, *before]  # a slot needs a token before it to be predicted from
+        gold: list[int] = []
+        if item.expected is not None and str(item.expected).strip():
+            gold = tokenizer(build_answer_tail(str(item.expected), phrase="")[1], add_special_tokens=False)["input_ids"]
+        encoded.append(EncodedItem(tuple(before), tuple(after), tuple(gold), item.expected))
+    return encoded
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What stays fixed during a search: the engine, the encoded items, and the prompt around the instruction."""
+
+    engine: GreaterEngine
+    tokenizer: Any
+    split: PromptSplit
+    items: list[EncodedItem]
+    is_word: Callable[[int], bool]
+
+    def token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def instruction_text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def prompt_text(self, ids: Sequence[int]) -> str:
+        return self.split.join(self.instruction_text(ids))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The search
+
+Loader = Callable[[str, torch.device, torch.dtype], tuple[Any, Any]]
+
+
+def _load_local(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    return load_causal_lm(name, device=str(device), dtype=dtype)
+
+
+class GreaterSearch:
+    """GReaTer's step loop over one prompt; ``run`` returns a GreaterResult (also when the budget stops it)."""
+
+    def __init__(self, config: GreaterConfig, *, loader: Loader | None = None) -> None:
+        config.validate()
+        self.config = config
+        self._loader = loader or _load_local
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+
+    def load(self, model_name: str) -> tuple[Any, Any]:
+        """(model, tokenizer) on the configured device and dtype, frozen: only the one-hot weight gets a gradient."""
+        if model_name not in self._loaded:
+            device, dtype = choose_device(self.config.device, self.config.dtype)
+            model, tokenizer = self._loader(model_name, device, dtype)
+            model = model.to(device=device, dtype=dtype).eval()
+            model.requires_grad_(False)
+            self._loaded[model_name] = (model, tokenizer)
+        return self._loaded[model_name]
+
+    def make_engine(self, model: Any, tokenizer: Any, meter: Meter) -> GreaterEngine:
+        eos = eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        phrase = tokenizer(self.config.extraction_phrase, add_special_tokens=False)["input_ids"]
+        return GreaterEngine(
+            model,
+            self.config,
+            pad_id=int(pad),
+            eos_ids=eos,
+            phrase_ids=phrase,
+            meter=meter,
+            decode=lambda t: tokenizer.decode(list(t), skip_special_tokens=True),
+        )
+
+    def run(
+        self,
+        *,
+        prompt_body: str,
+        train: Sequence[ItemLike],
+        model_name: str,
+        budget: BudgetLike | None,
+        on_step: Callable[[GreaterStep], None] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> GreaterResult:
+        """Run ``config.steps`` steps (from ``state``'s step when resuming). A budget refusal ends the run early:
+        the result then keeps the best instruction so far and says ``stopped_by_budget``."""
+        cfg = self.config
+        meter = Meter(budget, cfg.budget_role)
+        problem, initial = self._prepare(prompt_body, train, model_name, meter)
+        at = SearchState.resume(state, initial, cfg.past_end)
+        log.info(
+            "GReaTer: %d items, %d steps from step %d, instruction %r",
+            len(problem.items),
+            cfg.steps,
+            at.step,
+            problem.tokenizer.decode(list(at.instruction)),
+        )
+        trajectory: list[GreaterStep] = []
+        current: Rollout | None = None  # the kept instruction's rollout
+        stopped_by_budget = False
+        try:
+            for step in range(at.step, cfg.steps):
+                phases = dict.fromkeys(PHASES, 0.0)
+                t = time.perf_counter()
+                if current is None:
+                    current = self._first_rollout(problem, at)
+                phases["generation"] = time.perf_counter() - t
+                current, record = self._take_step(problem, at, current, step, phases)
+                trajectory.append(record)
+                if on_step is not None:
+                    on_step(record)
+        except BudgetExhausted as exc:
+            log.info("GReaTer stopped early: %s", exc)
+            stopped_by_budget = True
+        return GreaterResult(
+            best_prompt=problem.prompt_text(at.instruction),
+            best_instruction=problem.instruction_text(at.instruction),
+            initial_prompt=prompt_body,
+            best_score=current.score if current is not None else math.nan,
+            initial_score=at.initial_score,
+            best_accuracy=current.accuracy if current is not None else math.nan,
+            initial_accuracy=at.initial_accuracy,
+            trajectory=tuple(trajectory),
+            stopped_by_budget=stopped_by_budget,
+            calls=meter.calls,
+            prompt_tokens=meter.prompt_tokens,
+            completion_tokens=meter.completion_tokens,
+            seed=cfg.seed,
+            model=model_name,
+            config=asdict(cfg),
+            state=at.to_json(cfg.seed),
+        )
+
+    def _prepare(
+        self, prompt_body: str, train: Sequence[ItemLike], model_name: str, meter: Meter
+    ) -> tuple[Problem, tuple[int, ...]]:
+        """The items with gold answers (checked before the model loads), encoded; and the initial instruction's ids."""
+        cfg = self.config
+        gold_items = [it for it in train if it.expected is not None and str(it.expected).strip()]
+        if not gold_items:
+            raise ConfigError(
+                "GReaTer needs gold answers: none of the training items has an `expected` value",
+                hint="give the suite an `expected` column, or use the grad-sum or gpo optimizer for judged suites",
+            )
+        if len(gold_items) < len(train):
+            log.warning(
+                "GReaTer: %d of %d training items have no expected answer and are left out",
+                len(train) - len(gold_items),
+                len(train),
+            )
+        split = split_prompt(prompt_body, cfg.span)
+        order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_items]
+        chosen = [gold_items[i] for i in sorted(order.tolist())]
+
+        model, tokenizer = self.load(model_name)
+        engine = self.make_engine(model, tokenizer, meter)
+        items = encode_items(tokenizer, split, chosen, use_chat_template=cfg.use_chat_template)
+        initial = tuple(tokenizer(split.instruction, add_special_tokens=False)["input_ids"])
+        if not initial:
+            raise ConfigError(
+                "the instruction to optimize is empty after tokenization",
+                hint="give the prompt some free text outside the {{variables}}",
+            )
+        return Problem(engine, tokenizer, split, items, WordFilter(tokenizer)), initial
+
+    def _first_rollout(self, problem: Problem, at: SearchState) -> Rollout:
+        """The current instruction's rollout; on the very first run it also sets the initial score."""
+        current = problem.engine.rollout([at.instruction], problem.items)[0]
+        if math.isnan(at.initial_score):
+            at.initial_score, at.initial_accuracy = current.score, current.accuracy
+        return current
+
+    def _take_step(
+        self, problem: Problem, at: SearchState, current: Rollout, step: int, phases: dict[str, float]
+    ) -> tuple[Rollout, GreaterStep]:
+        """One step at ``at.position``; moves ``at`` on and returns the kept rollout and the step's record."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per step, so a resumed run draws the same
+        outcome = self.run_step(problem.engine, problem.items, current, at.instruction, at.position, problem.is_word, gen, phases)
+        candidates, winner = outcome if outcome is not None else ((), None)
+        position, instr = at.position, at.instruction
+        old_token = problem.token(instr[position]) if position < len(instr) else ""
+        if winner is not None:
+            instr, current = winner.instruction, winner
+        new_token = problem.token(instr[position]) if winner is not None else old_token
+        at.instruction = instr
+        at.position = advance_position(position, len(instr), cfg.past_end, cfg.max_instruction_tokens)
+        at.step = step + 1
+        record = GreaterStep(
+            step=step,
+            position=position,
+            old_token=old_token,
+            new_token=new_token,
+            prompt_text=problem.prompt_text(instr),
+            loss=current.score,
+            accuracy=current.accuracy,
+            accepted=winner is not None,
+            candidates=candidates,
+            phase_seconds=phases,
+            state=at.to_json(cfg.seed),
+        )
+        log.info(
+            "GReaTer step %d pos %d: %r -> %r loss %.4f acc %.2f (%s)",
+            step,
+            position,
+            old_token,
+            new_token,
+            record.loss,
+            record.accuracy,
+            ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()),
+        )
+        return current, record
+
+    def run_step(
+        self,
+        engine: GreaterEngine,
+        items: Sequence[EncodedItem],
+        current: Rollout,
+        instr: tuple[int, ...],
+        position: int,
+        is_word: Callable[[int], bool],
+        gen: torch.Generator,
+        phases: dict[str, float],
+    ) -> tuple[tuple[CandidateScore, ...], Rollout | None] | None:
+        """One GReaTer step at ``position`` on token ids, given the current instruction's rollout.
+
+        Returns (candidate table, the winning rollout or None when the current instruction stays), or None when
+        no candidate could be proposed. Fills ``phases`` (proposal, gradient, selection seconds).
+        """
+        cfg = self.config
+        t = time.perf_counter()
+        insert = position == len(instr)
+        rows = torch.stack([tk[position] for tk in current.topk])  # (N, k) next-token ids at the slot
+        if insert:  # the extension slot has no current token: the most common word predicted there stands in
+            seed_counts = Counter(t for t in rows[:, 0].tolist() if is_word(t))
+            if not seed_counts:
+                phases["proposal"] = time.perf_counter() - t
+                return None
+            current_id = seed_counts.most_common(1)[0][0]
+        else:
+            current_id = instr[position]
+        cands = propose_candidates(
+            rows,
+            current_id,
+            num_intersections=cfg.num_intersections,
+            intersection_size=cfg.intersection_size,
+            is_word=is_word,
+            generator=gen,
+        )
+        phases["proposal"] = time.perf_counter() - t
+        if len(cands) == 1 and not insert:
+            return None
+
+        t = time.perf_counter()
+        grad = engine.gradient(instr, position, insert, cands, items, current.reasoning)  # (K,)
+        phases["gradient"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        order = [i for i in torch.argsort(grad).tolist() if insert or i != 0][: cfg.num_eval_candidates]
+        trials = []
+        for i in order:
+            new = list(instr)
+            if insert:
+                new.insert(position, cands[i])
+            else:
+                new[position] = cands[i]
+            trials.append(tuple(new))
+        rollouts = engine.rollout(trials, items)
+        phases["selection"] = time.perf_counter() - t
+
+        decode = engine.decode or (lambda ids: str(list(ids)))
+        # The current token's score is the current rollout's (index 0, unless it is an extension seed).
+        scored = dict(zip(order, rollouts, strict=True))
+        known = scored if insert else {0: current, **scored}
+        table = tuple(
+            CandidateScore(
+                token_id=c,
+                token=decode([c]),
+                gradient=float(grad[i]),
+                score=known[i].score if i in known else None,
+                accuracy=known[i].accuracy if i in known else None,
+            )
+            for i, c in enumerate(cands)
+        )
+        best = min(rollouts, key=lambda r: r.score, default=None)
+        if best is None or not best.score < current.score:
+            return table, None
+        return table, best
