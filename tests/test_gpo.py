@@ -19,6 +19,7 @@ import string
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ Question: {{q}}
 ORIGINAL = "Answer the question. Be good.\n\nQuestion: {{q}}\n"
 QS = ["1", "2", "1", "2", "3", "4", "5", "6"]  # train: 1, 2; dev: 1, 2, 3, 4; test: 5, 6
 SUITE = "description: Say ok when the prompt is good enough.\nmetrics: [contains]\nitems:\n" + "".join(
-    f"  - {{id: i{n}, vars: {{q: '{q}'}}, expected: ok}}\n" for n, q in enumerate(QS))
+    f"  - {{id: i{n}, vars: {{q: '{q}'}}, expected: ok}}\n" for n, q in enumerate(QS)
+)
 
 
 def dev_score(body: str) -> float:
@@ -80,31 +82,47 @@ class Script:
         return task_reply(messages)
 
 
-def make_ctx(tmp_path: Path, script: Callable[[ModelSpec, list[dict[str, str]]], str], *,
-             max_calls: int | None = None, cache: bool = False) -> OptimizeContext:
+def make_ctx(
+    tmp_path: Path, script: Callable[[ModelSpec, list[dict[str, str]]], str], *, max_calls: int | None = None, cache: bool = False
+) -> OptimizeContext:
     repo = tmp_path / "repo"
     if not repo.exists():
         (repo / "prompts").mkdir(parents=True)
         (repo / "evals").mkdir()
         (repo / "prompts" / "demo.md").write_text(PROMPT, encoding="utf-8")
         (repo / "evals" / "demo.yaml").write_text(SUITE, encoding="utf-8")
-    config = Config.model_validate({"models": {"task": "scripted/task", "judge": "scripted/task",
-                                               "optimizer": "scripted/opt"}})
-    target = Target(load_prompt(repo / "prompts" / "demo.md", repo),
-                    load_suite(repo / "evals" / "demo.yaml", repo))
+    config = Config.model_validate({"models": {"task": "scripted/task", "judge": "scripted/task", "optimizer": "scripted/opt"}})
+    target = Target(load_prompt(repo / "prompts" / "demo.md", repo), load_suite(repo / "evals" / "demo.yaml", repo))
     budget = BudgetTracker(BudgetConfig(max_calls=max_calls))
-    gateway = Gateway(config.models, budget=budget, backend=ScriptedBackend(script),
-                      cache=ResponseCache(tmp_path / "cache") if cache else None)
+    gateway = Gateway(
+        config.models, budget=budget, backend=ScriptedBackend(script), cache=ResponseCache(tmp_path / "cache") if cache else None
+    )
     items = target.suite.items
     run_dir = tmp_path / "run"
     state = RunState.load(run_dir / "state.json", "fingerprint")
-    trajectory = (Trajectory.load(run_dir / "trajectory.json", "gpo", "demo") if state.resumed
-                  else Trajectory(path=run_dir / "trajectory.json", method="gpo", prompt_id="demo"))
+    trajectory = (
+        Trajectory.load(run_dir / "trajectory.json", "gpo", "demo")
+        if state.resumed
+        else Trajectory(path=run_dir / "trajectory.json", method="gpo", prompt_id="demo")
+    )
     if not state.resumed:  # as the runner does: a run that stops before its first step still resumes
         state.save({})
-    return OptimizeContext(target=target, scorer=Scorer(gateway, config, target), gateway=gateway,
-                           budget=budget, splits=Splits(train=items[:2], dev=items[2:6], test=items[6:]),
-                           seed=0, settings={}, trajectory=trajectory, state=state)
+    return OptimizeContext(
+        target=target,
+        scorer=Scorer(gateway, config, target),
+        gateway=gateway,
+        budget=budget,
+        splits=Splits(train=items[:2], dev=items[2:6], test=items[6:]),
+        seed=0,
+        settings={},
+        trajectory=trajectory,
+        state=state,
+    )
+
+
+def paper_gpo(settings: dict[str, Any]) -> GPO:
+    """GPO as the paper has it: no mutation-library candidates, every candidate on all of dev."""
+    return GPO({"mutations": 0, "halving": False, **settings})
 
 
 def tagged(body: str) -> str:
@@ -143,10 +161,13 @@ def entry(cid: str, text: str, score: float) -> Candidate:
     return Candidate(id=cid, text=text, step=int(cid[1:]), origin="sample", dev_score=score)
 
 
-TRAJ = [entry("c0", "Answer briefly.", 0.5),
-        entry("c1", "Solve the math problem step by step carefully.", 0.9),
-        entry("c2", "Translate the text into French.", 0.2), entry("c3", "Reply with one word.", 0.3),
-        entry("c4", "Solve the math problem step by step.", 0.4)]
+TRAJ = [
+    entry("c0", "Answer briefly.", 0.5),
+    entry("c1", "Solve the math problem step by step carefully.", 0.9),
+    entry("c2", "Translate the text into French.", 0.2),
+    entry("c3", "Reply with one word.", 0.3),
+    entry("c4", "Solve the math problem step by step.", 0.4),
+]
 
 
 def ids(entries: list[Candidate]) -> list[str]:
@@ -179,9 +200,13 @@ class FixedEmbedder:
 
 
 def test_retrieval_relevance_orders_by_similarity() -> None:
-    table = {"Answer briefly.": [0.0, 1.0], "Solve the math problem step by step carefully.": [1.0, 0.1],
-             "Translate the text into French.": [0.7, 0.7], "Reply with one word.": [-1.0, 0.0],
-             "Solve the math problem step by step.": [1.0, 0.0]}
+    table = {
+        "Answer briefly.": [0.0, 1.0],
+        "Solve the math problem step by step carefully.": [1.0, 0.1],
+        "Translate the text into French.": [0.7, 0.7],
+        "Reply with one word.": [-1.0, 0.0],
+        "Solve the math problem step by step.": [1.0, 0.0],
+    }
     current = TRAJ[-1]
     assert ids(retrieve(TRAJ, current, 3, "relevance", FixedEmbedder(table))) == ["c1", "c2", "c4"]
     assert ids(retrieve(TRAJ, current, 2, "relevance", FixedEmbedder(table))) == ["c1", "c4"]
@@ -191,15 +216,18 @@ def test_retrieval_relevance_orders_by_similarity() -> None:
         retrieve(TRAJ, current, 3, "relevance")
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    ("<prompt>\nBe brief. {{q}}\n</prompt>", "Be brief. {{q}}"),
-    ("Here you go:\n<prompt>Be brief. {{q}}", "Be brief. {{q}}"),  # missing closing tag
-    ("New prompt:\nBe brief. {{q}}", "Be brief. {{q}}"),  # no tags, a lead-in line
-    ("```\nBe brief. {{q}}\n```", "Be brief. {{q}}"),
-    ('<prompt>"""\nBe brief. {{q}}\n"""</prompt>', "Be brief. {{q}}"),
-    ("Be brief. {{q}}</prompt> trailing", "Be brief. {{q}}"),
-    ("   ", ""),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("<prompt>\nBe brief. {{q}}\n</prompt>", "Be brief. {{q}}"),
+        ("Here you go:\n<prompt>Be brief. {{q}}", "Be brief. {{q}}"),  # missing closing tag
+        ("New prompt:\nBe brief. {{q}}", "Be brief. {{q}}"),  # no tags, a lead-in line
+        ("```\nBe brief. {{q}}\n```", "Be brief. {{q}}"),
+        ('<prompt>"""\nBe brief. {{q}}\n"""</prompt>', "Be brief. {{q}}"),
+        ("Be brief. {{q}}</prompt> trailing", "Be brief. {{q}}"),
+        ("   ", ""),
+    ],
+)
 def test_parse_candidate(reply: str, expected: str) -> None:
     assert parse_candidate(reply) == expected
 
@@ -216,23 +244,36 @@ def test_every_template_formats_with_its_declared_fields() -> None:
 
 def test_meta_prompt_contents() -> None:
     messages = build_meta_prompt(
-        task="Grade-school arithmetic.", earlier=[("Answer.", 0.25), ("Answer carefully.", 0.5)],
-        current="Answer carefully, step by step. {{q}}", current_score=0.75,
-        examples=[("q: 2+2", "4"), ("q: judge me", None)], edit_budget=36, placeholders=["{{q}}"])
+        task="Grade-school arithmetic.",
+        earlier=[("Answer.", 0.25), ("Answer carefully.", 0.5)],
+        current="Answer carefully, step by step. {{q}}",
+        current_score=0.75,
+        examples=[("q: 2+2", "4"), ("q: judge me", None)],
+        edit_budget=36,
+        placeholders=["{{q}}"],
+    )
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
-    for part in ("Grade-school arithmetic.", "Scores range from 0 to 100",
-                 'Prompt (score 25.0):\n"""\nAnswer.\n"""', "Prompt (score 50.0)",
-                 'Current prompt (score 75.0)\n"""\nAnswer carefully, step by step. {{q}}',
-                 "Input:\nq: 2+2\nGold output: 4", gpo_prompts.NO_GOLD_OUTPUT, "Change at most 36 words",
-                 "keep each of these placeholders exactly as written: {{q}}",
-                 "between <prompt> and </prompt>"):
+    nonce = re.search(r"<<<PROMPT-(\w+)\n", user).group(1)  # type: ignore[union-attr]
+    for part in (
+        "Grade-school arithmetic.",
+        "Scores range from 0 to 100",
+        f"Prompt (score 25.0):\n<<<PROMPT-{nonce}\nAnswer.\nPROMPT-{nonce}>>>",
+        "Prompt (score 50.0)",
+        f"Current prompt (score 75.0)\n<<<PROMPT-{nonce}\nAnswer carefully, step by step. {{{{q}}}}",
+        f"Input:\n<<<INPUT-{nonce}\nq: 2+2\nINPUT-{nonce}>>>\nGold output:\n<<<GOLD-{nonce}\n4\nGOLD-{nonce}>>>",
+        gpo_prompts.NO_GOLD_OUTPUT,
+        "Change at most 36 words",
+        "keep each of these placeholders exactly as written: {{q}}",
+        "between <prompt> and </prompt>",
+    ):
         assert part in user, part
     # Order: task, direction, current prompt, examples, the update.
     heads = ["## Task", "## Earlier", "## Current", "## Examples", "## Your update"]
     assert [user.index(h) for h in heads] == sorted(user.index(h) for h in heads)
-    first = build_meta_prompt(task="", earlier=[], current="Hi {{q}}", current_score=0.5, examples=[],
-                              edit_budget=50, scale="0-1")[1]["content"]
+    first = build_meta_prompt(
+        task="", earlier=[], current="Hi {{q}}", current_score=0.5, examples=[], edit_budget=50, scale="0-1"
+    )[1]["content"]
     assert "None yet: this is the first step. Scores range from 0 to 1" in first
     assert "Current prompt (score 0.500)" in first
     assert "## Examples" not in first and "placeholders" not in first
@@ -243,10 +284,14 @@ def test_meta_prompt_contents() -> None:
 def test_settings_validation() -> None:
     assert GPOSettings.from_mapping({}) == GPOSettings()
     assert GPOSettings.from_mapping({"retrieval": "recency", "k": 2}).k == 2
-    for bad, where in [({"stepz": 3}, "optimize.gpo"), ({"retrieval": "random"}, "optimize.gpo.retrieval"),
-                       ({"k": 0}, "optimize.gpo.k"), ({"schedule": "step"}, "optimize.gpo.schedule"),
-                       ({"candidates_per_step": "8"}, "optimize.gpo.candidates_per_step"),
-                       ({"temperature": 3}, "optimize.gpo.temperature")]:
+    for bad, where in [
+        ({"stepz": 3}, "optimize.gpo"),
+        ({"retrieval": "random"}, "optimize.gpo.retrieval"),
+        ({"k": 0}, "optimize.gpo.k"),
+        ({"schedule": "step"}, "optimize.gpo.schedule"),
+        ({"candidates_per_step": "8"}, "optimize.gpo.candidates_per_step"),
+        ({"temperature": 3}, "optimize.gpo.temperature"),
+    ]:
         with pytest.raises(ConfigError) as info:
             GPO(bad)
         assert info.value.where == f"gradgate.yaml:{where}"
@@ -262,13 +307,23 @@ def test_edit_budget_enforced_by_rejection(tmp_path: Path) -> None:
     lost = "Answer the question. Be good good.\n"
     script = Script([tagged(within), tagged(over), tagged(lost)])
     ctx = make_ctx(tmp_path, script)
-    gpo = GPO({"steps": 1, "candidates_per_step": 3, "over_budget": "reject", "edit_budget_start": 3,
-               "schedule": "constant", "retrieval": "recency", "examples_in_prompt": 2})
+    gpo = paper_gpo(
+        {
+            "steps": 1,
+            "candidates_per_step": 3,
+            "over_budget": "reject",
+            "edit_budget_start": 3,
+            "schedule": "constant",
+            "retrieval": "recency",
+            "examples_in_prompt": 2,
+        }
+    )
     asyncio.run(gpo.optimize(ctx))
 
     cands = ctx.trajectory.candidates
     assert [c.origin for c in cands] == ["initial", "sample", "sample", "sample"]
-    initial, rejected_over, accepted, rejected_lost = cands[0], cands[1], cands[2], cands[3]
+    # hygiene runs before any scoring call, so the lost-variable rejection is recorded before the scored sample
+    initial, rejected_over, rejected_lost, accepted = cands[0], cands[1], cands[2], cands[3]
     assert initial.text == ORIGINAL and initial.dev_score == dev_score(ORIGINAL) == 0.25
     distance = word_edit_distance(ORIGINAL, over)
     assert distance > 3
@@ -281,16 +336,21 @@ def test_edit_budget_enforced_by_rejection(tmp_path: Path) -> None:
     # Meta-prompt: the budget, the current prompt with its score on the stated scale, gold examples.
     meta = script.meta_prompts[0]
     assert "Change at most 3 words" in meta and "Current prompt (score 25.0)" in meta
-    assert meta.count("Gold output: ok") == 2 and "Say ok when the prompt is good enough." in meta
+    assert len(re.findall(r"Gold output:\n<<<GOLD-(\w+)\nok\nGOLD-\1>>>", meta)) == 2
+    assert "Say ok when the prompt is good enough." in meta
     [note] = ctx.trajectory.gradients
     assert note.step == 1 and note.parent == initial.id
     assert note.children == (accepted.id, rejected_lost.id)  # within budget, in sample order
     assert "edit budget 3 words" in note.summary and "1 over budget" in note.summary
     assert f"chose {accepted.id} (50.0)" in note.summary
-    assert ctx.state.data == {"step": 1, "current": accepted.id, "winners": [initial.id, accepted.id],
-                              "similarity": "no embedder"}
+    assert ctx.state.data == {
+        "step": 1,
+        "current": accepted.id,
+        "winners": [initial.id, accepted.id],
+        "similarity": "no embedder",
+    }
     saved = json.loads((tmp_path / "run" / "trajectory.json").read_text())
-    assert [c["edit_words"] for c in saved["candidates"]] == [None, distance, 1, rejected_lost.edit_words]
+    assert [c["edit_words"] for c in saved["candidates"]] == [None, distance, rejected_lost.edit_words, 1]
 
 
 def test_over_budget_candidates_are_resampled(tmp_path: Path) -> None:
@@ -298,8 +358,17 @@ def test_over_budget_candidates_are_resampled(tmp_path: Path) -> None:
     within = "Answer the question. Be good good good.\n\nQuestion: {{q}}\n"
     script = Script([tagged(over), tagged(over), tagged(within)])
     ctx = make_ctx(tmp_path, script)
-    gpo = GPO({"steps": 1, "candidates_per_step": 1, "over_budget": "resample", "max_resamples": 2,
-               "edit_budget_start": 4, "schedule": "constant", "retrieval": "recency"})
+    gpo = paper_gpo(
+        {
+            "steps": 1,
+            "candidates_per_step": 1,
+            "over_budget": "resample",
+            "max_resamples": 2,
+            "edit_budget_start": 4,
+            "schedule": "constant",
+            "retrieval": "recency",
+        }
+    )
     asyncio.run(gpo.optimize(ctx))
     cands = ctx.trajectory.candidates
     assert len(script.meta_prompts) == 3
@@ -312,8 +381,16 @@ def test_over_budget_candidates_are_resampled(tmp_path: Path) -> None:
 def test_resampling_stops_after_max_resamples(tmp_path: Path) -> None:
     script = Script([tagged(f"{'x ' * 20}{n} {{{{q}}}}") for n in range(3)])
     ctx = make_ctx(tmp_path, script)
-    gpo = GPO({"steps": 1, "candidates_per_step": 1, "max_resamples": 2, "edit_budget_start": 2,
-               "schedule": "constant", "retrieval": "recency"})
+    gpo = paper_gpo(
+        {
+            "steps": 1,
+            "candidates_per_step": 1,
+            "max_resamples": 2,
+            "edit_budget_start": 2,
+            "schedule": "constant",
+            "retrieval": "recency",
+        }
+    )
     asyncio.run(gpo.optimize(ctx))
     assert len(script.meta_prompts) == 3
     assert all(c.rejected for c in ctx.trajectory.candidates[1:]) and len(ctx.trajectory.candidates) == 4
@@ -329,7 +406,7 @@ def test_best_not_yet_chosen_becomes_current_even_if_worse(tmp_path: Path) -> No
     # best new one, `one` (0.25), becomes current though it scores below the current prompt.
     script = Script([tagged(two), tagged(three), tagged(three), tagged(one)])
     ctx = make_ctx(tmp_path, script)
-    gpo = GPO({"steps": 2, "candidates_per_step": 2, "retrieval": "importance", "k": 2})
+    gpo = paper_gpo({"steps": 2, "candidates_per_step": 2, "retrieval": "importance", "k": 2})
     asyncio.run(gpo.optimize(ctx))
     by_text = {c.text: c for c in ctx.trajectory.candidates}
     assert [by_text[t].dev_score for t in (two, three, one)] == [0.5, 0.75, 0.25]
@@ -347,14 +424,13 @@ def test_best_not_yet_chosen_becomes_current_even_if_worse(tmp_path: Path) -> No
 def test_relevance_records_the_similarity_used(tmp_path: Path) -> None:
     script = Script([tagged("Answer the question. Be good good.\n\nQuestion: {{q}}")])
     ctx = make_ctx(tmp_path, script)
-    asyncio.run(GPO({"steps": 1, "candidates_per_step": 1, "embedder": "tfidf"}).optimize(ctx))
+    asyncio.run(paper_gpo({"steps": 1, "candidates_per_step": 1, "embedder": "tfidf"}).optimize(ctx))
     assert ctx.state.get("similarity") == "tfidf"
     assert "(relevance, tfidf, k=3)" in ctx.trajectory.gradients[0].summary
 
 
 def test_resume_after_budget_stop_replays_without_duplicates(tmp_path: Path) -> None:
-    replies = [tagged(f"Answer the question. Be {'good ' * n}now.\n\nQuestion: {{{{q}}}}")
-               for n in (2, 3, 1, 4)]
+    replies = [tagged(f"Answer the question. Be {'good ' * n}now.\n\nQuestion: {{{{q}}}}") for n in (2, 3, 1, 4)]
 
     def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
         if spec.model == "scripted/opt":
@@ -365,23 +441,24 @@ def test_resume_after_budget_stop_replays_without_duplicates(tmp_path: Path) -> 
 
     seen: dict[str, int] = {}
     settings = {"steps": 2, "candidates_per_step": 2, "retrieval": "recency"}
-    # 4 dev calls for the original, 2 samples, 4 for the first candidate, then the budget stops it.
+    # 4 dev calls for the original, 2 samples, 4 for the one candidate the calls left can score (step 1 ends);
+    # step 2's 2 samples, then the budget stops it before its candidate is scored.
     ctx = make_ctx(tmp_path, script, max_calls=12, cache=True)
     with pytest.raises(BudgetExhausted):
-        asyncio.run(GPO(settings).optimize(ctx))
-    assert ctx.state.get("step") is None
+        asyncio.run(paper_gpo(settings).optimize(ctx))
+    assert ctx.state.get("step") == 1
     partial = len(ctx.trajectory.candidates)
 
     resumed = make_ctx(tmp_path, script, cache=True)
     assert len(resumed.trajectory.candidates) == partial >= 2
-    asyncio.run(GPO(settings).optimize(resumed))
+    asyncio.run(paper_gpo(settings).optimize(resumed))
     texts = [c.text for c in resumed.trajectory.candidates]
     assert len(texts) == len(set(texts))  # the replayed step recorded nothing twice
     assert resumed.state.get("step") == 2 and len(resumed.trajectory.gradients) == 2
 
     again = make_ctx(tmp_path, script, cache=True)  # a finished run resumes to nothing
     before = len(again.trajectory.candidates)
-    asyncio.run(GPO(settings).optimize(again))
+    asyncio.run(paper_gpo(settings).optimize(again))
     assert len(again.trajectory.candidates) == before and again.budget.calls == 0
 
 
@@ -398,9 +475,22 @@ Evaluate the boolean expression and answer True or False.
 
 Expression: {{expr}}
 """
-BOOL_ITEMS = [("not True", "False"), ("True and False", "False"), ("not False", "True"), ("True or False", "True"),
-              ("False or False", "False"), ("not not True", "True"), ("True and True", "True"),
-              ("False and True", "False")]
+BOOL_ITEMS = [
+    ("not True", "False"),
+    ("True and False", "False"),
+    ("not False", "True"),
+    ("True or False", "True"),
+    ("False or False", "False"),
+    ("not not True", "True"),
+    ("True and True", "True"),
+    ("False and True", "False"),
+    ("not False and True", "True"),
+    ("False or not True", "False"),
+    ("True and not False", "True"),
+    ("not ( True and False )", "True"),
+    ("False or True", "True"),
+    ("not True or False", "False"),
+]  # 14 items: the 0.25/0.375/0.375 split leaves 5 test items, the fewest alpha 0.1 can decide on
 
 
 @pytest.mark.slow
@@ -420,23 +510,40 @@ def test_gpo_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     (repo / "prompts" / "logic.md").write_text(BOOL_PROMPT, encoding="utf-8")
     # Log-likelihood scoring: one forward pass per item, so the run fits in CI time on 2 cores.
     (repo / "evals" / "logic.yaml").write_text(
-        "metrics: [exact]\nscoring: {mode: loglik, options: [\"True\", \"False\"]}\nitems:\n" + "".join(
-            f"  - {{id: b{n}, vars: {{expr: {e!r}}}, expected: {a!r}}}\n" for n, (e, a) in enumerate(BOOL_ITEMS)),
-        encoding="utf-8")
+        'metrics: [exact]\nscoring: {mode: loglik, options: ["True", "False"]}\nitems:\n'
+        + "".join(f"  - {{id: b{n}, vars: {{expr: {e!r}}}, expected: {a!r}}}\n" for n, (e, a) in enumerate(BOOL_ITEMS)),
+        encoding="utf-8",
+    )
     model = "local/smollm2-135m-instruct"
-    config = Config.model_validate({
-        # One call at a time: concurrent generations on a 2-core machine only slow each other down.
-        "models": {"task": model, "judge": model, "optimizer": model, "concurrency": 1},
-        "budget": {"max_calls": 60, "max_seconds": 300},
-        "optimize": {"split": {"train": 0.25, "dev": 0.375, "test": 0.375}},
-    })
+    config = Config.model_validate(
+        {
+            # One call at a time: concurrent generations on a 2-core machine only slow each other down.
+            "models": {"task": model, "judge": model, "optimizer": model, "concurrency": 1},
+            "budget": {"max_calls": 60, "max_seconds": 300},
+            "optimize": {"split": {"train": 0.25, "dev": 0.375, "test": 0.375}},
+        }
+    )
     [target] = discover(repo, config, ["logic"])
     session = Session.open(repo, config, roles=("task", "optimizer"))
     started = time.monotonic()
-    result = asyncio.run(run_optimization(
-        session, target, "gpo", out_dir=repo / ".gradgate" / "optimize", seed=0,
-        settings={"steps": 2, "candidates_per_step": 2, "edit_budget_start": 60, "edit_budget_end": 40,
-                  "over_budget": "reject", "examples_in_prompt": 2, "max_tokens": 64}))
+    result = asyncio.run(
+        run_optimization(
+            session,
+            target,
+            "gpo",
+            out_dir=repo / ".gradgate" / "optimize",
+            seed=0,
+            settings={
+                "steps": 2,
+                "candidates_per_step": 2,
+                "edit_budget_start": 60,
+                "edit_budget_end": 40,
+                "over_budget": "reject",
+                "examples_in_prompt": 2,
+                "max_tokens": 64,
+            },
+        )
+    )
     elapsed = time.monotonic() - started
     run_dir = repo / ".gradgate" / "optimize" / "logic" / "gpo"
     trajectory = json.loads((run_dir / "trajectory.json").read_text())
@@ -450,6 +557,12 @@ def test_gpo_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     state = json.loads((run_dir / "state.json").read_text())
     assert state["data"]["step"] == 2 and result.stopped_reason is None
     assert result.best.dev_score is not None and session.budget.calls <= 60
-    logging.getLogger(__name__).info("GPO real run: %.0f s, %d calls, %d candidates (%d rejected), best %s %.2f",
-                                     elapsed, session.budget.calls, len(cands),
-                                     sum(1 for c in samples if c["rejected"]), result.best.id, result.best.dev_score)
+    logging.getLogger(__name__).info(
+        "GPO real run: %.0f s, %d calls, %d candidates (%d rejected), best %s %.2f",
+        elapsed,
+        session.budget.calls,
+        len(cands),
+        sum(1 for c in samples if c["rejected"]),
+        result.best.id,
+        result.best.dev_score,
+    )

@@ -132,7 +132,8 @@ def optimize(
 ) -> tuple[OptimizeResult, Session]:
     session = open_session(repo, script, **kw)
     target = discover(repo, session.config)[0]
-    result = asyncio.run(run_optimization(session, target, "gradsum", out_dir=out, seed=seed, settings=settings))
+    paper = {"mutations": 0, "halving": False, **settings}  # the paper's GRAD-SUM; mutations and halving: own tests
+    result = asyncio.run(run_optimization(session, target, "gradsum", out_dir=out, seed=seed, settings=paper))
     return result, session
 
 

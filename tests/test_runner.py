@@ -55,16 +55,35 @@ def test_no_limit_is_ever_exceeded(tmp_path: Path, limit: int) -> None:
 def test_decision_needs_statistical_support_and_the_margin(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     one = {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1}
-    strict, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "a", one, optimize={"alpha": 0.01})
-    # 6 test items all flip to correct: exact McNemar p = 2 / 2**6 = 0.03125, not below 0.01
-    assert strict.p_value == pytest.approx(0.03125)
-    assert not strict.improved and "without statistical support" in strict.decision
-    margin, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "b", one, optimize={"margin": 1.0})
+    half, _ = optimize(repo, Script(sequence_editor(HALF)), tmp_path / "a", one)
+    # HALF answers the even items: 4 of the 6 test items (q8, q14, q18, q10) flip to correct, exact McNemar
+    # p = 2 / 2**4 = 0.125, not below alpha 0.1
+    assert half.p_value == pytest.approx(0.125)
+    assert not half.improved and "without statistical support" in half.decision
+    margin, _ = optimize(repo, Script(sequence_editor(HALF)), tmp_path / "b", one, optimize={"margin": 0.7})
     assert not margin.improved and "margin" in margin.decision
     loose, _ = optimize(repo, Script(sequence_editor(GOOD)), tmp_path / "c", one)
-    assert loose.improved and "beats the original" in loose.decision
+    # 6 test items all flip to correct: p = 2 / 2**6 = 0.03125 < 0.1
+    assert loose.improved and "beats the original" in loose.decision and loose.p_value == pytest.approx(0.03125)
     assert loose.difference is not None and loose.difference.mean == 1.0
     assert loose.dev_original is not None and loose.dev_best is not None and loose.dev_best.mean == 1.0
+
+
+def test_a_suite_too_small_to_decide_anything_is_refused_before_any_call(tmp_path: Path) -> None:
+    """12 items split 6/3/3: even a prompt right on all 3 test items has p = 0.25; the refusal says what is needed."""
+    script = Script(sequence_editor(GOOD))
+    with pytest.raises(ConfigError) as small:
+        run_job(make_repo(tmp_path / "small", n_items=12), script, tmp_path / "a", methods=["gradsum"])
+    message = str(small.value)
+    assert "12 items split 6/3/3" in message and "alpha 0.1 needs at least 5" in message
+    assert "at least 17" in (small.value.hint or "") and small.value.exit_code == 2
+    # 24 items leave 6 test items: enough for alpha 0.1, not for alpha 0.01 (8 test items, 29 in all)
+    with pytest.raises(ConfigError, match=r"alpha 0\.01 needs at least 8") as strict:
+        run_job(make_repo(tmp_path / "strict"), script, tmp_path / "b", methods=["gradsum"], optimize={"alpha": 0.01})
+    assert "at least 29" in (strict.value.hint or "")
+    with pytest.raises(ConfigError, match="can never be beaten"):
+        run_job(make_repo(tmp_path / "margin"), script, tmp_path / "c", methods=["gradsum"], optimize={"margin": 1.0})
+    assert sum(len(v) for v in script.asked.values()) == 0
 
 
 def test_scale_scores_use_the_paired_bootstrap(tmp_path: Path) -> None:
@@ -75,7 +94,7 @@ def test_scale_scores_use_the_paired_bootstrap(tmp_path: Path) -> None:
 
     def judge(messages: list[dict[str, str]]) -> str:
         output = messages[1]["content"].split("Output to evaluate:")[1]
-        return "Looks right. SCORE: 9" if "\n0\n" not in output else "Wrong number. SCORE: 2"
+        return "Looks right.\nSCORE: 9" if "\n0\n" not in output else "Wrong number.\nSCORE: 2"
 
     original_call = script.__call__
 

@@ -3,9 +3,15 @@
     outcome = await run_optimize_job(session, prompt_ids=("math",), methods=["gradsum"], out_dir=...,
                                      seed=0, write=False, open_pr=False, env=os.environ)
 
-Budget of a job: one hard budget for everything. Runs go one after another; each run may use the
-calls that are left minus an equal share kept for every run still to come, and tokens, USD and
-seconds as they come (a run also keeps back what its own confirmation is expected to need).
+Budget of a job: one hard budget for everything. Prompts go one after another; each may use the
+calls that are left minus an equal share kept for every prompt still to come, and tokens, USD and
+seconds as they come (a prompt also keeps back what its confirmation is expected to need).
+
+Portfolio: with several methods, every method searches the prompt in turn (each keeping an equal
+share of the calls for the methods after it), the winner is the method whose best candidate scores
+highest on dev (ties: the method named first), and only the winner is confirmed on the held-out test
+split. Confirming every method on test and keeping the best would pick the luckiest draw on test and
+inflate the reported gain; choosing on dev keeps the test split for one honest decision.
 The working tree is changed only with `--write`: the pull request is committed from the chosen
 texts through a separate git worktree.
 """
@@ -30,9 +36,19 @@ from gradgate.github.context import github_context_from_env
 from gradgate.github.tuning_pr import PublishResult, publish_tuning_pr
 from gradgate.models.session import Session
 from gradgate.optimizers import report as tune_report
+from gradgate.optimizers.confirmation import calls_needed
 from gradgate.optimizers.registry import method_class
-from gradgate.optimizers.results import OptimizeResult
-from gradgate.optimizers.runner import check_suite, run_optimization, settings_for
+from gradgate.optimizers.results import Confirmation, OptimizeResult
+from gradgate.optimizers.runner import (
+    SearchOutcome,
+    check_split,
+    check_suite,
+    confirm_search,
+    run_optimization,
+    search,
+    settings_for,
+    to_result,
+)
 from gradgate.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -62,14 +78,15 @@ def branch_for(prompt_ids: Sequence[str]) -> str:
 
 
 def pick_best(results: Sequence[OptimizeResult]) -> OptimizeResult | None:
-    """The improved result with the largest test gain (ties: the earlier method)."""
+    """The improved result (a portfolio confirms only its dev winner, so there is at most one per prompt;
+    should several be given, the largest test gain, ties: the earlier method)."""
     improved = [r for r in results if r.improved]
     if not improved:
         return None
     return max(improved, key=lambda r: (r.difference.mean if r.difference else 0.0, -results.index(r)))
 
 
-def _preflight(session: Session, prompt_ids: Sequence[str], methods: Sequence[str]) -> list[Target]:
+def _preflight(session: Session, prompt_ids: Sequence[str], methods: Sequence[str], seed: int) -> list[Target]:
     """Every configuration problem, for every prompt and method, before the first call."""
     if not methods:
         raise UsageError("no optimization method given", hint="pass --method gradsum (repeatable)")
@@ -77,6 +94,7 @@ def _preflight(session: Session, prompt_ids: Sequence[str], methods: Sequence[st
     targets = discover(session.repo, session.config, tuple(prompt_ids))
     for target in targets:
         Scorer(session.gateway, session.config, target)  # validates the suite's metrics
+        check_split(session, target, seed)  # a suite too small to decide anything
         for method, cls in classes.items():
             check_suite(target, method, cls)
             cls(settings_for(session, method, None))  # validates the settings
@@ -84,24 +102,91 @@ def _preflight(session: Session, prompt_ids: Sequence[str], methods: Sequence[st
     return targets
 
 
+@dataclass(frozen=True)
+class PortfolioOutcome:
+    """Several methods on one prompt: every search, the dev winner, and its test confirmation."""
+
+    results: tuple[OptimizeResult, ...]  # one per method that searched, in method order
+    failures: tuple[str, ...]
+    winner: str | None  # the method chosen on dev
+    search_calls: int  # calls of all the searches (the confirmation excluded)
+
+
+def _later_share(session: Session, kept: int, after: int) -> int:
+    """Calls to keep for `after` later units of work: an equal share of what is left beyond `kept`."""
+    limit = session.budget.limits.max_calls
+    if limit is None or after <= 0:
+        return 0
+    left = max(0, limit - session.budget.calls - kept)
+    return left * after // (after + 1)
+
+
+async def run_portfolio(
+    session: Session, target: Target, methods: Sequence[str], *, out_dir: Path, seed: int, reserve_calls: int = 0
+) -> PortfolioOutcome:
+    """Search with every method, choose the winner on dev, confirm only the winner on test (see the module doc).
+    The searches never read the test split; `reserve_calls` are kept for work after this prompt."""
+    splits = check_split(session, target, seed)
+    confirm_calls = calls_needed(len(splits.test), Scorer(session.gateway, session.config, target).uses_judge)
+    start = session.budget.calls
+    outcomes: list[SearchOutcome] = []
+    failures: list[str] = []
+    shared: dict[str, list[float]] = {}
+    for index, method in enumerate(methods):
+        later = _later_share(session, reserve_calls + confirm_calls, len(methods) - index - 1)
+        try:
+            outcome = await search(
+                session,
+                target,
+                method,
+                out_dir=out_dir,
+                seed=seed,
+                reserve_calls=reserve_calls + later,
+                confirm_calls=confirm_calls,
+                shared_scores=shared,  # the original on dev is scored once for all methods
+                spent_on_dev=outcomes[0].spent_on_dev if outcomes else None,
+            )
+        except BudgetExhausted as exc:
+            failures.append(f"{target.prompt.id}/{method}: {exc.message}")
+            log.warning("%s", failures[-1])
+            continue
+        shared.update(outcome.run.scorer.seen)
+        outcomes.append(outcome)
+    search_calls = session.budget.calls - start
+    if not outcomes:
+        return PortfolioOutcome((), tuple(failures), None, search_calls)
+    winner = max(outcomes, key=lambda o: (o.best.dev_score or 0.0, -outcomes.index(o)))
+    results = []
+    for outcome in outcomes:
+        if outcome is winner:
+            results.append(await confirm_search(session, outcome, reserve_calls=reserve_calls))
+            continue
+        decision = (
+            f"not confirmed on test: the portfolio chose {winner.method} on dev (best dev "
+            f"{winner.best.dev_score or 0.0:.3f} vs {outcome.best.dev_score or 0.0:.3f}); only the dev winner is tested"
+        )
+        results.append(to_result(session, outcome, Confirmation(improved=False, decision=decision)))
+    return PortfolioOutcome(tuple(results), tuple(failures), winner.method, search_calls)
+
+
 async def _run_all(
     session: Session, targets: Sequence[Target], methods: Sequence[str], out_dir: Path, seed: int
 ) -> tuple[list[OptimizeResult], list[str]]:
-    """Every prompt × method in turn; each run keeps an equal share of the calls left for the runs after it."""
+    """Every prompt in turn (one method: a run; several: a portfolio); each keeps an equal share of the calls
+    left for the prompts after it."""
     results: list[OptimizeResult] = []
     failures: list[str] = []
-    runs = [(t, m) for t in targets for m in methods]
-    for index, (target, method) in enumerate(runs):
-        reserve = 0
-        limit = session.budget.limits.max_calls
-        if limit is not None:
-            left = max(0, limit - session.budget.calls)
-            after = len(runs) - index - 1
-            reserve = left * after // (after + 1)
+    for index, target in enumerate(targets):
+        reserve = _later_share(session, 0, len(targets) - index - 1)
+        if len(methods) > 1:
+            portfolio = await run_portfolio(session, target, methods, out_dir=out_dir, seed=seed, reserve_calls=reserve)
+            results += portfolio.results
+            failures += portfolio.failures
+            continue
         try:
-            results.append(await run_optimization(session, target, method, out_dir=out_dir, seed=seed, reserve_calls=reserve))
+            results.append(await run_optimization(session, target, methods[0], out_dir=out_dir, seed=seed, reserve_calls=reserve))
         except BudgetExhausted as exc:
-            failures.append(f"{target.prompt.id}/{method}: {exc.message}")
+            failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}")
             log.warning("%s", failures[-1])
     return results, failures
 
@@ -170,10 +255,10 @@ async def run_optimize_job(
 ) -> OptimizeJobOutcome:
     """`gradgate optimize`: every prompt × method, one report, optional write-back and pull request."""
     methods = list(dict.fromkeys(methods))
-    targets = _preflight(session, prompt_ids, methods)
+    targets = _preflight(session, prompt_ids, methods, seed)
     log.info(
-        "optimize: %d prompt(s) × %s; budget %s; runs share it (each keeps an equal share of the calls "
-        "left for the runs after it)",
+        "optimize: %d prompt(s) × %s; budget %s; prompts share it (each keeps an equal share of the calls "
+        "left for the prompts after it; several methods: the dev winner alone is confirmed on test)",
         len(targets),
         ", ".join(methods),
         session.budget.describe(),

@@ -122,6 +122,7 @@ class OptimizeConfig(_Strict):
     gradsum: dict[str, Any] = Field(default_factory=dict, description="GRAD-SUM settings (see docs).")
     gpo: dict[str, Any] = Field(default_factory=dict, description="GPO settings (see docs).")
     greater: dict[str, Any] = Field(default_factory=dict, description="GReaTer settings (see docs).")
+    demos: dict[str, Any] = Field(default_factory=dict, description="Demonstrations settings (see docs).")
 
 
 class Config(_Strict):

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from gradgate.core.demos import strip_slot_markers
 from gradgate.core.files import atomic_write_bytes, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
@@ -49,7 +50,7 @@ class Prompt:
         return template_variables(self.expanded)
 
     def render(self, values: dict[str, Any], *, where: str | None = None) -> str:
-        return render_template(self.expanded, values, where=where or self.rel_path)
+        return render_template(strip_slot_markers(self.expanded), values, where=where or self.rel_path)
 
     def with_body(self, body: str) -> Prompt:
         """The same prompt with another body (the optimizers' candidates); includes are kept as text."""

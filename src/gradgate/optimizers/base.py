@@ -26,11 +26,13 @@ from typing import Any, ClassVar
 
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.discovery import Target
-from gradgate.scoring.scorer import PromptEval, Scorer
 from gradgate.core.files import atomic_write_text
-from gradgate.models.gateway import Gateway
 from gradgate.core.prompts import template_variables
 from gradgate.core.suites import Item, Splits
+from gradgate.errors import BudgetExhausted
+from gradgate.models.gateway import Gateway
+from gradgate.optimizers.hygiene import missing_variables, screen
+from gradgate.scoring.scorer import PromptEval, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Candidate:
     dev_score: float | None = None
     train_score: float | None = None
     rejected: str | None = None  # why it was not scored (lost a template variable, over the edit budget...)
+    dev_items: int | None = None  # set when dev_score is over only this many dev items (dropped by halving)
     edit_words: int | None = None  # word-level edit distance from its parent
     note: str | None = None  # method-specific: the gradient summary id, the token swap...
     calls: int = 0  # budget used when it was recorded (cumulative, all roles)
@@ -93,7 +96,8 @@ class Trajectory:
         return next(c for c in self.candidates if c.id == candidate_id)
 
     def scored(self) -> list[Candidate]:
-        return [c for c in self.candidates if c.dev_score is not None]
+        """Candidates scored on the whole dev set (not those successive halving dropped after a few items)."""
+        return [c for c in self.candidates if c.dev_score is not None and c.dev_items is None]
 
     def best(self) -> Candidate:
         """Highest dev score; ties go to the earliest (the original wins a tie)."""
@@ -175,12 +179,6 @@ def repair_placeholders(original: str, candidate: str) -> tuple[str, list[str]]:
     return candidate.rstrip() + "\n\n" + "\n".join(lines) + "\n", lines
 
 
-def missing_variables(original: str, candidate: str) -> list[str]:
-    """Template variables of the original that the candidate lost (such candidates are rejected)."""
-    have = set(template_variables(candidate))
-    return [v for v in template_variables(original) if v not in have]
-
-
 @dataclass
 class OptimizeContext:
     """What an optimizer gets: the prompt and its splits, the scorer, the gateway and the budget."""
@@ -215,7 +213,9 @@ class OptimizeContext:
 
     def cached_candidate(self, text: str) -> Candidate | None:
         """A candidate with this exact text scored before (on resume, or a duplicate proposal)."""
-        return next((c for c in self.trajectory.candidates if c.text == text and c.dev_score is not None), None)
+        return next(
+            (c for c in self.trajectory.candidates if c.text == text and c.dev_score is not None and c.dev_items is None), None
+        )
 
     def reject(
         self,
@@ -245,6 +245,61 @@ class OptimizeContext:
         """Score a body on items without recording it (train-batch generation, say)."""
         return await self.scorer.score(self.target.prompt.with_body(text), items)
 
+    def screen(
+        self,
+        text: str,
+        *,
+        step: int,
+        parent: str | None,
+        origin: str,
+        note: str | None = None,
+        edit_words: int | None = None,
+    ) -> Candidate | _Screened:
+        """Candidate hygiene before any call (`optimizers.hygiene`): a repaired or unchanged text to score, or a
+        record: the rejection (recorded now) or the earlier candidate with this exact text (never rescored)."""
+        if self.repair and missing_variables(self.original, text):
+            text, lines = repair_placeholders(self.original, text)
+            note = f"{note + '; ' if note else ''}repaired: re-attached {' / '.join(lines)}"
+        known = self.cached_candidate(text)
+        if known is not None:
+            return known
+        reason = screen(self.original, text)
+        if reason is not None:
+            return self.reject(text, step=step, parent=parent, origin=origin, edit_words=edit_words, note=note, reason=reason)
+        return _Screened(text=text, parent=parent, origin=origin, note=note, edit_words=edit_words)
+
+    def record(
+        self,
+        text: str,
+        *,
+        step: int,
+        parent: str | None,
+        origin: str,
+        dev_score: float,
+        dev_items: int | None = None,
+        edit_words: int | None = None,
+        note: str | None = None,
+    ) -> Candidate:
+        """Record a scored candidate (`dev_items`: set when the score is over only part of dev)."""
+        candidate = Candidate(
+            id=self.trajectory.next_id(),
+            text=text,
+            step=step,
+            origin=origin,
+            parent=parent,
+            dev_score=dev_score,
+            dev_items=dev_items,
+            edit_words=edit_words,
+            note=note,
+        )
+        return self.trajectory.add(self._stamp(candidate))
+
+    def remember(self, text: str, items: Sequence[Item], scores: Sequence[float]) -> None:
+        """Tell a recording scorer the per-item scores of a body assembled in pieces (successive halving)."""
+        remember = getattr(self.scorer, "remember", None)
+        if remember is not None:
+            remember(self.target.prompt.with_body(text).content_hash(), items, list(scores))
+
     async def evaluate(
         self,
         text: str,
@@ -255,43 +310,35 @@ class OptimizeContext:
         items: Sequence[Item] | None = None,
         edit_words: int | None = None,
         note: str | None = None,
+        screened: bool = False,
     ) -> Candidate:
         """Score `text` on dev (or `items`), record it in the trajectory and return it.
 
-        Candidates that lose a template variable are rejected without a call. BudgetExhausted
-        propagates: the runner stops the search there and keeps the best so far.
+        Candidates that fail hygiene (`screen`) are rejected without a call; a text scored before returns its
+        earlier record. BudgetExhausted propagates: the runner stops the search there and keeps the best so far.
         """
-        lost = missing_variables(self.original, text)
-        if lost and self.repair:
-            text, lines = repair_placeholders(self.original, text)
-            note = f"{note + '; ' if note else ''}repaired: re-attached {' / '.join(lines)}"
-            lost = missing_variables(self.original, text)
-        if lost:
-            return self.reject(
-                text,
-                step=step,
-                parent=parent,
-                origin=origin,
-                edit_words=edit_words,
-                note=note,
-                reason=f"lost template variable(s): {', '.join(lost)}",
-            )
+        if not screened:
+            checked = self.screen(text, step=step, parent=parent, origin=origin, note=note, edit_words=edit_words)
+            if isinstance(checked, Candidate):
+                return checked
+            text, note = checked.text, checked.note
         evaluation = await self.score_text(text, self.splits.dev if items is None else items)
         if not evaluation.complete:
-            from gradgate.errors import BudgetExhausted
-
             raise BudgetExhausted(f"budget exhausted while scoring a candidate: {evaluation.stopped_reason}")
-        candidate = Candidate(
-            id=self.trajectory.next_id(),
-            text=text,
-            step=step,
-            origin=origin,
-            parent=parent,
-            dev_score=evaluation.mean_score,
-            edit_words=edit_words,
-            note=note,
+        return self.record(
+            text, step=step, parent=parent, origin=origin, dev_score=evaluation.mean_score, edit_words=edit_words, note=note
         )
-        return self.trajectory.add(self._stamp(candidate))
+
+
+@dataclass(frozen=True)
+class _Screened:
+    """A text that passed hygiene and is to be scored."""
+
+    text: str
+    parent: str | None
+    origin: str
+    note: str | None = None
+    edit_words: int | None = None
 
 
 class Optimizer(ABC):

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from gradgate.core.budget import Holdback
 from gradgate.core.config import Config
 from gradgate.core.stats import Interval, is_binary, mcnemar_exact, mean_interval, paired_difference
-from gradgate.core.suites import Item
+from gradgate.core.suites import Item, split_items
 from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, OptimizeContext
 from gradgate.optimizers.results import Confirmation
@@ -41,6 +41,27 @@ def calls_needed(n_test: int, uses_judge: bool) -> int:
     per_item = 1 + (2 if uses_judge else 0)
     calls = 2 * n_test * per_item
     return calls + math.ceil(calls * CONFIRM_MARGIN) + CONFIRM_EXTRA_CALLS
+
+
+def min_test_items(alpha: float, margin: float) -> int | None:
+    """Fewest test items on which a new prompt can pass the decision rule at all: it wins on every item, so the
+    exact McNemar p is 2 × 0.5^n and must fall below `alpha`. None when `margin` ≥ 1 (nothing can beat it)."""
+    if margin >= 1.0:
+        return None
+    n = 1
+    while mcnemar_exact([0.0] * n, [1.0] * n) >= alpha:
+        n += 1
+    return n
+
+
+def items_needed(n_test: int, *, train: float, dev: float) -> int:
+    """Fewest suite items whose split (`split_items`) leaves at least `n_test` test items and train and dev items."""
+    n = n_test + 2
+    while True:
+        splits = split_items([Item(id=str(i), vars={}) for i in range(n)], seed=0, train=train, dev=dev)
+        if splits.train and splits.dev and len(splits.test) >= n_test:
+            return n
+        n += 1
 
 
 def cost_holdback(spent: Holdback, n_dev: int, n_test: int) -> Holdback:

@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "gradsum": "gradgate.optimizers.gradsum.method:GradSum",
     "gpo": "gradgate.optimizers.gpo.method:GPO",
     "greater": "gradgate.optimizers.greater.method:Greater",
+    "demos": "gradgate.optimizers.demos.method:Demos",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 # Extra a method needs beyond the base install, named in the error when its import fails.

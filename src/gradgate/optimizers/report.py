@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from gradgate.core.demos import OPEN_MARKER, slot_content
 from gradgate.core.secrets import redact
 from gradgate.core.stats import Interval
 from gradgate.scoring.results import fmt_usd
@@ -23,7 +24,8 @@ PR_MARKER = "<!-- gradgate-tune -->"
 DECISION_RULE = (
     "A new prompt is proposed only when its mean score on the held-out test split beats the original by more "
     "than the margin **and** the paired difference has statistical support (exact McNemar test for pass/fail "
-    "scores, else a paired bootstrap interval whose lower bound clears the margin)."
+    "scores, else a paired bootstrap interval whose lower bound clears the margin). With several methods, the "
+    "winner is chosen on the dev split and only the winner is confirmed on test."
 )
 
 
@@ -187,6 +189,18 @@ def pr_body(
                 lines.append(f"- iteration {note.step + 1}: {_short(note.summary, SUMMARY_CHARS)}")
         else:
             lines.append("- (this method records no textual gradients)")
+        shown = slot_content(r.best.text)
+        if shown.strip():
+            count = shown.count("\nAnswer: ")
+            lines += [
+                "",
+                f"The prompt now carries {count} worked example(s) in its demonstrations slot (between the "
+                f"`{OPEN_MARKER}` marker lines; edit them freely, the markers are never sent to the model):",
+                "",
+                "```text",
+                redact(shown.rstrip())[:4000].replace("```", "ʼʼʼ"),
+                "```",
+            ]
         lines.append("")
     settings = "; ".join(f"{r.prompt_id}/{r.method}: {r.settings or 'defaults'}" for r in results)
     lines += [

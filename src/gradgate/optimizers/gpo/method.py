@@ -16,6 +16,10 @@ Analysis with Gradient-based Model Optimizers" (2024). Each step:
 Beyond the reference implementation, which only asks the model to respect the budget: the word-level
 edit distance of every candidate from the current prompt is measured and logged (`edit_words`), and
 candidates over budget are rejected without scoring or resampled (`over_budget`).
+
+Beyond the paper, for weak optimizer models: each step adds `mutations` candidates from the mutation library
+(`optimizers.mutations`) to the sampled ones; candidates are scored through successive halving on dev
+(`halving`, on by default); `demos: true` keeps half the calls for demonstration sets on the best prompts.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ import asyncio
 import logging
 import math
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, get_args
 
 from gradgate.core.editdistance import word_edit_distance, words
-from gradgate.models.embeddings import Embedder, EmbedderChoice, cosine_similarities, load_embedder
-from gradgate.errors import ConfigError
-from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.gpo.prompts import CLOSE_TAG, OPEN_TAG, ScoreScale, build_meta_prompt, format_score
 from gradgate.core.prompts import template_variables
 from gradgate.core.suites import Item
+from gradgate.errors import ConfigError
+from gradgate.models.embeddings import Embedder, EmbedderChoice, cosine_similarities, load_embedder
+from gradgate.optimizers import mutations
+from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.demos.method import DemosSettings, parse_option, then_demos
+from gradgate.optimizers.gpo.prompts import ScoreScale, build_meta_prompt, format_score
+from gradgate.optimizers.halving import DEFAULT_HALVING, HalvingSettings, Proposal, evaluate_pool
+from gradgate.optimizers.hygiene import parse_prompt_reply
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ class GPOSettings:
     temperature: float = 1.0  # sampling temperature of the optimizer model (paper: 1.0)
     max_tokens: int | None = None  # reply limit; None: enough for the current prompt plus the budget
     embedder: EmbedderChoice = "auto"  # relevance similarity: MiniLM when installed, else TF-IDF
+    mutations: int = 2  # mutation-library candidates added per step (0: off)
+    halving: HalvingSettings | None = DEFAULT_HALVING  # successive halving on dev (false: every candidate on all)
+    demos: DemosSettings | None = None  # true: demonstration sets on the best prompts (half the calls)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GPOSettings:
@@ -69,31 +79,46 @@ class GPOSettings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown GPO setting(s): {', '.join(unknown)}", where=WHERE,
-                              hint=f"known settings: {', '.join(known)}")
-        settings = cls(**dict(data))
-        choices = {"retrieval": Retrieval, "schedule": Schedule, "over_budget": OverBudget,
-                   "score_scale": ScoreScale, "embedder": EmbedderChoice}
+            raise ConfigError(
+                f"unknown GPO setting(s): {', '.join(unknown)}", where=WHERE, hint=f"known settings: {', '.join(known)}"
+            )
+        values = dict(data)
+        if "halving" in values:
+            values["halving"] = HalvingSettings.parse(values["halving"], WHERE)
+        if "demos" in values:
+            values["demos"] = parse_option(values["demos"], WHERE)
+        settings = cls(**values)
+        choices = {
+            "retrieval": Retrieval,
+            "schedule": Schedule,
+            "over_budget": OverBudget,
+            "score_scale": ScoreScale,
+            "embedder": EmbedderChoice,
+        }
         for name, kind in choices.items():
             allowed = get_args(kind)
             if getattr(settings, name) not in allowed:
                 value = getattr(settings, name)
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}",
-                                  where=f"{WHERE}.{name}")
-        minimum = {"steps": 0, "candidates_per_step": 1, "k": 1, "edit_budget_start": 1, "edit_budget_end": 1,
-                   "max_resamples": 0, "examples_in_prompt": 0}
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}", where=f"{WHERE}.{name}")
+        minimum = {
+            "steps": 0,
+            "candidates_per_step": 1,
+            "k": 1,
+            "edit_budget_start": 1,
+            "edit_budget_end": 1,
+            "max_resamples": 0,
+            "examples_in_prompt": 0,
+            "mutations": 0,
+        }
         for name, low in minimum.items():
             value = getattr(settings, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}",
-                                  where=f"{WHERE}.{name}")
+                raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}", where=f"{WHERE}.{name}")
         temperature, max_tokens = settings.temperature, settings.max_tokens
         if not isinstance(temperature, int | float) or not 0.0 <= temperature <= 2.0:
-            raise ConfigError(f"temperature must be in [0, 2], not {temperature!r}",
-                              where=f"{WHERE}.temperature")
+            raise ConfigError(f"temperature must be in [0, 2], not {temperature!r}", where=f"{WHERE}.temperature")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
-            raise ConfigError(f"max_tokens must be an integer >= 16, not {max_tokens!r}",
-                              where=f"{WHERE}.max_tokens")
+            raise ConfigError(f"max_tokens must be an integer >= 16, not {max_tokens!r}", where=f"{WHERE}.max_tokens")
         return settings
 
 
@@ -115,8 +140,9 @@ def edit_budget(step: int, total_steps: int, start: int, end: int, kind: Schedul
     return max(1, round(end + (start - end) * weight))
 
 
-def retrieve(entries: Sequence[Candidate], current: Candidate, k: int, strategy: Retrieval,
-             embedder: Embedder | None = None) -> list[Candidate]:
+def retrieve(
+    entries: Sequence[Candidate], current: Candidate, k: int, strategy: Retrieval, embedder: Embedder | None = None
+) -> list[Candidate]:
     """The update direction: `current` plus up to k-1 other entries, returned in trajectory order.
 
     relevance: most similar to `current` by sentence embedding (ties: the later entry);
@@ -136,8 +162,7 @@ def retrieve(entries: Sequence[Candidate], current: Candidate, k: int, strategy:
             raise ValueError("relevance retrieval needs an embedder")
         vectors = embedder.embed([current.text] + [e.text for e in others])  # (1 + len(others), dim)
         sims = cosine_similarities(vectors[0], vectors[1:])
-        order = sorted(range(len(others)), key=lambda i: (float(sims[i]), position[others[i].id]),
-                       reverse=True)
+        order = sorted(range(len(others)), key=lambda i: (float(sims[i]), position[others[i].id]), reverse=True)
         picked = [others[i] for i in order[:want]]
     else:
         raise ValueError(f"unknown retrieval strategy {strategy!r}")
@@ -148,31 +173,10 @@ def retrieve(entries: Sequence[Candidate], current: Candidate, k: int, strategy:
     return ordered
 
 
-_FENCE_RE = re.compile(r"\A```[\w-]*\n(.*?)\n?```\Z", re.DOTALL)
-_LEAD_IN_RE = re.compile(r"\A(?:here is|here's|new prompt|improved prompt|updated prompt)[^\n]*:\s*\n",
-                         re.IGNORECASE)
-
-
 def parse_candidate(reply: str) -> str:
-    """The new prompt in a reply: between the tags when present, else the reply minus fences and lead-in."""
-    text = reply.strip()
-    start = text.find(OPEN_TAG)
-    if start >= 0:
-        text = text[start + len(OPEN_TAG):]
-        end = text.find(CLOSE_TAG)
-        text = text[:end] if end >= 0 else text
-    else:
-        end = text.find(CLOSE_TAG)
-        text = text[:end] if end >= 0 else text
-        text = _LEAD_IN_RE.sub("", text.strip())
-    text = text.strip()
-    fenced = _FENCE_RE.match(text)
-    if fenced:
-        text = fenced.group(1)
-    text = text.strip()
-    if len(text) >= 6 and text.startswith('"""') and text.endswith('"""'):
-        text = text[3:-3].strip()
-    return text
+    """The new prompt in a reply (the shared parser's first block; '' when there is none)."""
+    found = parse_prompt_reply(reply)
+    return found[0] if found else ""
 
 
 def example_input(item: Item) -> str:
@@ -200,17 +204,29 @@ class GPO(Optimizer):
         self.config = GPOSettings.from_mapping(self.settings)
 
     async def optimize(self, ctx: OptimizeContext) -> None:
+        await then_demos(ctx, lambda: self._search(ctx), self.config.demos, step=self.config.steps + 1)
+
+    async def _search(self, ctx: OptimizeContext) -> None:
         cfg = self.config
         embedder = load_embedder(cfg.embedder) if cfg.retrieval == "relevance" else None
         similarity = self._similarity_label(embedder)
         current, winners, start = await self._resume_or_start(ctx)
-        log.info("GPO: %d step(s) from step %d, %d candidate(s) each, retrieval %s (%s), "
-                 "budget %s %d->%d words", cfg.steps, start, cfg.candidates_per_step, cfg.retrieval,
-                 similarity, cfg.schedule, cfg.edit_budget_start, cfg.edit_budget_end)
+        log.info(
+            "GPO: %d step(s) from step %d, %d candidate(s) each, retrieval %s (%s), budget %s %d->%d words",
+            cfg.steps,
+            start,
+            cfg.candidates_per_step,
+            cfg.retrieval,
+            similarity,
+            cfg.schedule,
+            cfg.edit_budget_start,
+            cfg.edit_budget_end,
+        )
         for step in ctx.steps(cfg.steps, start=start):
             current = await self._step(ctx, step, current, winners, embedder, similarity)
-            ctx.save_state({"step": step + 1, "current": current.id, "winners": [w.id for w in winners],
-                            "similarity": similarity})
+            ctx.save_state(
+                {"step": step + 1, "current": current.id, "winners": [w.id for w in winners], "similarity": similarity}
+            )
 
     @staticmethod
     def _similarity_label(embedder: Embedder | None) -> str:
@@ -237,8 +253,15 @@ class GPO(Optimizer):
             initial = await ctx.evaluate(ctx.original, step=0, parent=None, origin="initial")
         return initial, [initial], 0
 
-    async def _step(self, ctx: OptimizeContext, step: int, current: Candidate, winners: list[Candidate],
-                    embedder: Embedder | None, similarity: str) -> Candidate:
+    async def _step(
+        self,
+        ctx: OptimizeContext,
+        step: int,
+        current: Candidate,
+        winners: list[Candidate],
+        embedder: Embedder | None,
+        similarity: str,
+    ) -> Candidate:
         cfg = self.config
         number = step + 1  # step 0 of the trajectory is the initial prompt
         budget = edit_budget(step, cfg.steps, cfg.edit_budget_start, cfg.edit_budget_end, cfg.schedule)
@@ -246,41 +269,67 @@ class GPO(Optimizer):
         messages = build_meta_prompt(
             task=ctx.task_description,
             earlier=[(e.text, e.dev_score or 0.0) for e in direction if e.id != current.id],
-            current=current.text, current_score=current.dev_score or 0.0,
+            current=current.text,
+            current_score=current.dev_score or 0.0,
             examples=[(example_input(i), i.expected) for i in self._examples(ctx, step)],
-            edit_budget=budget, placeholders=["{{" + v + "}}" for v in template_variables(ctx.original)],
-            scale=cfg.score_scale)
+            edit_budget=budget,
+            placeholders=["{{" + v + "}}" for v in template_variables(ctx.original)],
+            scale=cfg.score_scale,
+        )
         log.debug("GPO step %d meta-prompt:\n%s", number, messages[-1]["content"])
-        max_tokens = cfg.max_tokens or max(ctx.gateway.spec("optimizer").max_tokens,
-                                           2 * len(words(current.text)) + 2 * budget + 32)
+        max_tokens = cfg.max_tokens or max(
+            ctx.gateway.spec("optimizer").max_tokens, 2 * len(words(current.text)) + 2 * budget + 32
+        )
 
         accepted, over = await self._sample(ctx, number, current, messages, budget, max_tokens)
+        proposals = [Proposal(s.text, current.id, "sample", f"gpo step {number}", s.edit_words) for s in accepted]
+        proposals += self._mutations(ctx, number, current)
+        before = len(ctx.trajectory.candidates)
+        finalists = await evaluate_pool(ctx, proposals, step=number, halving=cfg.halving)
         children: list[Candidate] = []
-        for sampled in accepted:
-            child = await self._score(ctx, number, current, sampled)
+        for child in [*finalists, *ctx.trajectory.candidates[before:]]:
             if all(c.id != child.id for c in children):  # duplicate samples share one record
                 children.append(child)
         chosen_texts = {w.text for w in winners}
-        fresh = [c for c in children if c.dev_score is not None and c.text not in chosen_texts]
+        fresh = [c for c in children if c.dev_score is not None and c.dev_items is None and c.text not in chosen_texts]
         best = max(fresh, key=lambda c: (c.dev_score or 0.0, -children.index(c))) if fresh else None
         scale = cfg.score_scale
-        summary = (f"GPO step {number}: edit budget {budget} words ({cfg.schedule} {cfg.edit_budget_start}->"
-                   f"{cfg.edit_budget_end}); update direction ({cfg.retrieval}, {similarity}, k={cfg.k}): "
-                   + ", ".join(f"{e.id} ({format_score(e.dev_score or 0.0, scale)})" for e in direction)
-                   + f"; current {current.id}; {len(accepted)}/{cfg.candidates_per_step} candidate(s) "
-                   f"within budget, {over} over budget; "
-                   + (f"chose {best.id} ({format_score(best.dev_score or 0.0, scale)})" if best
-                      else "no new candidate: the current prompt stays"))
-        per_item = tuple(f"{c.id}: {c.edit_words} word(s) changed, "
-                         + (f"score {format_score(c.dev_score, scale)}" if c.dev_score is not None
-                            else f"rejected ({c.rejected})") for c in children)
-        ctx.trajectory.add_gradient(GradientNote(step=number, parent=current.id, summary=summary,
-                                                 per_item=per_item, children=tuple(c.id for c in children)))
+        summary = (
+            f"GPO step {number}: edit budget {budget} words ({cfg.schedule} {cfg.edit_budget_start}->"
+            f"{cfg.edit_budget_end}); update direction ({cfg.retrieval}, {similarity}, k={cfg.k}): "
+            + ", ".join(f"{e.id} ({format_score(e.dev_score or 0.0, scale)})" for e in direction)
+            + f"; current {current.id}; {len(accepted)}/{cfg.candidates_per_step} candidate(s) "
+            f"within budget, {over} over budget; "
+            + (
+                f"chose {best.id} ({format_score(best.dev_score or 0.0, scale)})"
+                if best
+                else "no new candidate: the current prompt stays"
+            )
+        )
+        per_item = tuple(
+            f"{c.id}: {c.edit_words} word(s) changed, "
+            + (f"score {format_score(c.dev_score, scale)}" if c.dev_score is not None else f"rejected ({c.rejected})")
+            for c in children
+        )
+        ctx.trajectory.add_gradient(
+            GradientNote(
+                step=number, parent=current.id, summary=summary, per_item=per_item, children=tuple(c.id for c in children)
+            )
+        )
         log.info("%s", summary)
         if best is None:
             return current
         winners.append(best)
         return best
+
+    def _mutations(self, ctx: OptimizeContext, number: int, current: Candidate) -> list[Proposal]:
+        facts = mutations.facts_for(ctx.target.suite, ctx.task_description)
+        rng = random.Random(f"{ctx.seed}:gpo:mutations:{number}")
+        known = [c.text for c in ctx.trajectory.candidates]
+        return [
+            Proposal(text, current.id, "mutation", f"mutation {name}", word_edit_distance(current.text, text))
+            for text, name in mutations.propose(current.text, facts, count=self.config.mutations, rng=rng, exclude=known)
+        ]
 
     def _examples(self, ctx: OptimizeContext, step: int) -> list[Item]:
         pool = list(ctx.splits.train)
@@ -288,9 +337,9 @@ class GPO(Optimizer):
         # A fresh, seeded draw each step: the optimizer sees more of the task across the run.
         return random.Random(f"{ctx.seed}:gpo:{step}").sample(pool, count) if count else []
 
-    async def _sample(self, ctx: OptimizeContext, number: int, current: Candidate,
-                      messages: list[dict[str, str]], budget: int,
-                      max_tokens: int) -> tuple[list[_Sampled], int]:
+    async def _sample(
+        self, ctx: OptimizeContext, number: int, current: Candidate, messages: list[dict[str, str]], budget: int, max_tokens: int
+    ) -> tuple[list[_Sampled], int]:
         """Sample candidates; over-budget or empty ones are recorded as rejected (and resampled when set)."""
         cfg = self.config
         attempts = 1 + (cfg.max_resamples if cfg.over_budget == "resample" else 0)
@@ -302,15 +351,24 @@ class GPO(Optimizer):
                 break
             # Distinct `sample` per slot and attempt: distinct samples that still replay from the cache.
             samples = [attempt * cfg.candidates_per_step + slot for slot in pending]
-            replies = await asyncio.gather(*(
-                ctx.gateway.complete("optimizer", messages, temperature=cfg.temperature,
-                                     max_tokens=max_tokens, seed=ctx.seed + sample, sample=sample)
-                for sample in samples))
+            replies = await asyncio.gather(
+                *(
+                    ctx.gateway.complete(
+                        "optimizer",
+                        messages,
+                        temperature=cfg.temperature,
+                        max_tokens=max_tokens,
+                        seed=ctx.seed + sample,
+                        sample=sample,
+                    )
+                    for sample in samples
+                )
+            )
             retry = []
             for slot, reply in zip(pending, replies, strict=True):
                 text = parse_candidate(reply.text)
                 if text:  # keep the original's trailing newline(s): the file's layout stays as it was
-                    text += ctx.original[len(ctx.original.rstrip()):]
+                    text += ctx.original[len(ctx.original.rstrip()) :]
                 distance = word_edit_distance(current.text, text)
                 if not text:
                     reason = "no prompt in the optimizer's reply"
@@ -327,21 +385,10 @@ class GPO(Optimizer):
         return accepted, over
 
     @staticmethod
-    def _reject(ctx: OptimizeContext, number: int, current: Candidate, text: str, reason: str,
-                distance: int) -> None:
+    def _reject(ctx: OptimizeContext, number: int, current: Candidate, text: str, reason: str, distance: int) -> None:
         # On resume the step replays from the cache: a rejection already recorded is not recorded twice.
-        if any(c.step == number and c.text == text and c.rejected == reason
-               for c in ctx.trajectory.candidates):
+        if any(c.step == number and c.text == text and c.rejected == reason for c in ctx.trajectory.candidates):
             return
-        ctx.reject(text, step=number, parent=current.id, origin="sample", reason=reason, edit_words=distance,
-                   note=f"gpo step {number}")
-
-    @staticmethod
-    async def _score(ctx: OptimizeContext, number: int, current: Candidate, sampled: _Sampled) -> Candidate:
-        # A text scored before (a duplicate sample, or a replay on resume) keeps its first record.
-        known = ctx.cached_candidate(sampled.text) or next(
-            (c for c in ctx.trajectory.candidates if c.step == number and c.text == sampled.text), None)
-        if known is not None:
-            return known
-        return await ctx.evaluate(sampled.text, step=number, parent=current.id, origin="sample",
-                                  edit_words=sampled.edit_words, note=f"gpo step {number}")
+        ctx.reject(
+            text, step=number, parent=current.id, origin="sample", reason=reason, edit_words=distance, note=f"gpo step {number}"
+        )

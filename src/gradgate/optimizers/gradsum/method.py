@@ -8,8 +8,15 @@ Per iteration, for each prompt in the beam:
 3. the gradients are summarized into one general paragraph (`summarize: false` skips this and
    hands the per-item advice straight to the editor, so the step's value can be measured);
 4. the editor model writes `candidates_per_prompt` new prompts from the prompt and the feedback;
-   a candidate that lost a template variable is rejected without a call;
-5. candidates are scored on dev and the best `beam_width` prompts form the next beam.
+   `mutations` more come from the mutation library (`optimizers.mutations`: thinking styles, answer-format
+   cues, role lines), so a weak editor's paraphrases are not the only candidates; every candidate passes
+   hygiene first (`optimizers.hygiene`: a lost variable, an include, an over-long text are rejected without
+   a call);
+5. candidates are scored on dev, through successive halving (`halving`, on by default: a few dev items
+   first, the best on more), and the best `beam_width` prompts form the next beam.
+
+With `demos: true`, half the calls are kept for demonstration sets written into the slot of the best
+instructions (`optimizers.demos`).
 
 State (iteration, beam) is saved after every iteration; a resumed run starts at the next one and
 replays earlier requests from the cache, and candidates already in the trajectory are not rescored.
@@ -23,18 +30,21 @@ import random
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
+from gradgate.core.prompts import template_variables
 from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.scoring.scorer import ItemResult
+from gradgate.optimizers import mutations
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.demos.method import DemosSettings, parse_option, then_demos
 from gradgate.optimizers.gradsum.prompts import (
     NO_EXPLANATION,
     NO_VARIABLES,
     TEMPLATES,
     build_messages,
     feedback_list,
-    parse_candidates,
 )
-from gradgate.core.prompts import template_variables
+from gradgate.optimizers.halving import DEFAULT_HALVING, HalvingSettings, Proposal, evaluate_pool
+from gradgate.optimizers.hygiene import parse_prompt_reply
+from gradgate.scoring.scorer import ItemResult
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,9 @@ class GradSumSettings:
     editor_temperature: float = 0.7  # > 0 so the N samples differ; `sample` indices keep them cacheable
     gradient_max_tokens: int = 200
     edit_max_tokens: int = 400
+    mutations: int = 2  # mutation-library candidates per beam prompt and iteration (0: off)
+    halving: HalvingSettings | None = DEFAULT_HALVING  # successive halving on dev (false: every candidate on all)
+    demos: DemosSettings | None = None  # true: demonstration sets on the best instructions (half the calls)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GradSumSettings:
@@ -69,7 +82,14 @@ class GradSumSettings:
         values: dict[str, Any] = {}
         for name, value in data.items():
             default = getattr(cls, name)
-            if name == "summarize":
+            if name == "halving":
+                value = HalvingSettings.parse(value, "optimize.gradsum")
+            elif name == "demos":
+                value = parse_option(value, "optimize.gradsum")
+            elif name == "mutations":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"{name} must be a whole number ≥ 0, not {value!r}", where=f"optimize.gradsum.{name}")
+            elif name == "summarize":
                 if not isinstance(value, bool):
                     raise ConfigError(f"{name} must be true or false", where=f"optimize.gradsum.{name}")
             elif name == "dev_size" and value is None:
@@ -94,6 +114,9 @@ class GradSum(Optimizer):
 
     # -- the search -------------------------------------------------------------------------------
     async def optimize(self, ctx: OptimizeContext) -> None:
+        await then_demos(ctx, lambda: self._search(ctx), self.config.demos, step=self.config.iterations + 1)
+
+    async def _search(self, ctx: OptimizeContext) -> None:
         cfg = self.config
         start = int(ctx.state.get("iteration", 0))
         beam = self._initial_beam(ctx, start)
@@ -105,9 +128,12 @@ class GradSum(Optimizer):
             if not batch:
                 log.warning("gradsum: the train split is empty; nothing to learn from")
                 break
-            children: list[Candidate] = []
+            proposals: list[Proposal] = []
             for parent in beam:
-                children += await self._expand(ctx, parent, batch, iteration, dev_items)
+                proposals += await self._expand(ctx, parent, batch, iteration)
+                proposals += self._mutations(ctx, parent, iteration)
+            children = await evaluate_pool(ctx, proposals, step=iteration + 1, items=dev_items, halving=cfg.halving)
+            self._link_children(ctx, iteration)
             beam = self._select(ctx, beam, children)
             ctx.save_state({"iteration": iteration + 1, "beam": [c.id for c in beam]})
             log.info(
@@ -134,9 +160,8 @@ class GradSum(Optimizer):
         rng = random.Random(f"gradsum:{ctx.seed}:{iteration}")
         return rng.sample(train, min(self.config.train_batch, len(train)))
 
-    async def _expand(
-        self, ctx: OptimizeContext, parent: Candidate, batch: list[Any], iteration: int, dev_items: Any
-    ) -> list[Candidate]:
+    async def _expand(self, ctx: OptimizeContext, parent: Candidate, batch: list[Any], iteration: int) -> list[Proposal]:
+        """Gradients on the parent's failing train items, their summary, and the editor's candidates (not scored)."""
         cfg = self.config
         evaluation = await ctx.score_text(parent.text, batch)
         if not evaluation.complete:
@@ -163,40 +188,37 @@ class GradSum(Optimizer):
         # Recorded before the candidates so gradients.md has it even if the budget stops the edits.
         shown = summary if summary else ("(summarization off)" if not cfg.summarize else "(empty summary)")
         ctx.trajectory.add_gradient(GradientNote(step=iteration, parent=parent.id, summary=shown, per_item=tuple(per_item)))
-        note_index = len(ctx.trajectory.gradients) - 1
-        children: list[Candidate] = []
+        note = f"gradient {len(ctx.trajectory.gradients) - 1}"
+        proposals: list[Proposal] = []
         for k in range(cfg.candidates_per_prompt):
             for text in await self._edit(ctx, parent.text, feedback, sample=iteration * cfg.candidates_per_prompt + k):
-                child = await self._score_child(ctx, text, parent, iteration, dev_items, note_index)
-                if child is not None:
-                    children.append(child)
-                    note = ctx.trajectory.gradients[note_index]
-                    ctx.trajectory.gradients[note_index] = replace(note, children=(*note.children, child.id))
-                    ctx.trajectory.save()
-        return [c for c in children if c.dev_score is not None]
+                if text.strip() != parent.text.strip():
+                    proposals.append(Proposal(text=text, parent=parent.id, origin="edit", note=note))
+        return proposals
 
-    async def _score_child(
-        self,
-        ctx: OptimizeContext,
-        text: str,
-        parent: Candidate,
-        iteration: int,
-        dev_items: Any,
-        note_index: int,
-    ) -> Candidate | None:
-        if text.strip() == parent.text.strip():
-            return None
-        seen = ctx.cached_candidate(text)
-        if seen is not None:  # a duplicate proposal, or the same one before a resume: no rescoring
-            return seen
-        return await ctx.evaluate(
-            text,
-            step=iteration + 1,
-            parent=parent.id,
-            origin="edit",
-            items=dev_items,
-            note=f"gradient {note_index}",
-        )
+    def _mutations(self, ctx: OptimizeContext, parent: Candidate, iteration: int) -> list[Proposal]:
+        facts = mutations.facts_for(ctx.target.suite, ctx.task_description)
+        rng = random.Random(f"gradsum:mutations:{ctx.seed}:{iteration}:{parent.id}")
+        known = [c.text for c in ctx.trajectory.candidates]
+        return [
+            Proposal(text=text, parent=parent.id, origin="mutation", note=f"mutation {name}")
+            for text, name in mutations.propose(parent.text, facts, count=self.config.mutations, rng=rng, exclude=known)
+        ]
+
+    @staticmethod
+    def _link_children(ctx: OptimizeContext, iteration: int) -> None:
+        """Each gradient note of this iteration lists the candidates its edit produced."""
+        for index, note in enumerate(ctx.trajectory.gradients):
+            if note.step != iteration:
+                continue
+            tag = f"gradient {index}"
+            children = tuple(
+                c.id
+                for c in ctx.trajectory.candidates
+                if c.step == iteration + 1 and c.note and (c.note == tag or c.note.startswith(tag + ";"))
+            )
+            ctx.trajectory.gradients[index] = replace(note, children=children)
+        ctx.trajectory.save()
 
     def _select(self, ctx: OptimizeContext, beam: list[Candidate], children: list[Candidate]) -> list[Candidate]:
         """Best `beam_width` distinct prompts by dev score; ties keep the earlier candidate."""
@@ -261,7 +283,7 @@ class GradSum(Optimizer):
         )
         trailing = ctx.original[len(ctx.original.rstrip()) :]  # keep the file's trailing newline habit
         # One editor call asks for one prompt; extra blocks a model adds anyway are kept as candidates.
-        return [text + trailing for text in parse_candidates(reply.text)]
+        return [text + trailing for text in parse_prompt_reply(reply.text)]
 
 
 def _metric_criteria(ctx: OptimizeContext) -> str:

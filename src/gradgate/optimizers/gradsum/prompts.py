@@ -12,7 +12,7 @@ Three requests per iteration and prompt of the beam (Austin & Chartock, "GRAD-SU
 
 from __future__ import annotations
 
-import re
+from gradgate.optimizers.hygiene import parse_prompt_reply
 
 GRADIENT_SYSTEM = (
     "You improve instructions (prompts) for an AI assistant. You read one case where the assistant's "
@@ -123,30 +123,5 @@ def feedback_list(texts: list[str]) -> str:
     return "\n".join(FEEDBACK_ITEM.format(text=" ".join(t.split())) for t in texts)
 
 
-_TAGGED = re.compile(r"<\s*prompt\s*>(.*?)(?:<\s*/\s*prompt\s*>|(?=<\s*prompt\s*>)|\Z)", re.IGNORECASE | re.DOTALL)
-_FENCE = re.compile(r"\A```[A-Za-z0-9_-]*\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
-_PREAMBLE = re.compile(
-    r"\A\s*(?:here(?:'s| is) (?:the |an |your )?(?:new |improved |revised )?prompt[^\n]*:\s*\n)",
-    re.IGNORECASE,
-)
-
-
-def parse_candidates(reply: str) -> list[str]:
-    """Prompt bodies in an editor reply, tolerant of what small models write.
-
-    Tagged blocks first (a missing closing tag ends at the next opening tag or the end); with no tags,
-    the whole reply minus a code fence or a "Here is the new prompt:" line. Empty blocks are dropped.
-    """
-    found = [m.group(1) for m in _TAGGED.finditer(reply)]
-    if not found:
-        found = [_PREAMBLE.sub("", reply)]
-    out: list[str] = []
-    for block in found:
-        text = block.strip()
-        fenced = _FENCE.match(text)
-        if fenced:
-            text = fenced.group(1).strip()
-        text = re.sub(r"<\s*/?\s*prompt\s*>", "", text, flags=re.IGNORECASE).strip()
-        if text and text not in out:
-            out.append(text)
-    return out
+# The editor's reply is parsed by the one parser every method uses.
+parse_candidates = parse_prompt_reply

@@ -1,0 +1,209 @@
+"""Demonstrations: bootstrapped worked examples in the prompt's demonstrations slot, chosen by random search on dev.
+
+The idea of DSPy's BootstrapFewShotWithRandomSearch, on gradgate's budget and trajectory:
+
+1. bootstrap: the task model answers training items with the current prompt (in seeded order, a chunk at a
+   time, until `3 × max_demos` are answered correctly or `bootstrap_items` were tried); only items it answers
+   correctly (the scorer says `passed`) become demonstrations, with the model's own output as the answer;
+2. random search: `candidate_sets` seeded draws of 1..`max_demos` demonstrations in random order (the first is the
+   first `max_demos` in bootstrap order), as many as the budget left can score, each written into the slot
+   (`gradgate.core.demos`) of the prompt;
+3. the sets compete on dev through successive halving (`optimizers.halving`); the zero-shot original is c0000.
+
+It needs no rewriter: it works with the weakest optimizer model, or none. GRAD-SUM and GPO can run the same search
+on top of their best instructions (`demos: true` in their settings); `search_demos` is that shared step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from gradgate.core.budget import Holdback
+from gradgate.core.demos import with_slot
+from gradgate.core.suites import Item
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.demos.prompts import Demo, format_demos
+from gradgate.optimizers.halving import HalvingSettings, Proposal, calls_left, evaluate_pool, plan_calls
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_CHUNK = 8  # training items answered per bootstrap round
+POOL_FACTOR = 3  # bootstrap stops once it has this many times max_demos correct answers
+
+
+@dataclass(frozen=True)
+class DemosSettings:
+    """`optimize.demos` in gradgate.yaml (and the `demos:` sub-settings of gradsum and gpo)."""
+
+    max_demos: int = 4  # demonstrations per set (DSPy: max_bootstrapped_demos 4)
+    candidate_sets: int = 16  # random sets tried at most (fewer when the budget cannot score them)
+    bootstrap_items: int = 32  # training items the task model may answer to find correct ones
+    max_answer_chars: int = 800  # longer answers are not used as demonstrations
+    halving: HalvingSettings | None = field(default_factory=HalvingSettings)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "optimize.demos") -> DemosSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown demos setting(s): {', '.join(unknown)}", where=where, hint=f"known: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name == "halving":
+                values[name] = HalvingSettings.parse(value, where)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number ≥ 1, not {value!r}", where=f"{where}.{name}")
+            else:
+                values[name] = value
+        return cls(**values)
+
+
+async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list[Demo]:
+    """Demonstrations from training items the task model answers correctly with `body` (never from dev or test)."""
+    order = sorted(ctx.splits.train, key=lambda i: random.Random(f"demos:{ctx.seed}:{i.id}").random())
+    order = order[: cfg.bootstrap_items]
+    names = list(dict.fromkeys(ctx.target.prompt.with_body(body).variables))
+    pool: list[Demo] = []
+    for start in range(0, len(order), BOOTSTRAP_CHUNK):
+        chunk: Sequence[Item] = order[start : start + BOOTSTRAP_CHUNK]
+        evaluation = await ctx.score_text(body, chunk)
+        for result in evaluation.scored:
+            if result.passed and result.output.strip() and len(result.output) <= cfg.max_answer_chars:
+                values = tuple((n, str(result.vars.get(n, ""))) for n in names)
+                pool.append(Demo(values=values, answer=result.output.strip(), item_id=result.item_id))
+        if not evaluation.complete:
+            if not pool:
+                raise BudgetExhausted(f"budget exhausted while bootstrapping demonstrations: {evaluation.stopped_reason}")
+            break
+        if len(pool) >= POOL_FACTOR * cfg.max_demos:
+            break
+    return pool
+
+
+def demo_sets(pool: Sequence[Demo], cfg: DemosSettings, rng: random.Random, count: int) -> list[tuple[Demo, ...]]:
+    """Up to `count` distinct sets: the first `max_demos` in pool order, then seeded random sizes and orders."""
+    if not pool or count <= 0:
+        return []
+    sets: list[tuple[Demo, ...]] = [tuple(pool[: cfg.max_demos])]
+    attempts = 0
+    while len(sets) < count and attempts < 20 * count:
+        attempts += 1
+        size = rng.randint(1, min(cfg.max_demos, len(pool)))
+        drawn = tuple(rng.sample(list(pool), size))
+        if drawn not in sets:
+            sets.append(drawn)
+    return sets[:count]
+
+
+def affordable_sets(ctx: OptimizeContext, cfg: DemosSettings, n_bases: int) -> int:
+    """How many sets per base the calls left can score through halving (the configured number at most)."""
+    left = calls_left(ctx.budget)
+    if left is None:
+        return cfg.candidate_sets
+    per_item = 3 if ctx.scorer.uses_judge else 1
+    best = 0
+    for count in range(1, cfg.candidate_sets + 1):
+        if plan_calls(count * n_bases, len(ctx.splits.dev), cfg.halving, per_item) <= left:
+            best = count
+    return best
+
+
+async def search_demos(ctx: OptimizeContext, bases: Sequence[Candidate], cfg: DemosSettings, *, step: int) -> list[Candidate]:
+    """Bootstrap from the first base, then score demonstration sets written into every base's slot."""
+    if not bases or not ctx.splits.train:
+        return []
+    pool = await bootstrap(ctx, bases[0].text, cfg)
+    count = affordable_sets(ctx, cfg, len(bases))
+    sets = demo_sets(pool, cfg, random.Random(f"demos:{ctx.seed}:{step}"), count)
+    summary = (
+        f"demos: {len(pool)} training item(s) answered correctly became demonstrations; "
+        f"{len(sets)} set(s) of up to {cfg.max_demos} tried on {len(bases)} instruction(s)"
+        + ("" if sets else " (no correct answer to show, or no budget left)")
+    )
+    proposals = [
+        Proposal(
+            text=with_slot(base.text, format_demos(chosen)),
+            parent=base.id,
+            origin="demos",
+            note="demos: " + ", ".join(d.item_id for d in chosen),
+        )
+        for base in bases
+        for chosen in sets
+    ]
+    children = await evaluate_pool(ctx, proposals, step=step, halving=cfg.halving)
+    ctx.trajectory.add_gradient(
+        GradientNote(
+            step=step,
+            parent=bases[0].id,
+            summary=summary,
+            per_item=tuple(f"{d.item_id}: {d.answer[:80]}" for d in pool),
+            children=tuple(c.id for c in children),
+        )
+    )
+    log.info("%s; best %s", summary, max((c.dev_score or 0.0 for c in children), default=None))
+    return children
+
+
+class Demos(Optimizer):
+    name: ClassVar[str] = "demos"
+    needs_expected: ClassVar[bool] = False
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.config = DemosSettings.from_mapping(self.settings)
+
+    async def optimize(self, ctx: OptimizeContext) -> None:
+        if ctx.state.get("done"):
+            return
+        original = ctx.cached_candidate(ctx.original)
+        if original is None:
+            original = await ctx.evaluate(ctx.original, step=0, parent=None, origin="initial")
+        await search_demos(ctx, [original], self.config, step=1)
+        ctx.save_state({"done": True})
+
+
+# -- demonstrations alongside another method's instructions ---------------------------------------------------------
+
+DEMOS_SHARE = 0.5  # of the calls left when the instruction search starts, kept for the demonstrations step
+DEMOS_BASES = 2  # best distinct instructions that get demonstration sets
+
+
+def parse_option(value: Any, where: str) -> DemosSettings | None:
+    """A method's `demos:` setting: false (default), true, or the demos settings as a mapping."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return DemosSettings()
+    if isinstance(value, Mapping):
+        return DemosSettings.from_mapping(value, where=f"{where}.demos")
+    raise ConfigError("demos must be true, false or a mapping of demos settings", where=f"{where}.demos")
+
+
+async def then_demos(ctx: OptimizeContext, search: Any, cfg: DemosSettings | None, *, step: int) -> None:
+    """Run the instruction search (`search`, an awaitable factory), then, with `cfg`, demonstration sets on its
+    best instructions; the search may use only 1 − DEMOS_SHARE of the calls left, so the demonstrations get theirs."""
+    if cfg is None:
+        await search()
+        return
+    left = calls_left(ctx.budget)
+    hold = int(left * DEMOS_SHARE) if left is not None else 0
+    try:
+        with ctx.budget.phase(Holdback(calls=hold)):
+            await search()
+    except BudgetExhausted as exc:
+        log.info("instruction search stopped (%s); demonstrations next", exc.message)
+    ranked = sorted(ctx.trajectory.scored(), key=lambda c: -(c.dev_score or 0.0))
+    bases: list[Candidate] = []
+    for candidate in ranked:
+        if all(b.text != candidate.text for b in bases):
+            bases.append(candidate)
+        if len(bases) >= DEMOS_BASES:
+            break
+    await search_demos(ctx, bases, cfg, step=step)

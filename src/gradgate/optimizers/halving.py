@@ -1,0 +1,219 @@
+"""Successive halving on dev: many candidates on a few items, the best on more, the finalists on all.
+
+    finalists = await evaluate_pool(ctx, proposals, step=3, halving=HalvingSettings())
+
+Rungs: every fresh candidate is scored on the first `min_items` dev items; the best 1/`eta` (at least one) go on
+to `eta` times as many items, and so on until the survivors are scored on the whole dev set. Each rung scores only
+the items a candidate has not been scored on yet, so a candidate costs what its last rung's items cost, never more:
+with 20 dev items, `min_items` 4 and `eta` 3, twelve candidates cost 12·4 + 4·8 + 2·8 = 96 item scorings instead of
+240. Candidates dropped at a rung are recorded in the trajectory with their partial score and `dev_items` (how
+many items it is over); only finalists, scored on all of dev, can become the best. The held-out test confirmation
+is untouched. Before any call every proposal passes `OptimizeContext.screen` (candidate hygiene).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gradgate.core.budget import BudgetTracker
+from gradgate.core.suites import Item
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.optimizers.base import Candidate, OptimizeContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate body before it is scored."""
+
+    text: str
+    parent: str | None
+    origin: str  # "edit", "sample", "mutation", "demos", ...
+    note: str | None = None
+    edit_words: int | None = None
+
+
+@dataclass(frozen=True)
+class HalvingSettings:
+    min_items: int = 4  # dev items of the first rung
+    eta: int = 3  # keep the best 1/eta per rung; the next rung has eta times as many items
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> HalvingSettings | None:
+        """`halving:` in a method's settings: true/false, or {min_items, eta}."""
+        if value is False or value is None:
+            return None
+        if value is True:
+            return cls()
+        if not isinstance(value, Mapping) or set(value) - {"min_items", "eta"}:
+            raise ConfigError("halving must be true, false or {min_items: N, eta: N}", where=f"{where}.halving")
+        for key, low in (("min_items", 1), ("eta", 2)):
+            number = value.get(key, getattr(cls, key))
+            if isinstance(number, bool) or not isinstance(number, int) or number < low:
+                raise ConfigError(f"halving.{key} must be a whole number ≥ {low}", where=f"{where}.halving.{key}")
+        return cls(**dict(value))
+
+
+DEFAULT_HALVING = HalvingSettings()
+
+
+def rungs(n_items: int, settings: HalvingSettings) -> list[int]:
+    """Item counts of the rungs, ending with all `n_items`."""
+    sizes: list[int] = []
+    size = min(settings.min_items, n_items)
+    while size < n_items:
+        sizes.append(size)
+        size *= settings.eta
+    return [*sizes, n_items]
+
+
+def plan_calls(n_candidates: int, n_items: int, settings: HalvingSettings | None, per_item: int = 1) -> int:
+    """Scoring calls `n_candidates` fresh candidates cost at most (`per_item` calls per item scored)."""
+    if settings is None or n_candidates <= 1:
+        return n_candidates * n_items * per_item
+    total, alive, done = 0, n_candidates, 0
+    for size in rungs(n_items, settings):
+        total += alive * (size - done)
+        done = size
+        alive = max(1, math.ceil(alive / settings.eta))
+    return total * per_item
+
+
+async def evaluate_pool(
+    ctx: OptimizeContext,
+    proposals: Sequence[Proposal],
+    *,
+    step: int,
+    items: Sequence[Item] | None = None,
+    halving: HalvingSettings | None,
+) -> list[Candidate]:
+    """Screen, then score the proposals on dev (`items`); returns the candidates with a full dev score.
+
+    A proposal whose text was scored before returns the earlier record (no call); duplicates in the pool are
+    scored once. Without `halving` (or with one fresh proposal), each is scored on all items.
+    """
+    items = list(ctx.splits.dev if items is None else items)
+    out: list[Candidate] = []
+    fresh: list[Proposal] = []
+    for proposal in proposals:
+        screened = ctx.screen(
+            proposal.text,
+            step=step,
+            parent=proposal.parent,
+            origin=proposal.origin,
+            note=proposal.note,
+            edit_words=proposal.edit_words,
+        )
+        if isinstance(screened, Candidate):
+            if screened.rejected is None and screened.dev_score is not None and screened not in out:
+                out.append(screened)
+            continue
+        if all(p.text != screened.text for p in fresh):
+            fresh.append(Proposal(screened.text, screened.parent, screened.origin, screened.note, screened.edit_words))
+    fresh = _affordable(ctx, fresh, len(items), halving, step)
+    if halving is None or len(fresh) <= 1:
+        for proposal in fresh:
+            out.append(
+                await ctx.evaluate(
+                    proposal.text,
+                    step=step,
+                    parent=proposal.parent,
+                    origin=proposal.origin,
+                    items=items,
+                    edit_words=proposal.edit_words,
+                    note=proposal.note,
+                    screened=True,
+                )
+            )
+        return out
+    return out + await _halve(ctx, fresh, items, step, halving)
+
+
+def calls_left(budget: BudgetTracker) -> int | None:
+    """Calls this phase may still make (None: no call limit)."""
+    if budget.limits.max_calls is None:
+        return None
+    return max(0, budget.limits.max_calls - budget.calls - budget.held.calls)
+
+
+def _affordable(
+    ctx: OptimizeContext, fresh: list[Proposal], n_items: int, halving: HalvingSettings | None, step: int
+) -> list[Proposal]:
+    """The first proposals whose scoring the calls left can finish (a pool cut short halfway would leave no
+    finalist); the rest are left out, unrecorded, so a resumed run scores them."""
+    left = calls_left(ctx.budget)
+    per_item = 3 if ctx.scorer.uses_judge else 1
+    keep = len(fresh)
+    while left is not None and keep > 1 and plan_calls(keep, n_items, halving, per_item) > left:
+        keep -= 1
+    if keep < len(fresh):
+        log.info("step %d: the %s calls left can score %d of %d candidates; the rest are left out", step, left, keep, len(fresh))
+    return fresh[:keep]
+
+
+async def _halve(
+    ctx: OptimizeContext, fresh: list[Proposal], items: list[Item], step: int, settings: HalvingSettings
+) -> list[Candidate]:
+    # item id -> score, or None for an item the scorer leaves out of every mean (no judge verdict)
+    scores: dict[int, dict[str, float | None]] = {i: {} for i in range(len(fresh))}
+    alive = list(range(len(fresh)))
+    sizes = rungs(len(items), settings)
+    for rung, size in enumerate(sizes):
+        final = size == len(items) or len(alive) == 1
+        size = len(items) if final else size
+        for index in alive:
+            missing = [i for i in items[:size] if i.id not in scores[index]]
+            if not missing:
+                continue
+            evaluation = await ctx.score_text(fresh[index].text, missing)
+            if not evaluation.complete:
+                raise BudgetExhausted(f"budget exhausted while scoring a candidate: {evaluation.stopped_reason}")
+            counted = evaluation.scores_by_id()
+            scores[index].update({r.item_id: counted.get(r.item_id) for r in evaluation.items})
+
+        def mean(index: int, n: int = size) -> float:
+            values = [v for i in items[:n] if (v := scores[index].get(i.id)) is not None]
+            return sum(values) / len(values) if values else 0.0
+
+        if final:
+            return [
+                _record(ctx, fresh[i], step, mean(i), None, [scores[i].get(x.id) or 0.0 for x in items], items) for i in alive
+            ]
+        keep = max(1, math.ceil(len(alive) / settings.eta))
+        ranked = sorted(alive, key=lambda i: (-mean(i), i))  # ties: the earlier proposal
+        for index in ranked[keep:]:
+            note = f"halving: dropped at rung {rung + 1} ({size} of {len(items)} dev items)"
+            _record(ctx, fresh[index], step, mean(index), size, None, items, extra=note)
+        alive = sorted(ranked[:keep])
+    return []
+
+
+def _record(
+    ctx: OptimizeContext,
+    proposal: Proposal,
+    step: int,
+    score: float,
+    dev_items: int | None,
+    full: list[float] | None,
+    items: list[Item],
+    extra: str | None = None,
+) -> Candidate:
+    note = "; ".join(x for x in (proposal.note, extra) if x) or None
+    candidate = ctx.record(
+        proposal.text,
+        step=step,
+        parent=proposal.parent,
+        origin=proposal.origin,
+        dev_score=score,
+        dev_items=dev_items,
+        edit_words=proposal.edit_words,
+        note=note,
+    )
+    if full is not None:
+        ctx.remember(proposal.text, items, full)
+    return candidate
