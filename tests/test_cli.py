@@ -76,12 +76,37 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, files: dict[str, str],
     assert_clean_failure(result, 2, *needles)
 
 
-def test_api_keys_never_reach_the_output(tmp_path: Path) -> None:
-    secret = "sk-test" + "A" * 30
+def test_api_keys_never_reach_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that passes validation, with a scripted model whose every reply echoes the credentials: none of
+    them may reach stdout, stderr, results.json, report.md or the response cache."""
+    from gradgate.models.scripted import ScriptedBackend
+    from gradgate.models.session import Session
+
+    named = "canary-named-" + "7" * 20  # an unremarkable variable name: only gradgate.yaml says it is a key
+    by_name = "canary-by-name-" + "3" * 20  # a *_TOKEN variable
+    shaped = "ghp_" + "Zq4" * 12  # a GitHub token shape, from nowhere in particular
+    canaries = (named, by_name, shaped)
+    monkeypatch.setenv("GG_PROVIDER_CRED", named)
+    monkeypatch.setenv("GG_DEPLOY_TOKEN", by_name)
+    (tmp_path / "gradgate.yaml").write_text(
+        "models:\n  task: {model: openai/gpt-4o-mini, api_key_env: GG_PROVIDER_CRED}\n  judge: openai/gpt-4o-mini\n"
+    )
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "a.md").write_text("Hi {{name}}")
     (tmp_path / "evals").mkdir()
-    (tmp_path / "evals" / "a.yaml").write_text("metrics: [bleu]\nitems: [{vars: {name: '" + secret + "'}}]")
-    result = gradgate("-vv", "eval", "--repo", str(tmp_path), env={"OPENAI_API_KEY": secret})
-    assert result.returncode == 2
-    assert secret not in result.stdout + result.stderr
+    (tmp_path / "evals" / "a.yaml").write_text("items: [{vars: {name: Ada}, expected: hello}, {vars: {name: Bo}, expected: hi}]")
+    backend = ScriptedBackend(lambda spec, messages: f"key {named}, token {by_name}, pat {shaped}")
+    original = Session.open.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        Session, "open", classmethod(lambda cls, repo, config, **kw: original(cls, repo, config, **{**kw, "backend": backend}))
+    )
+
+    result = gradgate("-vv", "eval", "--repo", str(tmp_path), "--out", str(tmp_path / "out"))
+
+    assert backend.calls, "the run must reach the model, or this test proves nothing"
+    assert result.returncode == 0, result.stderr
+    written = [p.read_text() for p in [*(tmp_path / "out").iterdir(), *(tmp_path / ".gradgate").rglob("*")] if p.is_file()]
+    assert any("***" in text for text in written)
+    for canary in canaries:
+        assert canary not in result.stdout + result.stderr
+        assert all(canary not in text for text in written), canary

@@ -9,9 +9,9 @@ import pytest
 
 from gradgate.core.config import Config, json_schema, load_config, parse_config, shipped_schema_text
 from gradgate.core.discovery import discover
-from gradgate.errors import ConfigError, PathOutsideRepoError
-from gradgate.core.prompts import load_prompt, write_prompt_body
+from gradgate.core.prompts import contains_include, include_targets, load_prompt, write_prompt_body
 from gradgate.core.suites import load_suite, split_items
+from gradgate.errors import ConfigError, PathOutsideRepoError
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -107,6 +107,38 @@ def test_symlinked_suite_outside_the_repository_is_refused(tmp_path: Path) -> No
     write(repo / "prompts" / "q.md", "{{q}}")
     with pytest.raises(PathOutsideRepoError, match="outside the repository"):
         discover(repo, Config())
+
+
+def test_include_syntax_is_detected() -> None:
+    assert contains_include("Answer briefly. {{> ../.git/config}}")
+    assert contains_include("{{>\n  parts/style.md }}")
+    assert not contains_include("Hi {{name}}, use {{ lang }} and {{>}} or { {> x}}")
+    assert include_targets("a {{> x.md}} b {{>y/z.md}}") == ["x.md", "y/z.md"]
+
+
+def test_a_git_include_is_refused_naming_the_prompt_and_the_include(tmp_path: Path) -> None:
+    write(tmp_path / ".git" / "config", "[http]\n\textraheader = AUTHORIZATION: basic c2VjcmV0")
+    path = write(tmp_path / "prompts" / "q.md", "Q {{> ../.git/config}}")
+    with pytest.raises(ConfigError) as info:
+        load_prompt(path, tmp_path)
+    assert "prompts/q.md" in str(info.value) and "{{> ../.git/config}}" in str(info.value)
+    assert "c2VjcmV0" not in str(info.value)
+
+
+def test_a_bom_is_not_content(tmp_path: Path) -> None:
+    bom = "\ufeff"
+    path = write(tmp_path / "prompts" / "greet.md", (bom + "---\nid: hello\n---\nHi {{name}}\n").encode())
+    prompt = load_prompt(path, tmp_path)
+    assert prompt.id == "hello" and prompt.body == "Hi {{name}}\n"
+    write_prompt_body(prompt, "Hello {{name}}\n")  # the BOM and the front matter stay as they were
+    assert path.read_bytes() == (bom + "---\nid: hello\n---\nHello {{name}}\n").encode()
+    csv_suite = load_suite(write(tmp_path / "a.csv", bom + "id,q,expected\none,1+1,2\n"), tmp_path)
+    jsonl_suite = load_suite(write(tmp_path / "b.jsonl", bom + '{"id": "one", "q": "1+1", "expected": "2"}\n'), tmp_path)
+    yaml_suite = load_suite(write(tmp_path / "c.yaml", bom + "items: [{id: one, vars: {q: '1+1'}, expected: '2'}]\n"), tmp_path)
+    assert csv_suite.items == jsonl_suite.items == yaml_suite.items
+    assert csv_suite.items[0].vars == {"q": "1+1"}
+    write(tmp_path / "gradgate.yaml", bom + "suites_dir: tests\n")
+    assert load_config(tmp_path)[0].suites_dir == "tests"
 
 
 def test_suite_formats_agree(tmp_path: Path) -> None:

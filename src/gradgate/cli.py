@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradgate import __version__
@@ -42,7 +44,8 @@ def _run(job: Callable[[], T]) -> T:
     try:
         return job()
     except GradgateError as exc:
-        stderr.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False, markup=True)
+        # User text (file names, keys, ids) may hold rich markup such as "[/]": escaped, it is shown as is.
+        stderr.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted")
@@ -50,7 +53,7 @@ def _run(job: Callable[[], T]) -> T:
     except Exception as exc:  # a bug: say so briefly, full traceback only with -vv
         log.debug("internal error", exc_info=True)
         stderr.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {redact(str(exc))}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact(str(exc)))}\n"
             "  hint: rerun with -vv for the traceback and report it"
         )
         sys.exit(EXIT_INFRA)
@@ -61,6 +64,35 @@ def _repo(path: str) -> Path:
     if not repo.is_dir():
         raise UsageError(f"repository directory {path} does not exist", hint="pass --repo with an existing directory")
     return repo
+
+
+_SYSTEM_DIRS = (Path("/dev"), Path("/proc"), Path("/sys"))
+
+
+def _out_dir(path: str) -> Path:
+    """`--out`, checked before any model call: a directory to create or reuse, never a file or a device."""
+    hint = "pass a directory for the reports, e.g. --out gradgate-out"
+    if not path.strip() or "\x00" in path:
+        raise UsageError(f"--out {path!r} is not a directory name", hint=hint)
+    out = Path(path)
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"--out {path!r} cannot be resolved: {exc}", hint=hint) from None
+    if any(resolved == root or root in resolved.parents for root in _SYSTEM_DIRS):
+        raise UsageError(f"--out {path!r} is a system path ({resolved}), not a directory for reports", hint=hint)
+    probe = resolved
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {path!r}: {probe} exists and is not a directory", hint=hint)
+    return out
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("must be a finite number (leave the option out for no limit)")
+    return value
 
 
 def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
@@ -123,6 +155,7 @@ def eval_command(
 
     def job() -> int:
         repo = _repo(repo_path)
+        out = _out_dir(out_dir)
         config = _load(repo, config_path, task=model, judge=judge_model)
         session = Session.open(repo, config, use_cache=not no_cache)
         with _progress() as progress:
@@ -135,7 +168,7 @@ def eval_command(
                 run_eval(
                     session,
                     prompt_ids=prompt_ids,
-                    out_dir=Path(out_dir),
+                    out_dir=out,
                     on_start=on_start,
                     on_item=lambda _: progress.advance(tasks["current"]),
                 )
@@ -184,6 +217,7 @@ def check_command(
     from gradgate.app.check_job import run_check
 
     def job() -> int:
+        out = _out_dir(out_dir)
         outcome = run_check(
             repo=_repo(repo_path),
             base_ref=base_ref,
@@ -192,14 +226,14 @@ def check_command(
             prompt_ids=prompt_ids,
             model=model,
             judge_model=judge_model,
-            out_dir=Path(out_dir),
+            out_dir=out,
             env=dict(os.environ),
             comment=comment,
             fail_on_regression=fail_on_regression,
         )
-        click.echo(outcome.markdown)
+        click.echo(redact(outcome.markdown))
         if outcome.error:
-            stderr.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.error)))}", highlight=False)
         return outcome.exit_code
 
     sys.exit(_run(job))
@@ -221,10 +255,16 @@ def check_command(
 @model_option
 @judge_option
 @click.option("--optimizer-model", default=None, help="Model that writes gradients and candidates.")
-@click.option("--budget-calls", type=click.IntRange(min=0), default=None, help="Hard limit on LLM calls.")
-@click.option("--budget-tokens", type=click.IntRange(min=0), default=None, help="Hard limit on tokens.")
-@click.option("--budget-usd", type=click.FloatRange(min=0), default=None, help="Hard limit on cost in USD.")
-@click.option("--budget-seconds", type=click.FloatRange(min=0), default=None, help="Hard limit on wall time.")
+@click.option("--budget-calls", type=click.IntRange(min=1), default=None, help="Hard limit on LLM calls.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Hard limit on tokens.")
+@click.option("--budget-usd", type=click.FloatRange(min=0), callback=_finite, default=None, help="Hard limit on cost in USD.")
+@click.option(
+    "--budget-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
+    default=None,
+    help="Hard limit on wall time.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for splits and sampling (default: gradgate.yaml).")
 @click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for the artifacts.")
 @click.option("--write", is_flag=True, help="Write the best prompt back into its file (front matter kept).")
@@ -253,6 +293,7 @@ def optimize_command(
 
     def job() -> int:
         repo = _repo(repo_path)
+        out = _out_dir(out_dir)
         config = _load(repo, config_path, task=model, judge=judge_model, optimizer=optimizer_model)
         config = config.model_copy(
             update={
@@ -267,15 +308,15 @@ def optimize_command(
                 session,
                 prompt_ids=prompt_ids,
                 methods=list(dict.fromkeys(methods)),
-                out_dir=Path(out_dir),
+                out_dir=out,
                 seed=config.optimize.seed if seed is None else seed,
                 write=write,
                 open_pr=open_pr,
                 env=dict(os.environ),
             )
         )
-        click.echo(outcome.markdown)
-        click.echo(outcome.message)
+        click.echo(redact(outcome.markdown))
+        click.echo(redact(outcome.message))
         return outcome.exit_code
 
     sys.exit(_run(job))

@@ -6,6 +6,7 @@ Exception tree (the CLI catches only ``GradgateError`` and maps ``exit_code``)::
     ├── UsageError                exit 2  bad command-line usage
     ├── ConfigError               exit 2  gradgate.yaml, prompt or suite files
     │   └── PathOutsideRepoError  exit 2  a path (or symlink) leads outside the repository
+    │       └── PathInGitDirError exit 2  a path (or symlink) leads into .git/ (credentials, hooks)
     ├── ModelError                exit 3  an LLM could not be reached or answered nonsense
     │   └── UnknownModelError     exit 2  the model string names nothing we can call
     ├── ParseError                exit 3  a model reply could not be parsed, even after a retry
@@ -52,6 +53,10 @@ class ConfigError(GradgateError):
 
 class PathOutsideRepoError(ConfigError):
     pass
+
+
+class PathInGitDirError(PathOutsideRepoError):
+    """`.git/` holds the job's token (actions/checkout) and hooks: never read it, never write there."""
 
 
 class ModelError(GradgateError):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradgate.core.config import Config
-from gradgate.errors import ConfigError
-from gradgate.core.files import resolve_inside
+from gradgate.core.files import GIT_DIR, resolve_inside
 from gradgate.core.prompts import Prompt, load_prompt
 from gradgate.core.suites import Suite, load_suite
+from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,24 @@ class Target:
 
 
 def find_prompt_files(repo: Path, config: Config) -> list[Path]:
+    """Files matching the `prompts` globs. Matches inside `.git/` are never prompts (skipped); a match
+    that resolves into `.git/` or outside the repository through a symlink is refused."""
     root = repo.resolve()
     found: dict[Path, None] = {}
-    for pattern in config.prompts:
-        for path in sorted(root.glob(pattern)):
+    for index, pattern in enumerate(config.prompts):
+        try:
+            matches = sorted(root.glob(pattern))
+        except (ValueError, NotImplementedError, OSError) as exc:
+            raise ConfigError(
+                f"prompts[{index}] {pattern!r} is not a usable glob: {exc}",
+                where=f"config prompts[{index}]",
+                hint="use a glob relative to the repository root, e.g. prompts/**/*.md",
+            ) from None
+        for path in matches:
+            if any(part.casefold() == GIT_DIR for part in path.relative_to(root).parts):
+                continue
             if path.is_file() and not path.name.startswith("."):
-                resolved = resolve_inside(root, path, what="prompt file")
+                resolved = resolve_inside(root, path, what="prompt file", where=path.relative_to(root).as_posix())
                 found.setdefault(resolved, None)
     return list(found)
 
@@ -41,7 +53,7 @@ def suite_path_for(prompt: Prompt, repo: Path, config: Config) -> Path:
         return resolve_inside(repo, prompt.suite, what="suite", where=f"{prompt.rel_path}:suite")
     for suffix in SUITE_SUFFIXES:
         candidate = repo / config.suites_dir / f"{prompt.id}{suffix}"
-        if candidate.exists():
+        if candidate.exists() or candidate.is_symlink():
             return resolve_inside(repo, candidate, what="suite", where=prompt.rel_path)
     raise ConfigError(
         f"no eval suite for prompt {prompt.id!r}",

@@ -46,7 +46,7 @@ def _relative_parts(path: Path, *roots: Path) -> tuple[str, ...] | None:
     return None
 
 
-def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None = None) -> Path:
+def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None = None, hint: str | None = None) -> Path:
     """Resolve `path` (relative to `repo`, symlinks followed); refuse anything outside `repo` or under `.git/`.
 
     This is the one place every prompt, include, suite, dataset and cache path is resolved, so the rules
@@ -71,7 +71,7 @@ def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None
         raise PathOutsideRepoError(
             f"{what} {_shown(path)} leads outside the repository",
             where=where,
-            hint="keep prompt and suite files (and symlink targets) inside the repository",
+            hint=hint or "keep prompt and suite files (and symlink targets) inside the repository",
         )
     if _git_parts(raw_parts) or _git_parts(resolved.relative_to(root).parts):
         raise PathInGitDirError(
@@ -88,7 +88,7 @@ def strip_bom(text: str) -> str:
 
 
 def read_text(path: Path, *, what: str) -> str:
-    """The file as text: UTF-8, BOM stripped; a missing, unreadable or non-regular file is a ConfigError."""
+    """The file as text: UTF-8, BOM stripped, newlines as \\n; a missing, unreadable or non-regular file is a ConfigError."""
     try:
         if path.exists() and not path.is_file():
             raise ConfigError(f"{what} is not a regular file", where=str(path), hint="point to a file, not a directory or device")
@@ -98,12 +98,13 @@ def read_text(path: Path, *, what: str) -> str:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{what} cannot be read: {exc}", where=str(path)) from None
     try:
-        return strip_bom(data.decode("utf-8"))
+        text = strip_bom(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(
             f"{what} is not valid UTF-8 (byte {exc.start}, line {line})", where=str(path), hint="save the file as UTF-8"
         ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() in text mode
 
 
 def _parse_failure(exc: BaseException, *, fmt: str, where: str, label: str) -> ConfigError:
@@ -120,6 +121,8 @@ def _parse_failure(exc: BaseException, *, fmt: str, where: str, label: str) -> C
         )
     mark = getattr(exc, "problem_mark", None)
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if isinstance(exc, json.JSONDecodeError):
+        at = f" at column {exc.colno}"
     problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
     return ConfigError(
         f"{prefix}is not valid {fmt}{at}: {problem}",
@@ -225,7 +228,7 @@ def has_control_chars(text: str) -> bool:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file. New files are 0644."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -233,8 +236,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
+        # mkstemp creates 0600; a report must stay readable to later workflow steps. Keep an existing file's mode.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gradgate.core.config import JudgeConfig, format_validation_error
+from gradgate.core.config import JudgeConfig, check_metric_entries, format_validation_error
+from gradgate.core.files import check_tree, parse_json, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
-from gradgate.core.files import read_text, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +90,7 @@ def load_suite(path: Path, repo: Path) -> Suite:
     rel = path.relative_to(repo.resolve()).as_posix()
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
-        text = read_text(path, what="suite file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"is not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=rel) from None
+        data = parse_yaml(read_text(path, what="suite file"), where=rel)
         if isinstance(data, list):
             data = {"items": data}
         if not isinstance(data, dict):
@@ -106,6 +99,7 @@ def load_suite(path: Path, repo: Path) -> Suite:
             spec = SuiteSpec.model_validate(data)
         except ValidationError as exc:
             raise format_validation_error(exc, rel) from None
+        check_metric_entries(spec.metrics, f"{rel}:metrics")
         if spec.items is not None and spec.dataset is not None:
             raise ConfigError("give either `items:` or `dataset:`, not both", where=rel)
         if spec.dataset is not None:
@@ -120,6 +114,7 @@ def load_suite(path: Path, repo: Path) -> Suite:
         spec, rows = SuiteSpec(), _read_csv(read_text(path, what="suite file"), rel)
     else:
         raise ConfigError(f"unsupported suite format {suffix!r}", where=rel, hint="use .yaml, .yml, .jsonl or .csv")
+    check_tree(rows, where=rel)  # dataset rows too (jsonl/csv/yaml rows were checked when parsed)
     items = tuple(_to_item(row, index, rel) for index, row in enumerate(rows))
     if not items:
         raise ConfigError("the suite has no rows", where=rel, hint="add at least one item")
@@ -143,28 +138,30 @@ def _to_item(row: Any, index: int, rel: str) -> Item:
             raise ConfigError("`vars` must be a mapping", where=where)
     else:
         variables = {k: v for k, v in row.items() if k not in RESERVED}
+    bad_names = [repr(k) for k in variables if not isinstance(k, str)]
+    if bad_names:
+        raise ConfigError(
+            f"variable name(s) {', '.join(bad_names)[:200]} are not text", where=where, hint="quote the names (`'1': value`)"
+        )
     expected = row.get("expected")
     assertions = row.get("assert") or []
     if isinstance(assertions, dict | str):
         assertions = [assertions]
     if not isinstance(assertions, list):
         raise ConfigError("`assert` must be a list of metrics", where=where)
+    check_metric_entries(assertions, f"{where}.assert")
     normalized = tuple({"type": a} if isinstance(a, str) else a for a in assertions)
-    if not all(isinstance(a, dict) for a in normalized):
-        raise ConfigError("each assertion must be a metric name or mapping", where=where)
     item_id = str(row.get("id") if row.get("id") is not None else index)
     return Item(id=item_id, vars=dict(variables), expected=None if expected is None else str(expected), assertions=normalized)
 
 
 def _read_jsonl(text: str, rel: str) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only \n ends a line: str.splitlines would also split inside strings at U+2028, \x0c, \x1c...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"line {number} is not valid JSON: {exc.msg}", where=rel, hint="one JSON object per line") from None
+        rows.append(parse_json(line, where=rel, label=f"line {number}"))
     return rows
 
 
@@ -182,7 +179,7 @@ def _read_csv(text: str, rel: str) -> list[dict[str, Any]]:
         if isinstance(row.get("assert"), str) and row["assert"].strip():
             try:
                 row["assert"] = json.loads(row["assert"])
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON: a metric name
                 row["assert"] = [row["assert"]]
     return rows
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 
+from gradgate.core.config import check_metric_entries
 from gradgate.errors import ConfigError
 
 
@@ -111,7 +112,7 @@ def _contains(output: str, expected: str | None, spec: MetricSpec) -> MetricResu
 
 def _regex(output: str, expected: str | None, spec: MetricSpec) -> MetricResult:
     pattern = spec.pattern or spec.value
-    assert pattern is not None  # checked in parse_metrics
+    assert pattern is not None  # checked in parse_metrics (check_metric_entries)
     ok = re.search(pattern, output, re.MULTILINE) is not None
     return MetricResult("regex", float(ok), f"matches /{pattern}/" if ok else f"does not match /{pattern}/")
 
@@ -163,7 +164,26 @@ ALIASES = {"json": "json_schema", "json_valid": "json_schema", "icontains": "con
 JUDGE = "judge"
 
 
+def _remote_refs(schema: Any) -> list[str]:
+    """`$ref`/`$dynamicRef` values that are not local pointers (`#...`): they could never resolve offline."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef") and not (isinstance(value, str) and value.startswith("#")):
+                    found.append(str(value))
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def parse_metrics(raw: list[Any], where: str) -> list[MetricSpec]:
+    # Shapes (a pattern that is text and compiles, a finite weight > 0, ...) are the loaders' check, also
+    # run at config and suite load; here again for specs built in code.
+    check_metric_entries(raw, where)
     specs = []
     for index, entry in enumerate(raw):
         at = f"{where}[{index}]"
@@ -180,14 +200,7 @@ def parse_metrics(raw: list[Any], where: str) -> list[MetricSpec]:
         name = ALIASES.get(str(data["type"]), str(data["type"]))
         if name not in METRICS and name != JUDGE:
             raise ConfigError(f"unknown metric {data['type']!r}", where=at, hint=f"known metrics: {', '.join([*METRICS, JUDGE])}")
-        if name == "regex":
-            pattern = data.get("pattern") or data.get("value")
-            if not pattern:
-                raise ConfigError("regex needs `pattern:`", where=at)
-            try:
-                re.compile(str(pattern))
-            except re.error as exc:
-                raise ConfigError(f"invalid regular expression: {exc}", where=at) from None
+        pattern = (data.get("pattern") or data.get("value")) if name == "regex" else data.get("pattern")
         schema = data.get("schema")
         if schema is not None:
             if not isinstance(schema, dict):
@@ -196,14 +209,22 @@ def parse_metrics(raw: list[Any], where: str) -> list[MetricSpec]:
                 jsonschema.Draft202012Validator.check_schema(schema)
             except jsonschema.SchemaError as exc:
                 raise ConfigError(f"invalid JSON Schema: {exc.message}", where=at) from None
-        try:
-            weight = float(data.get("weight", 1.0))
-        except (TypeError, ValueError):
-            raise ConfigError("`weight` must be a number", where=at) from None
+            remote = _remote_refs(schema)
+            if remote:
+                raise ConfigError(
+                    f"the JSON Schema refers to {remote[0]!r}"[:200],
+                    where=f"{at}.schema",
+                    hint="only local references ($ref: '#/...') are allowed; nothing is fetched",
+                )
+        weight = float(data.get("weight", 1.0))  # finite and > 0: check_metric_entries
         value = data.get("value")
         specs.append(
             MetricSpec(
-                type=name, value=None if value is None else str(value), pattern=data.get("pattern"), schema=schema, weight=weight
+                type=name,
+                value=None if value is None else str(value),
+                pattern=None if pattern is None else str(pattern),
+                schema=schema,
+                weight=weight,
             )
         )
     return specs
