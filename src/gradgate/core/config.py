@@ -7,14 +7,18 @@ The file is optional; without it the defaults below apply (prompts under `prompt
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from gradgate.core.files import has_control_chars, parse_yaml, read_text, resolve_inside
+from gradgate.core.secrets import register_env_secret
 from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,31 @@ ROLES = ("task", "judge", "optimizer", "editor")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: `.inf` as a timeout or a threshold is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_api_base(value: str) -> str:
+    """An http(s) URL with a host, or a ValueError that says so."""
+    if has_control_chars(value) or any(ch.isspace() for ch in value):
+        raise ValueError("api_base must be a URL without spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"api_base is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("api_base must be an http:// or https:// URL with a host, e.g. http://localhost:8000/v1")
+    return value
+
+
+def check_model_string(value: str) -> str:
+    if not value.strip() or len(value) > 300 or has_control_chars(value) or any(ch.isspace() for ch in value):
+        raise ValueError("a model is a non-empty litellm model string without spaces, e.g. openai/gpt-4o-mini")
+    return value
 
 
 class ModelSpec(_Strict):
@@ -39,6 +67,23 @@ class ModelSpec(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=32768)
 
+    @field_validator("model")
+    @classmethod
+    def _model_string(cls, value: str) -> str:
+        return check_model_string(value)
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_api_base(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME_RE.fullmatch(value):
+            raise ValueError("api_key_env is the NAME of an environment variable (letters, digits, _), not the key itself")
+        return value
+
 
 def _as_spec(value: Any) -> Any:
     return {"model": value} if isinstance(value, str) else value
@@ -50,7 +95,7 @@ class ModelsConfig(_Strict):
     optimizer: ModelSpec = Field(default_factory=ModelSpec)
     editor: ModelSpec | None = Field(None, description="Writes optimizer candidates; defaults to the optimizer model.")
     concurrency: int = Field(4, ge=1, le=256, description="Concurrent LLM calls.")
-    timeout_seconds: float = Field(120.0, gt=0)
+    timeout_seconds: float = Field(120.0, gt=0, le=86400)
     max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts, with backoff.")
 
     _coerce = field_validator("task", "judge", "optimizer", "editor", mode="before")(_as_spec)
@@ -92,7 +137,7 @@ class GateConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests.")
     min_items: int = Field(10, ge=1, description="Fewer paired items than this give 'inconclusive'.")
     repeats: int = Field(1, ge=1, le=20, description="Score each item this many times (noisy judges) and average.")
-    bootstrap_resamples: int = Field(2000, ge=100)
+    bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000)
     sequential: bool = Field(True, description="Stop early once the verdict cannot change.")
     batch_size: int = Field(8, ge=1, description="Items scored per look of the sequential test.")
 
@@ -145,6 +190,39 @@ class Config(_Strict):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     cache_dir: str = Field(".gradgate/cache", description="LLM response cache, relative to the repository root.")
 
+    @field_validator("prompts")
+    @classmethod
+    def _globs(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            problem = _relative_path_problem(pattern, glob=True)
+            if problem:
+                raise ValueError(f"prompts[{index}] {pattern!r}: {problem}")
+        return patterns
+
+    @field_validator("suites_dir", "cache_dir")
+    @classmethod
+    def _relative_dir(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "cache_dir" and value == "":
+            return value  # no cache
+        problem = _relative_path_problem(value, glob=False)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
+
+def _relative_path_problem(value: str, *, glob: bool) -> str | None:
+    """Why `value` is not a usable path (or glob) relative to the repository root, or None."""
+    what = "a glob" if glob else "a path"
+    if not value.strip():
+        return f"is empty; give {what} relative to the repository root, e.g. prompts/**/*.md"
+    if has_control_chars(value):
+        return "contains a NUL or control character; remove it"
+    if value.startswith(("/", "\\")) or PureWindowsPath(value).drive:
+        return f"is absolute; give {what} relative to the repository root"
+    if ".." in re.split(r"[/\\]", value):
+        return "climbs out of the repository with '..'; keep it inside"
+    return None
+
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of gradgate.yaml, generated from the models above."""
@@ -192,14 +270,84 @@ def format_validation_error(exc: ValidationError, where: str) -> ConfigError:
 
 
 def parse_config(data: Any, where: str) -> Config:
+    """Validate parsed gradgate.yaml data; registers the credentials it names with the redactor."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of keys to values", where=where, hint="see `gradgate schema`")
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc, where) from None
+    check_metric_entries(config.metrics, f"{where}:metrics")
+    for name in credential_env_names(config):
+        register_env_secret(name)
+    return config
+
+
+def credential_env_names(config: Config) -> list[str]:
+    """The environment variables the config names as API keys (their values are masked everywhere)."""
+    specs = [config.models.for_role(role) for role in ROLES]
+    return sorted({spec.api_key_env for spec in specs if spec.api_key_env})
+
+
+def check_metric_entries(raw: Any, where: str) -> None:
+    """Shape checks of metric specs, at load time (before any model call).
+
+    Names are checked by `gradgate.scoring.metrics`; here: a name or a mapping with a `type` name, a
+    regex `pattern` that is text and compiles, a `value` that is text or a number, a finite positive
+    `weight`.
+    """
+    if not isinstance(raw, list):
+        raise ConfigError("metrics must be a list", where=where, hint="e.g. `metrics: [final_number]`")
+    for index, entry in enumerate(raw):
+        at = f"{where}[{index}]"
+        if isinstance(entry, str):
+            if not entry.strip():
+                raise ConfigError("a metric name is empty", where=at, hint="e.g. `exact`, `contains`, `judge`")
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise ConfigError(
+                "a metric is a name or a mapping with a `type:` name", where=at, hint="e.g. `{type: regex, pattern: '^yes'}`"
+            )
+        value = entry.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+            raise ConfigError("`value` must be text or a number", where=f"{at}.value", hint="quote it")
+        if "pattern" in entry or entry["type"] == "regex":
+            _check_pattern(entry.get("pattern") or value, f"{at}.pattern")
+        if "weight" in entry:
+            weight = entry["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+                raise ConfigError(
+                    f"`weight` must be a finite number above 0 (got {str(weight)[:40]})",
+                    where=f"{at}.weight",
+                    hint="e.g. `weight: 1` or `weight: 0.5`",
+                )
+
+
+def _check_pattern(pattern: Any, at: str) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError("regex needs `pattern:` as non-empty text", where=at, hint="quote it, e.g. `pattern: '^(yes|no)$'`")
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ConfigError(
+            f"invalid regular expression: {exc}", where=at, hint="check the pattern's brackets and escapes"
+        ) from None
+
+
+def check_cache_dir(repo: Path, config: Config, where: str) -> Path | None:
+    """The resolved cache directory, refused (exit 2) when it, or a symlink on its way, leads outside the
+    repository or into `.git/`. None when caching is off."""
+    if not config.cache_dir:
+        return None
+    return resolve_inside(
+        repo,
+        config.cache_dir,
+        what="cache_dir",
+        where=where,
+        hint="point cache_dir (and any symlink on its way, e.g. .gradgate) at a directory inside the repository",
+    )
 
 
 def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | None]:
@@ -208,20 +356,15 @@ def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | No
         path = find_config(repo)
         if path is None:
             log.info("no gradgate.yaml in %s; using defaults", repo)
-            return Config(), None
+            config = Config()
+            check_cache_dir(repo, config, "cache_dir (default)")
+            return config, None
     elif not path.is_file():
         raise ConfigError(f"config file {path} does not exist", hint="pass --config with an existing file, or omit it")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"is not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=str(path), hint="check indentation and quoting"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot be read: {exc}", where=str(path)) from None
-    return parse_config(data, str(path)), path
+    data = parse_yaml(read_text(path, what="config file"), where=str(path))
+    config = parse_config(data, str(path))
+    check_cache_dir(repo, config, f"{path}:cache_dir")
+    return config, path
 
 
 def apply_env_overrides(config: Config, env: dict[str, str] | None = None) -> Config:
@@ -234,16 +377,29 @@ def apply_env_overrides(config: Config, env: dict[str, str] | None = None) -> Co
         api_base = env.get("GRADGATE_API_BASE")
         if model or api_base:
             current = models.for_role(role)
-            updates[role] = current.model_copy(update={k: v for k, v in (("model", model), ("api_base", api_base)) if v})
+            where = f"GRADGATE_{role.upper()}_MODEL" if model else "GRADGATE_API_BASE"
+            updates[role] = _respec(current, where, model=model, api_base=api_base)
     if not updates:
         return config
     return config.model_copy(update={"models": models.model_copy(update=updates)})
 
 
+def _respec(spec: ModelSpec, where: str, **changes: str | None) -> ModelSpec:
+    """`spec` with `changes` applied and validated (model_copy alone would skip validation)."""
+    data = spec.model_dump()
+    data.update({k: v for k, v in changes.items() if v})
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, where) from None
+
+
 def override_models(config: Config, **role_models: str | None) -> Config:
     """Apply --model / --judge-model / --optimizer-model from the command line."""
     updates = {
-        role: config.models.for_role(role).model_copy(update={"model": model}) for role, model in role_models.items() if model
+        role: _respec(config.models.for_role(role), "--model" if role == "task" else f"--{role}-model", model=model)
+        for role, model in role_models.items()
+        if model
     }
     if not updates:
         return config

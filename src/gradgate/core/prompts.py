@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gradgate.core.demos import strip_slot_markers
-from gradgate.core.files import atomic_write_bytes, read_text, resolve_inside
+from gradgate.core.files import BOM, atomic_write_bytes, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 INCLUDE_RE = re.compile(r"\{\{>\s*([^}\s]+)\s*\}\}")
 _FRONT_MATTER_RE = re.compile(r"\A(---[ \t]*\r?\n)(.*?)(\r?\n---[ \t]*(?:\r?\n|\Z))", re.DOTALL)
 MAX_INCLUDE_DEPTH = 8
+MAX_INCLUDES = 200  # files pulled in by one prompt, all levels together (fan-out bombs)
+FRONT_MATTER_KEYS = ("id", "description", "suite", "variables", "tags")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,16 @@ class Prompt:
         return hashlib.sha256(self.expanded.encode("utf-8")).hexdigest()
 
 
+def contains_include(text: str) -> bool:
+    """Whether expanding `text` would read a file (`{{> path}}`). Model-written candidates must not."""
+    return INCLUDE_RE.search(text) is not None
+
+
+def include_targets(text: str) -> list[str]:
+    """The include paths in `text`, as written, in order."""
+    return [match.group(1) for match in INCLUDE_RE.finditer(text)]
+
+
 def template_variables(text: str) -> list[str]:
     seen: dict[str, None] = {}
     for match in VARIABLE_RE.finditer(text):
@@ -107,31 +117,19 @@ def split_front_matter(text: str) -> tuple[str, str]:
 
 
 def load_prompt(path: Path, repo: Path) -> Prompt:
-    rel = path.resolve().relative_to(repo.resolve()).as_posix()
+    path = resolve_inside(repo, path.absolute(), what="prompt file")  # a relative path is relative to the cwd
+    rel = path.relative_to(repo.resolve()).as_posix()
     text = read_text(path, what="prompt file")
     head, body = split_front_matter(text)
     meta: dict[str, Any] = {}
     if head:
         inner = _FRONT_MATTER_RE.match(text)
         assert inner is not None  # split_front_matter matched the same text
-        try:
-            loaded = yaml.safe_load(inner.group(2))
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"front matter is not valid YAML: {getattr(exc, 'problem', exc)}",
-                where=rel,
-                hint="front matter sits between two lines of ---",
-            ) from None
+        loaded = parse_yaml(inner.group(2), where=rel, label="front matter")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("front matter must be a mapping", where=rel, hint="e.g. `id: my-prompt`")
         meta = loaded or {}
-    unknown = set(meta) - {"id", "description", "suite", "variables", "tags"}
-    if unknown:
-        raise ConfigError(
-            f"unknown front matter key(s): {', '.join(sorted(unknown))}",
-            where=rel,
-            hint="allowed: id, description, suite, variables, tags",
-        )
+    _check_front_matter(meta, rel)
     prompt_id = str(meta.get("id") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prompt_id):
         raise ConfigError(
@@ -164,12 +162,49 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
     )
 
 
+def _check_front_matter(meta: dict[Any, Any], rel: str) -> None:
+    """Types of the front matter keys: a prompt file comes from a pull request like any other input."""
+    unknown = [str(key) for key in meta if key not in FRONT_MATTER_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"unknown front matter key(s): {', '.join(sorted(unknown))[:300]}",
+            where=rel,
+            hint="allowed: " + ", ".join(FRONT_MATTER_KEYS),
+        )
+    prompt_id = meta.get("id")
+    if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, str | int)):
+        raise ConfigError("`id` must be text", where=f"{rel}:id", hint="e.g. `id: my-prompt`")
+    description = meta.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError("`description` must be text", where=f"{rel}:description", hint="quote it")
+    suite = meta.get("suite")
+    if suite is not None:
+        if not isinstance(suite, str) or not suite.strip():
+            raise ConfigError(
+                f"`suite` must be a path, not {type(suite).__name__ if suite != '' else 'empty text'}",
+                where=f"{rel}:suite",
+                hint="e.g. `suite: evals/my-prompt.yaml` (relative to the repository root)",
+            )
+        if "\x00" in suite:
+            raise ConfigError("`suite` contains a NUL byte", where=f"{rel}:suite", hint="remove the NUL character")
+    for key in ("variables", "tags"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"`{key}` must be a list of names", where=f"{rel}:{key}", hint=f"e.g. `{key}: [question]`")
+
+
 def _expand_includes(text: str, origin: Path, repo: Path, acc: list[Path], *, depth: int, where: str) -> str:
     if depth > MAX_INCLUDE_DEPTH:
         raise ConfigError("includes nest too deeply (a cycle?)", where=where, hint=f"at most {MAX_INCLUDE_DEPTH} levels")
 
     def replace(match: re.Match[str]) -> str:
-        target = resolve_inside(repo, origin.parent / match.group(1), what="included file", where=where)
+        include = match.group(1)
+        if len(acc) >= MAX_INCLUDES:
+            raise ConfigError(f"pulls in more than {MAX_INCLUDES} included files", where=where, hint="include fewer files")
+        shown = include if include.isprintable() else ascii(include)
+        root = repo.resolve()
+        relative = origin.parent.relative_to(root) / include if origin.parent.is_relative_to(root) else origin.parent / include
+        target = resolve_inside(repo, relative, what=f"include {{{{> {shown}}}}}: file", where=where)
         acc.append(target)
         return _expand_includes(read_text(target, what="included file"), target, repo, acc, depth=depth + 1, where=where)
 
@@ -197,7 +232,9 @@ def prompt_file_bytes(prompt: Prompt, new_body: str) -> bytes:
     """The prompt file's bytes with its body replaced; front matter and newline habits kept byte-for-byte."""
     raw = prompt.path.read_bytes()
     text = raw.decode("utf-8")
-    head, old_body = split_front_matter(text)
+    bom = BOM if text.startswith(BOM) else ""  # kept as it was, before the front matter
+    head, old_body = split_front_matter(text[len(bom) :])
+    head = bom + head
     newline = _dominant_newline(old_body) if old_body else _dominant_newline(text)
     body = new_body.replace("\r\n", "\n").replace("\n", newline)
     # Keep the file's trailing-newline habit.
