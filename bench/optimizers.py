@@ -1,12 +1,14 @@
-"""Optimizer shoot-out: gradgate's GRAD-SUM, GPO and GReaTer against DSPy's MIPROv2 (zero-shot) and COPRO.
+"""Optimizer shoot-out v2: gradgate's GRAD-SUM, GPO, GReaTer, demos and portfolio against DSPy's MIPROv2 (zero-shot
+and with demonstrations), COPRO, GEPA and BootstrapFewShotWithRandomSearch.
 
     python bench/optimizers.py --task boolean_expressions
     python bench/optimizers.py --task path/to/task.json --task-model openai/gpt-4o-mini --optimizer-model openai/gpt-4o
 
-Every method gets the same task, the same task model, the same train/dev/test split and the same budget of LLM calls
-for its search. The initial prompt and each method's best prompt are then scored on the held-out test split by one
-gradgate scorer, and the table (mean with a 95% bootstrap interval, calls, tokens, time, gradgate's "improved?"
-decision) is written to bench/results/optimizers-<task>.json and .md.
+Every method gets the same task, the same task model, the same train/dev/test split (the test split is every item
+left after train and dev) and the same budget of LLM calls for its search; `portfolio` shares that one budget among
+its member methods, picks the winner on dev and confirms only the winner. The initial prompt and each method's best
+prompt are then scored on the held-out test split by one gradgate scorer, and the table (mean with a 95% bootstrap
+interval, calls, tokens, time, gradgate's "improved?" decision) is written to bench/results/optimizers-<task>.json and .md.
 
 Reruns reproduce the table: the split and every sampling step are seeded, and each reply is stored in a replay cache
 (--cache-dir) that answers a rerun while still counting each call against the budget (see shootout/replay.py).
@@ -33,22 +35,26 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `bench.shootout` imp
 
 from bench.shootout import report  # noqa: E402
 from bench.shootout.replay import PhaseBudget, ReplayBackend  # noqa: E402
-from bench.shootout.tasks import BenchTask, bench_config, build_task  # noqa: E402
+from bench.shootout.tasks import BenchTask, bench_config, build_task, resolve_sizes  # noqa: E402
 
 from gradgate.core.config import DEFAULT_MODEL, BudgetConfig, Config  # noqa: E402
 from gradgate.core.stats import mean_interval  # noqa: E402
 from gradgate.errors import GradgateError  # noqa: E402
-from gradgate.models.gateway import Backend, Gateway, LiteLLMBackend, ResponseCache  # noqa: E402
+from gradgate.models.gateway import Backend, Gateway, ResponseCache  # noqa: E402
+from gradgate.models.litellm_backend import LiteLLMBackend  # noqa: E402
 from gradgate.models.session import Session  # noqa: E402
 from gradgate.scoring.scorer import Scorer  # noqa: E402
 
 log = logging.getLogger("bench.optimizers")
 
-GRADGATE_METHODS = ("gradsum", "gpo", "greater")
-DSPY_METHODS = ("dspy-miprov2", "dspy-copro")
+GRADGATE_METHODS = ("gradsum", "gpo", "greater", "demos", "portfolio")
+DSPY_METHODS = ("dspy-miprov2", "dspy-miprov2-demos", "dspy-copro", "dspy-gepa", "dspy-bootstrap-rs")
 ALL_METHODS = GRADGATE_METHODS + DSPY_METHODS
+# GReaTer is left out by default: it is being rebuilt (pass --methods with greater to include it).
+DEFAULT_METHODS = tuple(m for m in ALL_METHODS if m != "greater")
+PORTFOLIO = ("demos", "gradsum")  # the portfolio's members, searched in this order
 DEFAULT_BUDGET_CALLS = 180
-DEFAULT_SIZES = (20, 20, 100)
+DEFAULT_SIZES = (40, 40, 0)  # train, dev, test; test 0: every item left after train and dev
 
 
 @dataclass(frozen=True)
@@ -85,10 +91,40 @@ def confirm_calls(task: BenchTask) -> int:
     return calls_needed(len(task.splits.test), uses_judge=False)
 
 
+def run_portfolio_row(task: BenchTask, config: Config, *, budget_calls: int, seed: int, cache_dir: Path,
+                      backend: Backend | None) -> MethodRun:
+    """gradgate's portfolio: the members share one search budget; the dev winner alone is confirmed on test."""
+    from gradgate.app.optimize_job import run_portfolio
+
+    session, budget, replay = _session(task, config, max_calls=budget_calls + confirm_calls(task),
+                                       replay_dir=cache_dir / "replay", run_cache=cache_dir / "run" / "portfolio",
+                                       backend=backend)
+    run_dir = cache_dir / "runs" / "portfolio"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    started = time.monotonic()
+    outcome = asyncio.run(run_portfolio(session, task.target, PORTFOLIO, out_dir=run_dir, seed=seed))
+    searched = time.monotonic() - started
+    if not outcome.results:
+        raise GradgateError("the portfolio produced no result: " + "; ".join(outcome.failures))
+    winner = next(r for r in outcome.results if r.method == outcome.winner)
+    return MethodRun(method="portfolio", body=winner.best.text, calls=outcome.search_calls,
+                     tokens=budget.tokens, seconds=searched, model_seconds=replay.stats.model_seconds,
+                     stopped_reason=winner.stopped_reason, runner_improved=winner.improved,
+                     runner_decision=winner.decision,
+                     extra={"members": list(PORTFOLIO), "winner": outcome.winner,
+                            "member_dev_best": {r.method: r.best.dev_score for r in outcome.results},
+                            "member_calls": {r.method: r.usage.calls for r in outcome.results},
+                            "candidates": sum(len(r.candidates) for r in outcome.results)})
+
+
 def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int,
                         cache_dir: Path, backend: Backend | None) -> MethodRun:
     from gradgate.optimizers.runner import run_optimization
 
+    if method == "portfolio":
+        return run_portfolio_row(task, config, budget_calls=budget_calls, seed=seed, cache_dir=cache_dir,
+                                 backend=backend)
     session, budget, replay = _session(task, config, max_calls=budget_calls + confirm_calls(task),
                                        replay_dir=cache_dir / "replay", run_cache=cache_dir / "run" / method,
                                        backend=backend)
@@ -116,7 +152,7 @@ def run_dspy_method(method: str, task: BenchTask, config: Config, *, budget_call
                                        run_cache=cache_dir / "run" / method, backend=backend)
     started = time.monotonic()
     outcome = run_dspy(method, task, session, seed=seed, budget_calls=budget_calls, strict=strict)
-    return MethodRun(method=method, body=task.body_for(outcome.instruction), calls=budget.calls, tokens=budget.tokens,
+    return MethodRun(method=method, body=outcome.body, calls=budget.calls, tokens=budget.tokens,
                      seconds=time.monotonic() - started, model_seconds=replay.stats.model_seconds,
                      stopped_reason=outcome.stopped_reason, error=outcome.error,
                      extra={"settings": outcome.settings, "dev_best": outcome.dev_score,
@@ -141,12 +177,12 @@ async def score_on_test(task: BenchTask, session: Session, bodies: Sequence[str]
 def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
                   command: str | None = None) -> tuple[Path, Path, list[report.Row]]:
     """The whole shoot-out for one task; returns the JSON and Markdown paths and the rows."""
-    sizes = (args.train, args.dev, args.test)
     cache_dir = Path(args.cache_dir).resolve()
+    sizes = resolve_sizes(args.task, repo_root=REPO_ROOT, sizes=(args.train, args.dev, args.test), seed=args.seed)
     os.environ.setdefault("DSPY_CACHEDIR", str(cache_dir / "dspy"))  # DSPy's own cache (unused: cache=False)
     optimizer_model = args.optimizer_model or args.task_model
     config = bench_config(task_model=args.task_model, optimizer_model=optimizer_model, seed=args.seed, sizes=sizes,
-                          cache_dir=str(cache_dir / "gateway"))
+                          cache_dir=".gradgate/cache")  # unused: the bench builds its gateways and caches itself
     work = cache_dir / "repo"
     if work.exists():
         shutil.rmtree(work)
@@ -253,12 +289,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="boolean_expressions",
                    help="a BBH task (boolean_expressions, causal_judgement, navigate, object_counting, "
                         "sports_understanding, web_of_lies), gsm8k, or a path to a BBH-format JSON file")
-    p.add_argument("--methods", type=_methods, default=list(ALL_METHODS), help="comma-separated")
+    p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS), help="comma-separated")
     p.add_argument("--budget-calls", type=_positive, default=DEFAULT_BUDGET_CALLS,
                    help="LLM calls each method's search may use")
     p.add_argument("--train", type=_positive, default=DEFAULT_SIZES[0])
     p.add_argument("--dev", type=_positive, default=DEFAULT_SIZES[1])
-    p.add_argument("--test", type=_positive, default=DEFAULT_SIZES[2])
+    p.add_argument("--test", type=int, default=DEFAULT_SIZES[2], help="0: every item left after train and dev")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-model", default=DEFAULT_MODEL, help="any litellm model string")
     p.add_argument("--optimizer-model", default=None, help="any litellm model string (default: the task model)")

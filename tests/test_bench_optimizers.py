@@ -16,8 +16,8 @@ from bench.shootout.report import decide
 from bench.shootout.tasks import bench_config, body_for, build_task, read_rows
 
 from gradgate.core.config import ModelSpec
-from gradgate.errors import ConfigError
 from gradgate.core.suites import split_items
+from gradgate.errors import ConfigError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 
 HAS_DSPY = importlib.util.find_spec("dspy") is not None and importlib.util.find_spec("optuna") is not None
@@ -51,9 +51,10 @@ def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
 
 
 def option_scores(messages: list[dict[str, str]], options: list[str]) -> list[float]:
-    # A "model" that answers right only when the prompt says "carefully" or "step by step", so wording matters.
+    # A "model" that answers right only when the prompt says "carefully" or "step by step", or shows a worked
+    # example, so wording and demonstrations matter.
     text = last_user_text(messages)
-    good = "carefully" in text or "step by step" in text
+    good = "carefully" in text or "step by step" in text or "\nAnswer: " in text
     expr = text.strip().rsplit("\n", 1)[-1].split(" [")[0].removesuffix(" is")
     try:
         answer = str(eval(expr.replace("( ", "(").replace(" )", ")")))
@@ -130,7 +131,7 @@ def test_gradsum_run_writes_json_and_markdown_and_reruns_identically(bbh_file: P
     assert sorted(data["split_ids"]["test"]) == sorted(data["rows"][0]["scores"])
     gradsum = data["rows"][1]
     assert gradsum["calls"] <= 60, "the search stays within the shared budget"
-    assert "carefully" in gradsum["prompt"] and gradsum["test"]["mean"] == 1.0
+    assert ("carefully" in gradsum["prompt"] or "step by step" in gradsum["prompt"]) and gradsum["test"]["mean"] == 1.0
     assert data["rows"][0]["test"]["mean"] < 1.0
     markdown = md_path.read_text(encoding="utf-8")
     assert "| gradsum | 1.000" in markdown and "Command: `bench test`" in markdown
@@ -143,18 +144,19 @@ def test_gradsum_run_writes_json_and_markdown_and_reruns_identically(bbh_file: P
 
 
 @pytest.mark.skipif(not HAS_DSPY, reason="dspy (and optuna) not installed")
-@pytest.mark.parametrize("method", ["dspy-copro", "dspy-miprov2"])
+@pytest.mark.parametrize("method", ["dspy-copro", "dspy-miprov2", "dspy-miprov2-demos", "dspy-gepa", "dspy-bootstrap-rs"])
 def test_dspy_methods_use_the_same_split_scorer_and_budget(bbh_file: Path, tmp_path: Path, method: str) -> None:
     backend = ScriptedBackend(script, option_scores=option_scores)
     _, _, rows = run_benchmark(_args(bbh_file, tmp_path, method, budget=80), backend=backend, command="bench test")
     row = rows[1]
     assert row.method == method and row.error is None, row.error
     assert row.calls is not None and 0 < row.calls <= 80
-    assert "step by step" in row.prompt and row.prompt.endswith("{{input}}\n")
+    assert ("step by step" in row.prompt or "\nAnswer: " in row.prompt) and row.prompt.endswith("{{input}}\n")
     assert row.test is not None and row.test.mean == 1.0
     data = json.loads((tmp_path / "out" / "optimizers-tiny_bool.json").read_text(encoding="utf-8"))
     extra = data["rows"][1]["extra"]
-    assert extra["dspy_lm_calls"] > 0
+    # BootstrapFewShotWithRandomSearch only runs the program (gradgate's scorer): no LM call of its own
+    assert extra["dspy_lm_calls"] > 0 or method == "dspy-bootstrap-rs"
     # DSPy scored only train/dev items of the shared split, never test ones, through gradgate's scorer.
     seen = set(extra["scored_item_ids"])
     assert seen and seen <= set(data["split_ids"]["train"]) | set(data["split_ids"]["dev"])
@@ -172,3 +174,17 @@ def test_lenient_adapter_takes_the_whole_reply_when_markers_are_missing() -> Non
                       "proposed_instruction": "Answer:\nBe precise and check each step."}
     assert lenient_adapter().parse(signature, "Just do it.") == {"proposed_instruction": "Just do it.",
                                                                  "prefix": "Just do it."}
+
+
+def test_demos_and_portfolio_rows_share_the_budget_and_write_demonstrations(bbh_file: Path, tmp_path: Path) -> None:
+    backend = ScriptedBackend(script, option_scores=option_scores)
+    _, _, rows = run_benchmark(_args(bbh_file, tmp_path, "demos,portfolio", budget=80), backend=backend,
+                               command="bench test")
+    initial, demos, portfolio = rows
+    assert demos.error is None and portfolio.error is None, (demos.error, portfolio.error)
+    assert "<!-- gradgate:demos -->" in demos.prompt and "\nAnswer: " in demos.prompt
+    assert demos.test is not None and demos.test.mean == 1.0 > (initial.test.mean if initial.test else 1.0)
+    assert demos.calls is not None and demos.calls <= 80
+    assert portfolio.calls is not None and 0 < portfolio.calls <= 80  # one budget for both members
+    assert portfolio.extra["winner"] in ("demos", "gradsum") and set(portfolio.extra["member_calls"]) == {"demos", "gradsum"}
+    assert portfolio.test is not None and portfolio.test.mean == 1.0

@@ -4,13 +4,18 @@ candidate hygiene: a model-written include is rejected as a candidate while the 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gradgate.app.optimize_job import run_optimize_job
+from gradgate.core.config import parse_config
 from gradgate.core.discovery import discover
 from gradgate.core.suites import split_items
 from gradgate.models.scripted import last_user_text
+from gradgate.models.session import Session
 from tests.test_gradsum import GOOD, HALF, Script, config_for, make_repo, open_session, optimize, sequence_editor
 
 PAPER = {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1, "mutations": 0, "halving": False}
@@ -88,3 +93,61 @@ def test_a_model_written_include_is_rejected_as_a_candidate_and_the_run_goes_on(
     long = "<prompt>" + "word " * 3000 + "{{question}}</prompt>"
     result, _ = optimize(make_repo(tmp_path / "repo2"), Script(sequence_editor(long, GOOD)), tmp_path / "o2", settings)
     assert any("over the cap" in (c.rejected or "") for c in result.candidates) and result.improved
+
+
+@pytest.mark.slow
+def test_a_real_portfolio_on_the_embedded_model(tmp_path: Path) -> None:
+    """demos and GRAD-SUM (mutations, halving, hygiene) on the embedded 135M model, as one portfolio: the run must
+    finish within its budget, bootstrap only correct training answers, and confirm only the dev winner."""
+    if os.environ.get("GRADGATE_SKIP_SLOW") == "1":
+        pytest.skip("GRADGATE_SKIP_SLOW=1")
+    repo = tmp_path / "repo"
+    (repo / "prompts").mkdir(parents=True)
+    (repo / "evals").mkdir()
+    (repo / "prompts" / "logic.md").write_text(
+        "---\nid: logic\n---\nEvaluate the expression.\n\nExpression: {{expr}}\n", encoding="utf-8"
+    )
+    values = [(a, b) for a in (True, False) for b in (True, False)]
+    rows = [(f"{'not ' if i % 3 == 0 else ''}{a} {'and' if i % 2 else 'or'} {b}", i) for i, (a, b) in enumerate(values * 5)]
+    items = "".join(f"  - {{id: e{i}, vars: {{expr: '{expr}'}}, expected: '{eval(expr)}'}}\n" for expr, i in rows)
+    (repo / "evals" / "logic.yaml").write_text(
+        'description: Evaluate a Boolean expression.\nmetrics: [exact]\nscoring: {mode: loglik, options: ["True", '
+        '"False"]}\nitems:\n' + items,
+        encoding="utf-8",
+    )
+    model = "local/smollm2-135m-instruct"
+    config = parse_config(
+        {
+            "models": {"task": model, "judge": model, "optimizer": {"model": model, "max_tokens": 48}},
+            "budget": {"max_calls": 90, "max_seconds": 300},
+            "optimize": {
+                "gradsum": {
+                    "iterations": 1,
+                    "beam_width": 1,
+                    "candidates_per_prompt": 1,
+                    "train_batch": 4,
+                    "max_gradient_items": 2,
+                    "gradient_max_tokens": 32,
+                    "edit_max_tokens": 48,
+                },
+                "demos": {"max_demos": 2, "candidate_sets": 4, "bootstrap_items": 8},
+            },
+        },
+        "test",
+    )
+    session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
+    outcome = asyncio.run(
+        run_optimize_job(
+            session, methods=["demos", "gradsum"], out_dir=tmp_path / "out", seed=0, write=False, open_pr=False, env={}
+        )
+    )
+    assert outcome.exit_code == 0 and session.budget.calls <= 90
+    demos, gradsum = outcome.results
+    confirmed = [r for r in outcome.results if r.test_original is not None or "no candidate" in r.decision]
+    assert len(confirmed) == 1  # only the dev winner reached the confirmation
+    train = {i.id for i in split_items(discover(repo, config)[0].suite.items, seed=0, train=0.5, dev=0.25).train}
+    for candidate in demos.candidates:
+        if candidate.origin == "demos":
+            shown = (candidate.note or "").split(";")[0].removeprefix("demos: ").split(", ")
+            assert set(shown) <= train and "<!-- gradgate:demos -->" in candidate.text
+    assert any(c.origin == "mutation" for c in gradsum.candidates)

@@ -247,7 +247,7 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     if os.environ.get("GRADGATE_SKIP_SLOW") == "1":
         pytest.skip("GRADGATE_SKIP_SLOW=1")
     repo = tmp_path / "repo"
-    make_repo(repo, n_items=6)
+    make_repo(repo, n_items=20)  # 10/5/5: the fewest test items alpha 0.1 can decide on
     suite = repo / "evals" / "qa.yaml"
     suite.write_text(suite.read_text().replace("metrics: [normalized]", "metrics: [final_number]\nmax_tokens: 16"))
     config = parse_config(

@@ -1,4 +1,5 @@
-"""DSPy's instruction optimizers (MIPROv2 zero-shot, COPRO) on a gradgate task, under gradgate's budget.
+"""DSPy's optimizers (MIPROv2 zero-shot and with demonstrations, COPRO, GEPA, BootstrapFewShotWithRandomSearch)
+on a gradgate task, under gradgate's budget.
 
 Fairness choices, so DSPy and gradgate differ only in the search:
 
@@ -9,6 +10,10 @@ Fairness choices, so DSPy and gradgate differ only in the search:
   scores the prompt `instruction + {{input}}` on the item with gradgate's scorer (log-likelihood of the answer options
   for embedded models). DSPy's search therefore optimizes exactly the score every method is compared on, and its best
   instruction is later scored on test by the same code path as everyone's.
+- Demonstrations DSPy attaches to the predictor are written into the prompt's demonstrations slot (the same slot and
+  format gradgate's `demos` method uses), so a few-shot DSPy program is scored, on dev and on test, as the prompt
+  it amounts to. The forward pass records a DSPy trace entry (predictor, inputs, outputs) the way `dspy.Predict`
+  would, which is what DSPy's bootstrapping and GEPA's reflection read.
 """
 
 from __future__ import annotations
@@ -27,16 +32,19 @@ from typing import Any, TypeVar
 
 from bench.shootout.tasks import BenchTask, items_by_input
 
+from gradgate.core.demos import with_slot
 from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted, GradgateError
 from gradgate.models.session import Session
+from gradgate.optimizers.demos.prompts import Demo, format_demos
 from gradgate.scoring.scorer import ItemResult, Scorer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DSPY_METHODS = ("dspy-miprov2", "dspy-copro")
+DSPY_METHODS = ("dspy-miprov2", "dspy-miprov2-demos", "dspy-copro", "dspy-gepa", "dspy-bootstrap-rs")
+MAX_DEMOS = 4  # bootstrapped and labeled demonstrations per program (DSPy's defaults)
 # MIPROv2 auto="light", zero-shot: 6 instruction candidates, 9 trials, the whole dev set per trial (dev ≤ 50 items).
 MIPRO_CANDIDATES = 6
 # Prompt-model calls MIPROv2 makes besides the candidates: program description (2), data summary (about one per
@@ -67,13 +75,13 @@ class LoopThread:
 class DspyRunLog:
     """What the DSPy run did, kept outside DSPy so a run cut short by the budget still has its best candidate."""
 
-    dev_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # instruction -> item id -> score
+    dev_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # prompt body -> item id -> score
     exhausted: str | None = None
     engine_calls: int = 0
     parse_failures: int = 0
 
     def best_complete(self, dev_ids: list[str], original: str) -> tuple[str, float]:
-        """The instruction with the best mean over the whole dev split (ties: the original, then the earliest)."""
+        """The body with the best mean over the whole dev split (ties: the original, then the earliest)."""
         best, best_score = original, -1.0
         for instruction, scores in self.dev_scores.items():
             if all(i in scores for i in dev_ids):
@@ -145,17 +153,24 @@ class ItemScorer:
     def __deepcopy__(self, memo: dict[int, Any]) -> ItemScorer:
         return self  # DSPy deep-copies programs; the scorer (gateway, loop, locks) is shared, not copied
 
-    def score(self, instruction: str, text: str) -> ItemResult | None:
+    def body(self, instruction: str, demos: Any = ()) -> str:
+        """The prompt a DSPy predictor amounts to: its instruction, its demonstrations in the slot, the input."""
+        shown = [Demo(values=(("input", str(d.get("input", ""))),), answer=str(d.get("answer", ""))) for d in demos or ()]
+        body = self.task.body_for(instruction)
+        return with_slot(body, format_demos(shown)) if shown else body
+
+    def score(self, instruction: str, text: str, demos: Any = ()) -> ItemResult | None:
         item: Item | None = self.items.get(text)
         if item is None:
             raise GradgateError("DSPy asked about an input that is not in the task", hint="report this as a bug")
-        prompt = self.task.target.prompt.with_body(self.task.body_for(instruction))
+        body = self.body(instruction, demos)
+        prompt = self.task.target.prompt.with_body(body)
         try:
             result = self.loop.run(self.scorer.score_item(prompt, item))
         except BudgetExhausted as exc:
             self.run_log.exhausted = self.run_log.exhausted or exc.message
             return None
-        self.run_log.dev_scores.setdefault(instruction, {})[item.id] = result.score
+        self.run_log.dev_scores.setdefault(body, {})[item.id] = result.score
         return result
 
 
@@ -171,10 +186,13 @@ def _program(instruction: str, item_scorer: ItemScorer) -> Any:
             self.item_scorer = item_scorer
 
         def forward(self, input: str) -> Any:
-            result = self.item_scorer.score(self.predict.signature.instructions, input)
+            result = self.item_scorer.score(self.predict.signature.instructions, input, self.predict.demos)
             if result is None:  # budget exhausted: no answer, no credit
-                return dspy.Prediction(answer="", score=0.0)
-            return dspy.Prediction(answer=result.output, score=result.score)
+                return dspy.Prediction(answer="", score=0.0, expected="")
+            outputs = dspy.Prediction(answer=result.output)
+            if dspy.settings.trace is not None:  # what dspy.Predict records: bootstrapping and GEPA read it
+                dspy.settings.trace.append((self.predict, {"input": input}, outputs))
+            return dspy.Prediction(answer=result.output, score=result.score, expected=result.expected or "")
 
     return InstructionProgram()
 
@@ -206,6 +224,18 @@ def _metric(example: Any, prediction: Any, trace: Any = None) -> float:
     return float(prediction.score)
 
 
+def _gepa_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+    """GEPA's metric: the same score, with the feedback text its reflection reads."""
+    import dspy
+
+    score = float(pred.score)
+    if score >= 1.0:
+        feedback = f"Correct: the answer {pred.answer!r} matches the expected {gold.answer!r}."
+    else:
+        feedback = f"Wrong: the model answered {pred.answer!r}; the expected answer is {gold.answer!r}."
+    return dspy.Prediction(score=score, feedback=feedback)
+
+
 def _examples(items: tuple[Item, ...]) -> list[Any]:
     import dspy
 
@@ -227,6 +257,14 @@ def copro_shape(budget_calls: int, dev: int) -> tuple[int, int]:
     return best
 
 
+def bootstrap_rs_candidates(budget_calls: int, train: int, dev: int) -> int:
+    """BootstrapFewShotWithRandomSearch's num_candidate_programs whose worst case fits the budget: each of the
+    3 fixed programs (zero-shot, labeled, unshuffled) and N random ones is scored on dev; every bootstrapped one
+    first runs on up to `train` items (it stops once it has MAX_DEMOS correct ones, usually much earlier)."""
+    per_program = dev + min(train, 2 * MAX_DEMOS)
+    return max(1, budget_calls // per_program - 3)
+
+
 def mipro_estimate(train: int, dev: int) -> int:
     """Worst-case calls of MIPROv2 light zero-shot: every distinct candidate on dev, bootstrapping on train, proposals."""
     return MIPRO_CANDIDATES * dev + train + 2 * (MIPRO_CANDIDATES + math.ceil(train / 10) + MIPRO_PROPOSER_OVERHEAD)
@@ -235,6 +273,7 @@ def mipro_estimate(train: int, dev: int) -> int:
 @dataclass(frozen=True)
 class DspyOutcome:
     instruction: str
+    body: str  # the prompt body: the instruction, the demonstrations in the slot, the input
     settings: dict[str, Any]
     dev_score: float | None
     stopped_reason: str | None
@@ -272,6 +311,32 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
                                          max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed,
                                          max_errors=10_000, verbose=False)
                 compiled = optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
+            elif method == "dspy-miprov2-demos":
+                settings = {"auto": "light", "max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
+                            "seed": seed, "num_threads": 1}
+                optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
+                                         max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS, num_threads=1,
+                                         seed=seed, max_errors=10_000, verbose=False)
+                compiled = optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
+            elif method == "dspy-gepa":
+                settings = {"max_metric_calls": budget_calls, "reflection_lm": "the same embedded model",
+                            "reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": seed}
+                from dspy.teleprompt.gepa import InstructionProposer
+
+                # The proposer's own calls go through the same adapter as every DSPy method here (strict or lenient).
+                proposer = InstructionProposer(adapter=adapter)
+                optimizer = dspy.GEPA(metric=_gepa_metric, max_metric_calls=budget_calls, reflection_lm=lm,
+                                      instruction_proposer=proposer, reflection_minibatch_size=3, num_threads=1,
+                                      seed=seed, track_stats=False)
+                compiled = optimizer.compile(student, trainset=train, valset=dev)
+            elif method == "dspy-bootstrap-rs":
+                n = bootstrap_rs_candidates(budget_calls, len(train), len(dev))
+                settings = {"max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
+                            "num_candidate_programs": n, "num_threads": 1}
+                optimizer = dspy.BootstrapFewShotWithRandomSearch(
+                    metric=_metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS,
+                    num_candidate_programs=n, num_threads=1, max_errors=10_000)
+                compiled = optimizer.compile(student, trainset=train, valset=dev)
             elif method == "dspy-copro":
                 breadth, depth = copro_shape(budget_calls, len(dev))
                 settings = {"breadth": breadth, "depth": depth, "init_temperature": COPRO_TEMPERATURE}
@@ -292,12 +357,14 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
     dev_ids = [i.id for i in task.splits.dev]
     if compiled is not None:
         instruction = compiled.predict.signature.instructions
-        scores = run_log.dev_scores.get(instruction, {})
+        body = item_scorer.body(instruction, compiled.predict.demos)
+        scores = run_log.dev_scores.get(body, {})
         dev_score = sum(scores[i] for i in dev_ids) / len(dev_ids) if all(i in scores for i in dev_ids) else None
-    else:  # cut short: keep the best instruction fully scored on dev so far
-        instruction, best = run_log.best_complete(dev_ids, task.instruction)
+    else:  # cut short: keep the best prompt fully scored on dev so far
+        body, best = run_log.best_complete(dev_ids, task.body_for(task.instruction))
+        instruction = task.instruction
         dev_score = best if best >= 0 else None
-    return DspyOutcome(instruction=instruction, settings=settings,
+    return DspyOutcome(instruction=instruction, body=body, settings=settings,
                        dev_score=dev_score, stopped_reason=run_log.exhausted, engine_calls=run_log.engine_calls,
                        lm_history=len(lm.history), error=error,
                        scored_item_ids=tuple(sorted({i for s in run_log.dev_scores.values() for i in s})))

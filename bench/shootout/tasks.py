@@ -184,6 +184,19 @@ def select_items(rows: list[dict[str, str]], name: str, *, n: int, seed: int) ->
     return ordered[:n]
 
 
+def resolve_sizes(task: str, *, repo_root: Path, sizes: tuple[int, int, int], seed: int) -> tuple[int, int, int]:
+    """(train, dev, test) with a test size of 0 resolved to every distinct item left after train and dev."""
+    if sizes[2] > 0:
+        return sizes
+    name, path = resolve_task_path(task, repo_root)
+    distinct = len({r["input"] for r in read_rows(path)})
+    rest = distinct - sizes[0] - sizes[1]
+    if rest < 1:
+        raise ConfigError(f"{name} has {distinct} distinct items; train + dev take {sizes[0] + sizes[1]}",
+                          hint="lower --train/--dev")
+    return sizes[0], sizes[1], rest
+
+
 def bench_config(*, task_model: str, optimizer_model: str, seed: int, sizes: tuple[int, int, int],
                  cache_dir: str, method_settings: dict[str, dict[str, Any]] | None = None) -> Config:
     """The gradgate config of the benchmark repository; split fractions that reproduce the exact sizes."""
