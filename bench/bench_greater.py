@@ -1,12 +1,14 @@
 """GReaTer on the embedded model: per-step wall time by phase, peak memory, held-out accuracy before and after.
 
-    python bench/bench_greater.py                       # boolean_expressions, 16 items, 64 new tokens, 1 step
+    python bench/bench_greater.py                       # boolean_expressions, 16 items, 128 new tokens, 2 steps
     python bench/bench_greater.py --task object_counting --steps 3 --test 40
 
 Reads a BBH task from ../shared/data/bbh/<task>.json ({"examples": [{"input", "target"}]}); exits 0 with a note
 when that folder is absent. Train items come first in a seeded shuffle, held-out items after them. Accuracy is
-measured the way GReaTer scores answers: greedy reasoning, the extraction phrase, a few greedy answer tokens,
-normalized match. Writes bench/results/greater.json (atomically) with the resolved config.
+measured the way GReaTer scores answers: greedy reasoning, the extraction phrase built from the training answers,
+a few greedy answer tokens, normalized match. Writes bench/results/greater.json (atomically) with the resolved config
+(GReaTer's defaults otherwise: mistake-rate selection, label bans, growth at the end). The held-out experiment with
+curves and the significance rule is bench/greater_eval.py.
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--body", default=DEFAULT_BODY, help="prompt body with a {{question}} placeholder")
     parser.add_argument("--train", type=int, default=16, help="training items (GReaTer's max_items)")
-    parser.add_argument("--test", type=int, default=40, help="held-out items for accuracy (0: skip)")
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--new-tokens", type=int, default=64, help="reasoning tokens per item")
+    parser.add_argument("--test", type=int, default=0, help="held-out items for accuracy (0: skip; see greater_eval.py)")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=128, help="reasoning tokens per item")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     load_seconds = time.perf_counter() - started
     rss_after_load = rss_mb()
 
-    before = evaluate(opt, prompt_body=args.body, items=test, model_name=args.model) if test else None
+    golds = [str(it.expected) for it in train]  # the phrase the search builds from its training answers
+    before = evaluate(opt, prompt_body=args.body, items=test, model_name=args.model, golds=golds) if test else None
     steps: list[dict[str, Any]] = []
     step_started = [time.perf_counter(), cpu_seconds()]
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     _, python_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_after_steps = rss_mb()
-    after = evaluate(opt, prompt_body=result.best_prompt, items=test, model_name=args.model) if test else None
+    after = evaluate(opt, prompt_body=result.best_prompt, items=test, model_name=args.model, golds=golds) if test else None
 
     payload = {
         "task": args.task,
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
-        "config": asdict(cfg),
+        "config": dict(result.config),  # resolved: steps, extraction phrase, labels
         "stopped": "budget" if result.stopped_by_budget else "steps",
     }
     write_json(args.out, payload)

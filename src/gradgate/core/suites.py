@@ -52,6 +52,11 @@ class ScoringSpec(BaseModel):
         "generate", description="loglik: rank `options` by log-likelihood (local models)."
     )
     options: list[str] = Field(default_factory=list)
+    answer_phrase: str | None = Field(
+        None,
+        description="Phrase the answer follows ('Therefore, the final answer (True or False) is'): loglik scores the "
+        "options after it, and GReaTer's loss reads the gold answer after it (default: GReaTer builds one).",
+    )
 
 
 class SuiteSpec(BaseModel):

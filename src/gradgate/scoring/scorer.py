@@ -127,7 +127,11 @@ class Scorer:
         messages = self.messages(prompt, item)
         scoring = self.target.suite.spec.scoring
         if scoring.mode == "loglik":
-            scores = await self.gateway.score_options("task", messages, scoring.options)
+            # After the suite's answer phrase (GReaTer's extraction phrase): every option shares that prefix, so the
+            # ranking is that of the options after the phrase.
+            phrase = (scoring.answer_phrase or "").strip()
+            ranked = [f"{phrase} {o}" for o in scoring.options] if phrase else scoring.options
+            scores = await self.gateway.score_options("task", messages, ranked)
             return scoring.options[max(range(len(scores)), key=scores.__getitem__)]
         reply = await self.gateway.complete("task", messages, max_tokens=self.target.suite.spec.max_tokens, sample=sample)
         return reply.text

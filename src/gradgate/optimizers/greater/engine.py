@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +60,11 @@ class Rollout:
     @property
     def accuracy(self) -> float:
         return float(self.correct.float().mean())
+
+    @property
+    def mistake_rate(self) -> float:
+        """Share of items whose teacher-forced greedy answer misses a gold token (the paper's selection criterion)."""
+        return 1.0 - self.accuracy
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,16 @@ def propose_candidates(
     intersection_size: int,
     is_word: Callable[[int], bool],
     generator: torch.Generator,
+    banned: Collection[int] = (),
     fallback: int = 10,
 ) -> list[int]:
     """Candidate ids for one slot: current id first, then the united subset intersections (sorted).
 
     topk: (N, k) next-token ids per item at the slot. Each of ``num_intersections`` random subsets of
     ``intersection_size`` items keeps the ids in every member's top-k; the union over subsets is filtered to word
-    tokens. When the union is empty (common with few, diverse items) the ``fallback`` most frequent word tokens over
-    all items' top-k are used instead, so a step always has something to try.
+    tokens that are not ``banned`` (the answer labels' tokens and the token before the slot, as the reference bans
+    the previous token). When the union is empty (common with few, diverse items) the ``fallback`` most frequent
+    allowed word tokens over all items' top-k are used instead, so a step always has something to try.
     """
     n = topk.shape[0]
     rows = [set(r) for r in topk.tolist()]
@@ -145,11 +152,16 @@ def propose_candidates(
     for _ in range(num_intersections):
         members = torch.randperm(n, generator=generator)[: min(intersection_size, n)].tolist()
         united |= set.intersection(*(rows[i] for i in members))
-    words = sorted(t for t in united if t != current_id and is_word(t))
+    banned = set(banned)
+
+    def allowed(t: int) -> bool:
+        return t != current_id and t not in banned and is_word(t)
+
+    words = sorted(t for t in united if allowed(t))
     if not words:
         counts = Counter(t for r in topk.tolist() for t in r)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        words = sorted([t for t, _ in ranked if t != current_id and is_word(t)][:fallback])
+        words = sorted([t for t, _ in ranked if allowed(t)][:fallback])
     return [current_id, *words]
 
 
@@ -369,6 +381,12 @@ class GreaterEngine:
 
         weights: (K,) over ``candidates``; a one-hot on the current token gives the real loss. ``insert`` puts the
         slot in front of ``instruction[position]`` (position == len for an extension) instead of replacing it.
+
+        The slot's own fluency term is a soft target, ``-sum_j w_j log p(cand_j | prefix)``, where the reference
+        has none (its fluency NLL reads the slot's current id, so the one-hot gets no direct gradient from it).
+        Kept on purpose: at the one-hot it equals the reference's value, and its gradient adds each candidate's
+        own NLL at the slot (times fluency_weight / L), the first-order change of the fluency term when that
+        candidate is put there. Without it, a swap's effect on the slot's own NLL would be invisible to the ranking.
         """
         cfg, dev = self.config, self.device
         instr = list(instruction)

@@ -1,30 +1,45 @@
-"""GReaTer behind the shared optimizer interface (optimizers.base): the task model optimizes its own prompt.
+"""GReaTer behind the shared optimizer interface (optimizers.base): a local model optimizes the prompt.
 
 settings.py  GreaterConfig: `optimize.greater` in gradgate.yaml
-prompts.py   the extraction phrase, and the span of the prompt that is optimized
+prompts.py   the extraction phrase, the answer labels, and the span of the prompt that is optimized
+encoding.py  text <-> token ids: items, gold answers, the resolved phrase, banned label tokens
 engine.py    the torch work on token ids: rollouts, loss, one-hot gradients, candidates
 search.py    the step loop (GreaterSearch), resuming, the budget stop; returns a GreaterResult
-method.py    this adapter: runs the search, records its steps, scores the accepted prompts on dev
+method.py    this adapter: runs the search, records its steps, scores the train-best prompts on dev
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import LOCAL_PREFIX
 from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
 from gradgate.optimizers.greater.settings import config_from_settings
 
 
+def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
+    """The suite's answer options and its own extraction phrase (`scoring.answer_phrase`), if any."""
+    suite = ctx.target.suite
+    scoring = suite.spec.scoring
+    return AnswerSpec(
+        options=tuple(scoring.options),
+        phrase=getattr(scoring, "answer_phrase", None),
+        where=f"{suite.rel_path}:scoring.answer_phrase",
+    )
+
+
 class Greater(Optimizer):
-    """GReaTer behind the shared interface: the task model optimizes its own prompt from token gradients.
+    """GReaTer behind the shared interface: a local model optimizes the prompt from token gradients.
 
     The local model is `optimize.greater.model` or, by default, the task model (which must then be an embedded
-    `local/...` model). Each accepted step's prompt is scored on dev by the shared scorer, like every other
-    method's candidates, and the runner confirms the best on the test split.
+    `local/...` model). Another local model than the task model is a transfer: it optimizes, its train accuracy is
+    reported in the gradient notes, and the task model scores every candidate on dev and confirms the best on test.
+    The prompts that set a new best train score (teacher-forced mistake rate, then loss) are scored on dev by the
+    shared scorer, like every other method's candidates; the runner confirms the best on the test split.
     """
 
     name: ClassVar[str] = "greater"
@@ -46,19 +61,33 @@ class Greater(Optimizer):
     async def optimize(self, ctx: OptimizeContext) -> None:
         config = config_from_settings(self.settings, ctx.seed)
         model_name = self._model_name(ctx)
+        task_model = ctx.gateway.spec("task").model
+        on = model_name if model_name == task_model else f"{model_name} (transfer to the task model {task_model})"
         search = GreaterSearch(config)
+        saved: dict[str, Any] = dict(ctx.state.data)
+        best_key = tuple(saved.get("best_key", (2.0, float("inf"))))
 
         def on_step(step: GreaterStep) -> None:
+            nonlocal best_key
             swap = f"{step.old_token!r} → {step.new_token!r}" if step.accepted else f"kept {step.old_token!r}"
             ctx.trajectory.add_gradient(
                 GradientNote(
                     step=step.step,
                     parent="c0000",
-                    summary=f"position {step.position}: {swap} (loss {step.loss:.3f}, train accuracy {step.accuracy:.2f})",
+                    summary=(
+                        f"position {step.position}: {swap} (loss {step.loss:.3f}, train accuracy {step.accuracy:.2f} "
+                        f"on {on}, teacher-forced)"
+                    ),
                     per_item=tuple(f"{c.token!r}: gradient {c.gradient:+.4f}" for c in step.candidates[:8]),
                 )
             )
-            ctx.save_state({"greater": dict(step.state), "prompts": [*ctx.state.get("prompts", []), step.prompt_text]})
+            key = (round(1.0 - step.accuracy, 9), step.loss)
+            prompts = list(saved.get("prompts", []))
+            if key < best_key:  # a new best on train: a candidate for dev
+                best_key = key
+                prompts.append(step.prompt_text)
+            saved.update(greater=dict(step.state), prompts=prompts, best_key=list(best_key), last=step.prompt_text)
+            ctx.save_state(dict(saved))
 
         # The torch work blocks; a worker thread keeps the event loop (and its progress output) alive.
         result = await asyncio.to_thread(
@@ -69,13 +98,15 @@ class Greater(Optimizer):
             budget=ctx.budget,
             on_step=on_step,
             state=ctx.state.get("greater"),
+            answers=answer_spec(ctx),
         )
-        # Score each distinct accepted prompt on dev with the shared scorer (cached ones cost nothing); on resume the
-        # state's prompts include those of the earlier run.
-        accepted = [s.prompt_text for s in result.trajectory if s.accepted]
-        prompts = list(dict.fromkeys([*ctx.state.get("prompts", []), *accepted]))
+        # Score the train-best prompts and the last one on dev with the shared scorer on the task model (cached ones
+        # cost nothing); on resume the state's prompts include those of the earlier run.
+        last = [saved["last"]] if saved.get("last") else []
+        prompts = list(dict.fromkeys([*saved.get("prompts", []), *last]))
         for index, text in enumerate(p for p in prompts if p != ctx.original):
             if ctx.cached_candidate(text) is None:
-                await ctx.evaluate(text, step=index + 1, parent="c0000", origin="token")
+                note = f"GReaTer on {model_name}; phrase {result.config.get('extraction_phrase')!r}"
+                await ctx.evaluate(text, step=index + 1, parent="c0000", origin="token", note=note)
         if result.stopped_by_budget:  # the runner keeps the best so far and reports the stop
             raise BudgetExhausted(f"budget exhausted during GReaTer's search (after {len(result.trajectory)} step(s))")

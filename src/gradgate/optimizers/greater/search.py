@@ -5,18 +5,22 @@ No large model gives feedback; one step at one position of the instruction:
 
 1. generation: greedy reasoning for every training item with the current instruction (batched, KV cache, left padding);
 2. proposal: top-k next tokens at that position per item, intersected over random item subsets, then united; word
-   tokens only; the current token always stays in;
-3. gradient: loss = cross-entropy of the gold answer after the reasoning and ``EXTRACTION_PHRASE`` plus
-   ``fluency_weight`` x NLL of the instruction tokens, differentiated w.r.t. a one-hot weight over the candidates at
-   that position (it reaches the slot through the attention of the reasoning and answer tokens), summed over items;
-4. selection: regenerate the reasoning with the few candidates of most negative gradient and keep the lowest
-   answer-loss-plus-fluency score (the current token included, so the train score never rises);
-5. advance: next position; past the end wrap around or extend the instruction (``past_end``).
+   tokens only, never an answer label's token nor the token before the slot; the current token always stays in;
+3. gradient: loss = cross-entropy of the gold answer after the reasoning and the extraction phrase (built from the
+   suite: encoding.resolve_phrase) plus ``fluency_weight`` x NLL of the instruction tokens, differentiated w.r.t. a
+   one-hot weight over the candidates at that position (it reaches the slot through the attention of the reasoning
+   and answer tokens), summed over items;
+4. selection: regenerate the reasoning with the few candidates of most negative gradient and rank them by
+   teacher-forced mistake rate on the training items, loss + fluency breaking ties (the paper's criterion;
+   ``selection: loss`` ranks by the loss alone); ``accept: always`` takes the best of them (the paper),
+   ``if_better`` only when it beats the current instruction;
+5. advance: next position; past the end wrap around, extend, or grow until the instruction ends with "." (the
+   paper's ``past_end: grow``). ``steps`` defaults to twice the instruction's token count.
 
 The optimized text is the prompt's free text outside ``{{variable}}`` placeholders (prompts.split_prompt). Token ids,
 not text, are the optimized state: the returned prompt is their decoding. The winning candidate's reasoning is reused
-as the next step's generation. The torch work is in engine.py; this module holds text <-> ids, the step loop, the
-budget stop and resuming.
+as the next step's generation. The torch work is in engine.py, text <-> ids in encoding.py; this module holds the step
+loop, the budget stop and resuming.
 """
 
 from __future__ import annotations
@@ -27,38 +31,36 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from gradgate.core.prompts import render_template
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import choose_device, eos_ids, load_causal_lm
+from gradgate.optimizers.greater.encoding import (
+    AnswerSpec,
+    ItemLike,
+    Problem,
+    banned_ids,
+    encode_items,
+    resolve_phrase,
+)
 from gradgate.optimizers.greater.engine import (
     BudgetLike,
-    EncodedItem,
     GreaterEngine,
     Meter,
     Rollout,
     WordFilter,
     propose_candidates,
 )
-from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, split_prompt
+from gradgate.optimizers.greater.prompts import split_prompt
 from gradgate.optimizers.greater.settings import GreaterConfig, PastEnd
 
 log = logging.getLogger(__name__)
 
 PHASES = ("generation", "proposal", "gradient", "selection")
 
-# Splits the chat-templated user message around the instruction; never sent to a model.
-_SENTINEL = "\u2063GRADGATE-INSTRUCTION\u2063"
-
-
-class ItemLike(Protocol):
-    @property
-    def vars(self) -> Mapping[str, Any]: ...
-    @property
-    def expected(self) -> str | None: ...
+__all__ = ["GreaterResult", "GreaterSearch", "GreaterStep", "ItemLike", "advance_position", "encode_items"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class GreaterStep:
     prompt_text: str  # the whole prompt body after this step
     loss: float  # score of the kept instruction
     accuracy: float  # train accuracy of the kept instruction (teacher-forced greedy match)
-    accepted: bool
+    accepted: bool  # the instruction changed at this step
     candidates: tuple[CandidateScore, ...]
     phase_seconds: Mapping[str, float]
     state: Mapping[str, Any]  # persist it; pass it back as run(state=...) to resume after this step
@@ -113,12 +115,13 @@ class GreaterResult:
 # Search state and position advance
 
 
-def advance_position(position: int, length: int, past_end: PastEnd, max_length: int) -> int:
-    """Position of the next step. ``position == length`` is the extension slot (only with past_end='extend')."""
+def advance_position(position: int, length: int, past_end: PastEnd, max_length: int, ends_sentence: bool = False) -> int:
+    """Position of the next step. ``position == length`` is the extension slot: ``extend`` grows to ``max_length``,
+    ``grow`` (the reference) until the instruction's last token holds a '.'; a refused extension wraps."""
     nxt = position + 1
     if nxt < length:
         return nxt
-    if past_end == "extend" and length < max_length and nxt <= length:
+    if nxt <= length < max_length and (past_end == "extend" or (past_end == "grow" and not ends_sentence)):
         return length
     return 0
 
@@ -130,20 +133,23 @@ class SearchState:
     step: int  # the next step to run
     instruction: tuple[int, ...]
     position: int  # the next slot; == len(instruction) is the extension slot
+    total: int  # steps of the whole search (resolved once: the instruction's length changes as it grows)
     initial_score: float = math.nan  # of the instruction the first run started from
     initial_accuracy: float = math.nan
 
     @classmethod
-    def resume(cls, saved: Mapping[str, Any] | None, initial: tuple[int, ...], past_end: PastEnd) -> SearchState:
+    def resume(cls, saved: Mapping[str, Any] | None, initial: tuple[int, ...], config: GreaterConfig) -> SearchState:
         saved = saved or {}
         instruction = tuple(int(t) for t in saved.get("instruction_ids", initial))
         position = int(saved.get("position", 0))
-        if not 0 <= position <= len(instruction) or (position == len(instruction) and past_end == "wrap"):
+        if not 0 <= position <= len(instruction) or (position == len(instruction) and config.past_end == "wrap"):
             position = 0  # a state from another configuration: start over at the first token
+        total = config.steps if config.steps is not None else int(saved.get("total", 2 * len(initial)))
         return cls(
             step=int(saved.get("step", 0)),
             instruction=instruction,
             position=position,
+            total=total,
             initial_score=float(saved.get("initial_score", math.nan)),
             initial_accuracy=float(saved.get("initial_accuracy", math.nan)),
         )
@@ -154,62 +160,11 @@ class SearchState:
             "step": self.step,
             "instruction_ids": list(self.instruction),
             "position": self.position,
+            "total": self.total,
             "seed": seed,
             "initial_score": self.initial_score,
             "initial_accuracy": self.initial_accuracy,
         }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Text <-> ids
-
-
-def encode_items(tokenizer: Any, split: PromptSplit, items: Sequence[ItemLike], *, use_chat_template: bool) -> list[EncodedItem]:
-    """Each item's prompt as token ids before and after the instruction, and its gold answer's ids."""
-    chat = use_chat_template and getattr(tokenizer, "chat_template", None)
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = []
-    for n, item in enumerate(items):
-        values = {k: str(v) for k, v in item.vars.items()}
-        head = render_template(split.head, values, where=f"item {n}")
-        tail = render_template(split.tail, values, where=f"item {n}")
-        if chat:
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": head + _SENTINEL + tail}], tokenize=False, add_generation_prompt=True
-            )
-            before_text, after_text = str(text).split(_SENTINEL, 1)
-            before = tokenizer(before_text, add_special_tokens=False)["input_ids"]
-        else:
-            before_text, after_text = head, tail
-            before = tokenizer(before_text, add_special_tokens=True)["input_ids"]
-        after = tokenizer(after_text, add_special_tokens=False)["input_ids"]
-        if not before or (not chat and start_id is not None and before[0] != start_id):
-            before = [start_id, *before]  # a slot needs a token before it to be predicted from
-        gold: list[int] = []
-        if item.expected is not None and str(item.expected).strip():
-            gold = tokenizer(build_answer_tail(str(item.expected), phrase="")[1], add_special_tokens=False)["input_ids"]
-        encoded.append(EncodedItem(tuple(before), tuple(after), tuple(gold), item.expected))
-    return encoded
-
-
-@dataclass(frozen=True)
-class Problem:
-    """What stays fixed during a search: the engine, the encoded items, and the prompt around the instruction."""
-
-    engine: GreaterEngine
-    tokenizer: Any
-    split: PromptSplit
-    items: list[EncodedItem]
-    is_word: Callable[[int], bool]
-
-    def token(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id]))
-
-    def instruction_text(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
-
-    def prompt_text(self, ids: Sequence[int]) -> str:
-        return self.split.join(self.instruction_text(ids))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,16 +196,18 @@ class GreaterSearch:
             self._loaded[model_name] = (model, tokenizer)
         return self._loaded[model_name]
 
-    def make_engine(self, model: Any, tokenizer: Any, meter: Meter) -> GreaterEngine:
+    def make_engine(self, model: Any, tokenizer: Any, meter: Meter, phrase: str) -> GreaterEngine:
         eos = eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-        phrase = tokenizer(self.config.extraction_phrase, add_special_tokens=False)["input_ids"]
+        phrase_ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        if not phrase_ids:  # validated as text before; a tokenizer could still drop it (whitespace only)
+            raise ConfigError(f"the extraction phrase {phrase!r} has no tokens", where="gradgate.yaml:optimize.greater")
         return GreaterEngine(
             model,
             self.config,
             pad_id=int(pad),
             eos_ids=eos,
-            phrase_ids=phrase,
+            phrase_ids=phrase_ids,
             meter=meter,
             decode=lambda t: tokenizer.decode(list(t), skip_special_tokens=True),
         )
@@ -264,25 +221,28 @@ class GreaterSearch:
         budget: BudgetLike | None,
         on_step: Callable[[GreaterStep], None] | None = None,
         state: Mapping[str, Any] | None = None,
+        answers: AnswerSpec | None = None,
     ) -> GreaterResult:
-        """Run ``config.steps`` steps (from ``state``'s step when resuming). A budget refusal ends the run early:
-        the result then keeps the best instruction so far and says ``stopped_by_budget``."""
+        """Run the search (from ``state``'s step when resuming). A budget refusal ends the run early: the result
+        then keeps the instruction so far and says ``stopped_by_budget``. ``answers``: the suite's options and
+        phrase (the extraction phrase and the banned labels are built from them and the gold answers)."""
         cfg = self.config
         meter = Meter(budget, cfg.budget_role)
-        problem, initial = self._prepare(prompt_body, train, model_name, meter)
-        at = SearchState.resume(state, initial, cfg.past_end)
+        problem, initial = self._prepare(prompt_body, train, model_name, meter, answers or AnswerSpec())
+        at = SearchState.resume(state, initial, cfg)
         log.info(
-            "GReaTer: %d items, %d steps from step %d, instruction %r",
+            "GReaTer: %d items, %d steps from step %d, instruction %r, phrase %r",
             len(problem.items),
-            cfg.steps,
+            at.total,
             at.step,
-            problem.tokenizer.decode(list(at.instruction)),
+            problem.instruction_text(at.instruction),
+            problem.phrase,
         )
         trajectory: list[GreaterStep] = []
         current: Rollout | None = None  # the kept instruction's rollout
         stopped_by_budget = False
         try:
-            for step in range(at.step, cfg.steps):
+            for step in range(at.step, at.total):
                 phases = dict.fromkeys(PHASES, 0.0)
                 t = time.perf_counter()
                 if current is None:
@@ -295,6 +255,7 @@ class GreaterSearch:
         except BudgetExhausted as exc:
             log.info("GReaTer stopped early: %s", exc)
             stopped_by_budget = True
+        resolved = {**asdict(cfg), "steps": at.total, "extraction_phrase": problem.phrase, "labels": list(problem.labels)}
         return GreaterResult(
             best_prompt=problem.prompt_text(at.instruction),
             best_instruction=problem.instruction_text(at.instruction),
@@ -310,12 +271,34 @@ class GreaterSearch:
             completion_tokens=meter.completion_tokens,
             seed=cfg.seed,
             model=model_name,
-            config=asdict(cfg),
+            config=resolved,
             state=at.to_json(cfg.seed),
         )
 
+    def prepare_problem(
+        self,
+        prompt_body: str,
+        items: Sequence[ItemLike],
+        model_name: str,
+        meter: Meter,
+        answers: AnswerSpec,
+        golds: Sequence[str] | None = None,
+    ) -> Problem:
+        """The encoded items, the engine with the phrase resolved from ``golds`` (default: the items' answers), and
+        the banned label tokens. Also the held-out evaluator's entry (bench/greater_eval.py scores with this)."""
+        cfg = self.config
+        split = split_prompt(prompt_body, cfg.span)
+        if golds is None:
+            golds = [str(it.expected) for it in items if it.expected is not None and str(it.expected).strip()]
+        phrase, labels = resolve_phrase(cfg, golds, answers)
+        model, tokenizer = self.load(model_name)
+        engine = self.make_engine(model, tokenizer, meter, phrase)
+        encoded = encode_items(tokenizer, split, items, use_chat_template=cfg.use_chat_template)
+        banned = banned_ids(tokenizer, labels) if cfg.ban_labels else frozenset()
+        return Problem(engine, tokenizer, split, encoded, WordFilter(tokenizer), banned, phrase, labels)
+
     def _prepare(
-        self, prompt_body: str, train: Sequence[ItemLike], model_name: str, meter: Meter
+        self, prompt_body: str, train: Sequence[ItemLike], model_name: str, meter: Meter, answers: AnswerSpec
     ) -> tuple[Problem, tuple[int, ...]]:
         """The items with gold answers (checked before the model loads), encoded; and the initial instruction's ids."""
         cfg = self.config
@@ -331,20 +314,19 @@ class GreaterSearch:
                 len(train) - len(gold_items),
                 len(train),
             )
-        split = split_prompt(prompt_body, cfg.span)
+        golds = [str(it.expected) for it in gold_items]  # the label set: from all the gold answers given
+        split_prompt(prompt_body, cfg.span)  # refuses a body without placeholders before the model loads
+        resolve_phrase(cfg, golds, answers)  # and an empty phrase
         order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_items]
         chosen = [gold_items[i] for i in sorted(order.tolist())]
-
-        model, tokenizer = self.load(model_name)
-        engine = self.make_engine(model, tokenizer, meter)
-        items = encode_items(tokenizer, split, chosen, use_chat_template=cfg.use_chat_template)
-        initial = tuple(tokenizer(split.instruction, add_special_tokens=False)["input_ids"])
+        problem = self.prepare_problem(prompt_body, chosen, model_name, meter, answers, golds)
+        initial = tuple(problem.tokenizer(problem.split.instruction, add_special_tokens=False)["input_ids"])
         if not initial:
             raise ConfigError(
                 "the instruction to optimize is empty after tokenization",
                 hint="give the prompt some free text outside the {{variables}}",
             )
-        return Problem(engine, tokenizer, split, items, WordFilter(tokenizer)), initial
+        return problem, initial
 
     def _first_rollout(self, problem: Problem, at: SearchState) -> Rollout:
         """The current instruction's rollout; on the very first run it also sets the initial score."""
@@ -359,7 +341,7 @@ class GreaterSearch:
         """One step at ``at.position``; moves ``at`` on and returns the kept rollout and the step's record."""
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per step, so a resumed run draws the same
-        outcome = self.run_step(problem.engine, problem.items, current, at.instruction, at.position, problem.is_word, gen, phases)
+        outcome = self.run_step(problem, current, at.instruction, at.position, gen, phases)
         candidates, winner = outcome if outcome is not None else ((), None)
         position, instr = at.position, at.instruction
         old_token = problem.token(instr[position]) if position < len(instr) else ""
@@ -367,7 +349,9 @@ class GreaterSearch:
             instr, current = winner.instruction, winner
         new_token = problem.token(instr[position]) if winner is not None else old_token
         at.instruction = instr
-        at.position = advance_position(position, len(instr), cfg.past_end, cfg.max_instruction_tokens)
+        at.position = advance_position(
+            position, len(instr), cfg.past_end, cfg.max_instruction_tokens, problem.ends_sentence(instr)
+        )
         at.step = step + 1
         record = GreaterStep(
             step=step,
@@ -394,30 +378,20 @@ class GreaterSearch:
         )
         return current, record
 
-    def run_step(
-        self,
-        engine: GreaterEngine,
-        items: Sequence[EncodedItem],
-        current: Rollout,
-        instr: tuple[int, ...],
-        position: int,
-        is_word: Callable[[int], bool],
-        gen: torch.Generator,
-        phases: dict[str, float],
-    ) -> tuple[tuple[CandidateScore, ...], Rollout | None] | None:
-        """One GReaTer step at ``position`` on token ids, given the current instruction's rollout.
-
-        Returns (candidate table, the winning rollout or None when the current instruction stays), or None when
-        no candidate could be proposed. Fills ``phases`` (proposal, gradient, selection seconds).
-        """
-        cfg = self.config
-        t = time.perf_counter()
+    def _candidates(
+        self, problem: Problem, current: Rollout, instr: tuple[int, ...], position: int, gen: torch.Generator
+    ) -> tuple[list[int], bool] | None:
+        """(candidate ids with the current/seed id first, insert?) at the slot, or None when none can be proposed."""
+        cfg, is_word = self.config, problem.is_word
         insert = position == len(instr)
         rows = torch.stack([tk[position] for tk in current.topk])  # (N, k) next-token ids at the slot
-        if insert:  # the extension slot has no current token: the most common word predicted there stands in
-            seed_counts = Counter(t for t in rows[:, 0].tolist() if is_word(t))
+        banned = set(problem.banned)
+        if position > 0:
+            banned.add(instr[position - 1])  # the reference bans the token before the slot: no "step step"
+        if insert:  # the extension slot has no current token: the most common first allowed word there stands in
+            firsts = (next((t for t in row if is_word(t) and t not in banned), None) for row in rows.tolist())
+            seed_counts = Counter(t for t in firsts if t is not None)
             if not seed_counts:
-                phases["proposal"] = time.perf_counter() - t
                 return None
             current_id = seed_counts.most_common(1)[0][0]
         else:
@@ -429,43 +403,78 @@ class GreaterSearch:
             intersection_size=cfg.intersection_size,
             is_word=is_word,
             generator=gen,
+            banned=banned,
         )
-        phases["proposal"] = time.perf_counter() - t
         if len(cands) == 1 and not insert:
             return None
+        return cands, insert
+
+    def rank_key(self, rollout: Rollout) -> tuple[float, float]:
+        """Lower is better: (mistake rate, loss + fluency) with ``selection: mistakes`` (the paper), else (loss,)."""
+        if self.config.selection == "mistakes":
+            return (round(rollout.mistake_rate, 9), rollout.score)
+        return (rollout.score, 0.0)
+
+    def run_step(
+        self,
+        problem: Problem,
+        current: Rollout,
+        instr: tuple[int, ...],
+        position: int,
+        gen: torch.Generator,
+        phases: dict[str, float],
+    ) -> tuple[tuple[CandidateScore, ...], Rollout | None] | None:
+        """One GReaTer step at ``position`` on token ids, given the current instruction's rollout.
+
+        Returns (candidate table, the winning rollout or None when the current instruction stays), or None when
+        no candidate could be proposed. Fills ``phases`` (proposal, gradient, selection seconds).
+        """
+        cfg, engine, items = self.config, problem.engine, problem.items
+        t = time.perf_counter()
+        proposed = self._candidates(problem, current, instr, position, gen)
+        phases["proposal"] = time.perf_counter() - t
+        if proposed is None:
+            return None
+        cands, insert = proposed
 
         t = time.perf_counter()
         grad = engine.gradient(instr, position, insert, cands, items, current.reasoning)  # (K,)
         phases["gradient"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        order = [i for i in torch.argsort(grad).tolist() if insert or i != 0][: cfg.num_eval_candidates]
+        # "always" (the paper): the current token competes only if its gradient ranks it among the best few.
+        ranked = torch.argsort(grad).tolist()
+        if cfg.accept == "if_better" or insert:
+            ranked = [i for i in ranked if insert or i != 0]
+        order = ranked[: cfg.num_eval_candidates]
         trials = []
-        for i in order:
+        for i in (i for i in order if insert or i != 0):
             new = list(instr)
             if insert:
                 new.insert(position, cands[i])
             else:
                 new[position] = cands[i]
-            trials.append(tuple(new))
-        rollouts = engine.rollout(trials, items)
+            trials.append((i, tuple(new)))
+        rollouts = engine.rollout([ins for _, ins in trials], items) if trials else []
         phases["selection"] = time.perf_counter() - t
 
-        decode = engine.decode or (lambda ids: str(list(ids)))
-        # The current token's score is the current rollout's (index 0, unless it is an extension seed).
-        scored = dict(zip(order, rollouts, strict=True))
+        scored = {i: r for (i, _), r in zip(trials, rollouts, strict=True)}
         known = scored if insert else {0: current, **scored}
         table = tuple(
             CandidateScore(
                 token_id=c,
-                token=decode([c]),
+                token=problem.token(c),
                 gradient=float(grad[i]),
                 score=known[i].score if i in known else None,
                 accuracy=known[i].accuracy if i in known else None,
             )
             for i, c in enumerate(cands)
         )
-        best = min(rollouts, key=lambda r: r.score, default=None)
-        if best is None or not best.score < current.score:
+        contenders = [known[i] for i in order if i in known]
+        best_index = min(range(len(contenders)), key=lambda j: self.rank_key(contenders[j]), default=None)
+        if best_index is None:
+            return table, None
+        best = contenders[best_index]
+        if best is current or (cfg.accept == "if_better" and not self.rank_key(best) < self.rank_key(current)):
             return table, None
         return table, best
