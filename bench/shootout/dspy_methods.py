@@ -283,6 +283,59 @@ class DspyOutcome:
     error: str | None = None
 
 
+def _compile(method: str, student: Any, train: list[Any], dev: list[Any], *, lm: Any, adapter: Any, seed: int,
+             budget_calls: int, settings: dict[str, Any]) -> Any:
+    """Build one DSPy optimizer and compile the student; `settings` is filled with what was used."""
+    import dspy
+
+    if method == "dspy-miprov2":
+        settings |= {"auto": "light", "max_bootstrapped_demos": 0, "max_labeled_demos": 0, "seed": seed,
+                    "num_threads": 1, "estimated_calls": mipro_estimate(len(train), len(dev))}
+        if settings["estimated_calls"] > budget_calls:
+            log.warning("MIPROv2 light may need about %d calls, more than the budget of %d; the budget "
+                        "will cut it short", settings["estimated_calls"], budget_calls)
+        optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
+                                 max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed,
+                                 max_errors=10_000, verbose=False)
+        return optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
+    elif method == "dspy-miprov2-demos":
+        settings |= {"auto": "light", "max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
+                    "seed": seed, "num_threads": 1}
+        optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
+                                 max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS, num_threads=1,
+                                 seed=seed, max_errors=10_000, verbose=False)
+        return optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
+    elif method == "dspy-gepa":
+        settings |= {"max_metric_calls": budget_calls, "reflection_lm": "the same embedded model",
+                    "reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": seed}
+        from dspy.teleprompt.gepa import InstructionProposer
+
+        # The proposer's own calls go through the same adapter as every DSPy method here (strict or lenient).
+        proposer = InstructionProposer(adapter=adapter)
+        optimizer = dspy.GEPA(metric=_gepa_metric, max_metric_calls=budget_calls, reflection_lm=lm,
+                              instruction_proposer=proposer, reflection_minibatch_size=3, num_threads=1,
+                              seed=seed, track_stats=False)
+        return optimizer.compile(student, trainset=train, valset=dev)
+    elif method == "dspy-bootstrap-rs":
+        n = bootstrap_rs_candidates(budget_calls, len(train), len(dev))
+        settings |= {"max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
+                    "num_candidate_programs": n, "num_threads": 1}
+        optimizer = dspy.BootstrapFewShotWithRandomSearch(
+            metric=_metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS,
+            num_candidate_programs=n, num_threads=1, max_errors=10_000)
+        return optimizer.compile(student, trainset=train, valset=dev)
+    elif method == "dspy-copro":
+        breadth, depth = copro_shape(budget_calls, len(dev))
+        settings |= {"breadth": breadth, "depth": depth, "init_temperature": COPRO_TEMPERATURE}
+        optimizer = dspy.COPRO(prompt_model=lm, metric=_metric, breadth=breadth, depth=depth,
+                               init_temperature=COPRO_TEMPERATURE)
+        # COPRO selects on the set it is given; that is the dev split here, as for every other method.
+        return optimizer.compile(student, trainset=dev,
+                                     eval_kwargs={"num_threads": 1, "display_progress": False})
+    else:
+        raise GradgateError(f"unknown DSPy method {method!r}", hint=f"use one of {', '.join(DSPY_METHODS)}")
+
+
 def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int,
              strict: bool = False) -> DspyOutcome:
     """Run one DSPy optimizer; the budget is enforced by `session.budget` (every call goes through its gateway)."""
@@ -301,52 +354,8 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
     try:
         adapter = dspy.ChatAdapter() if strict else lenient_adapter()
         with dspy.context(lm=lm, adapter=adapter, num_threads=1, max_errors=10_000):
-            if method == "dspy-miprov2":
-                settings = {"auto": "light", "max_bootstrapped_demos": 0, "max_labeled_demos": 0, "seed": seed,
-                            "num_threads": 1, "estimated_calls": mipro_estimate(len(train), len(dev))}
-                if settings["estimated_calls"] > budget_calls:
-                    log.warning("MIPROv2 light may need about %d calls, more than the budget of %d; the budget "
-                                "will cut it short", settings["estimated_calls"], budget_calls)
-                optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
-                                         max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed,
-                                         max_errors=10_000, verbose=False)
-                compiled = optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
-            elif method == "dspy-miprov2-demos":
-                settings = {"auto": "light", "max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
-                            "seed": seed, "num_threads": 1}
-                optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
-                                         max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS, num_threads=1,
-                                         seed=seed, max_errors=10_000, verbose=False)
-                compiled = optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
-            elif method == "dspy-gepa":
-                settings = {"max_metric_calls": budget_calls, "reflection_lm": "the same embedded model",
-                            "reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": seed}
-                from dspy.teleprompt.gepa import InstructionProposer
-
-                # The proposer's own calls go through the same adapter as every DSPy method here (strict or lenient).
-                proposer = InstructionProposer(adapter=adapter)
-                optimizer = dspy.GEPA(metric=_gepa_metric, max_metric_calls=budget_calls, reflection_lm=lm,
-                                      instruction_proposer=proposer, reflection_minibatch_size=3, num_threads=1,
-                                      seed=seed, track_stats=False)
-                compiled = optimizer.compile(student, trainset=train, valset=dev)
-            elif method == "dspy-bootstrap-rs":
-                n = bootstrap_rs_candidates(budget_calls, len(train), len(dev))
-                settings = {"max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
-                            "num_candidate_programs": n, "num_threads": 1}
-                optimizer = dspy.BootstrapFewShotWithRandomSearch(
-                    metric=_metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS,
-                    num_candidate_programs=n, num_threads=1, max_errors=10_000)
-                compiled = optimizer.compile(student, trainset=train, valset=dev)
-            elif method == "dspy-copro":
-                breadth, depth = copro_shape(budget_calls, len(dev))
-                settings = {"breadth": breadth, "depth": depth, "init_temperature": COPRO_TEMPERATURE}
-                optimizer = dspy.COPRO(prompt_model=lm, metric=_metric, breadth=breadth, depth=depth,
-                                       init_temperature=COPRO_TEMPERATURE)
-                # COPRO selects on the set it is given; that is the dev split here, as for every other method.
-                compiled = optimizer.compile(student, trainset=dev,
-                                             eval_kwargs={"num_threads": 1, "display_progress": False})
-            else:
-                raise GradgateError(f"unknown DSPy method {method!r}", hint=f"use one of {', '.join(DSPY_METHODS)}")
+            compiled = _compile(method, student, train, dev, lm=lm, adapter=adapter, seed=seed,
+                                budget_calls=budget_calls, settings=settings)
     except GradgateError:
         raise
     except Exception as exc:  # DSPy raises many kinds (parse errors of a small model's replies among them)
