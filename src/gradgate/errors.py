@@ -9,8 +9,8 @@ Exception tree (the CLI catches only ``GradgateError`` and maps ``exit_code``)::
     │       └── PathInGitDirError exit 2  a path (or symlink) leads into .git/ (credentials, hooks)
     ├── ModelError                exit 3  an LLM could not be reached or answered nonsense
     │   └── UnknownModelError     exit 2  the model string names nothing we can call
-    ├── ParseError                exit 3  a model reply could not be parsed, even after a retry
     ├── BudgetExhausted           exit 3  the hard budget ran out before a decision
+    ├── Interrupted               exit 130/143  SIGINT or SIGTERM (a cancelled or timed-out CI job)
     ├── GitError                  exit 3  a git command failed or is missing
     └── GitHubError               exit 3  the GitHub REST API refused
 
@@ -67,10 +67,6 @@ class UnknownModelError(ModelError):
     exit_code = EXIT_USAGE
 
 
-class ParseError(GradgateError):
-    exit_code = EXIT_INFRA
-
-
 class BudgetExhausted(GradgateError):
     exit_code = EXIT_INFRA
 
@@ -81,3 +77,19 @@ class GitHubError(GradgateError):
 
 class GitError(GradgateError):
     exit_code = EXIT_INFRA
+
+
+class Interrupted(GradgateError):
+    """SIGINT or SIGTERM arrived: jobs write what they have (partial report, resume state) and stop.
+    The exit code is 128 + the signal number, as a shell reports a process killed by it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name}: partial results were written",
+            hint="rerun the same command to resume (the optimizer's state and the response cache are kept)",
+        )
+        self.signum = signum
+        self.exit_code = 128 + signum
