@@ -106,3 +106,20 @@ def test_open_pr_interrupted_leaves_the_working_tree_as_it_was(tmp_path: Path, m
         )
     assert (work / "prompts" / "qa.md").read_bytes() == before
     assert git(work, "status", "--porcelain") == ""
+
+
+def test_every_package_declares_its_modules_in_all() -> None:
+    """`__all__` in a layer package lists its modules, so the package's docstring and contents stay in step."""
+    import importlib
+
+    import gradgate
+
+    root = Path(gradgate.__file__).parent
+    for init in sorted(root.rglob("__init__.py")):
+        package = ".".join(init.parent.relative_to(root.parent).parts)
+        exported = getattr(importlib.import_module(package), "__all__", None)
+        assert exported is not None, f"{package} has no __all__"
+        modules = sorted(p.stem for p in init.parent.glob("*.py") if p.stem != "__init__")
+        if package in ("gradgate", "gradgate.optimizers", "gradgate.models.local"):
+            continue  # these export names, not modules
+        assert sorted(exported) == modules, f"{package}.__all__ does not list its modules"

@@ -1,0 +1,18 @@
+"""Everything that needs no model and no network: config, files and paths, secrets, prompts, suites,
+discovery, the budget, statistics, git, interrupts."""
+
+__all__ = [
+    "budget",
+    "config",
+    "demos",
+    "discovery",
+    "editdistance",
+    "fence",
+    "files",
+    "git",
+    "interrupts",
+    "prompts",
+    "secrets",
+    "stats",
+    "suites",
+]

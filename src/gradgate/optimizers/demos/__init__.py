@@ -1,0 +1,3 @@
+"""Demonstrations: bootstrapped from training items the task model answers correctly, searched on dev."""
+
+__all__ = ["method", "prompts"]
