@@ -7,6 +7,7 @@ __all__ = [
     "demos",
     "discovery",
     "editdistance",
+    "environment",
     "fence",
     "files",
     "git",

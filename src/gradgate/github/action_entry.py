@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gradgate.core.environment import prepare_process_env
 from gradgate.core.git import Git
 from gradgate.errors import EXIT_INFRA, EXIT_USAGE, GitError, UsageError
 from gradgate.github.actions import escape_data
@@ -434,6 +435,7 @@ def _trust_workspace(workspace: str) -> None:
 
 def main() -> NoReturn:
     """Container entry point: mask secrets, parse inputs, then become ``python -m gradgate ARGS``."""
+    prepare_process_env()
     env = dict(os.environ)
     in_actions = env.get("GITHUB_ACTIONS") == "true"
     # Masks first: nothing may be written before GitHub knows what to hide. Outside a runner nobody reads

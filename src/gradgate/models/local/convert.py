@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gradgate.core.environment import prepare_process_env
 from gradgate.errors import ModelError, UnknownModelError
 from gradgate.models.local.registry import EMBEDDED_MODELS, embedded_name, known_models_text
 
@@ -31,13 +32,9 @@ _CONVERTED_MARKER = "gradgate-converted.json"
 
 
 def prepare_torch_env() -> None:
-    """Set process-wide threading defaults before torch is first imported (no effect afterwards).
-
-    With OpenMP's default spin-waiting, greedy generation on a busy 2-core machine ran 8x slower (0.8 vs 6
-    tokens/s measured, other processes competing); passive waiting loses little on an idle machine.
-    """
+    """Set process-wide threading defaults before torch is first imported (no effect afterwards)."""
     if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        prepare_process_env()
 
 
 def cache_dir() -> Path:

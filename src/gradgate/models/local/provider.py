@@ -6,11 +6,11 @@ litellm is imported on first use only (it takes seconds), so the provider class 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from typing import Any
 
+from gradgate.core.environment import prepare_process_env
 from gradgate.errors import ConfigError, GradgateError, UnknownModelError
 from gradgate.models.local.registry import EMBEDDED_MODELS, LOCAL_PREFIX, embedded_name, known_models_text
 from gradgate.models.local.runtime import generate
@@ -19,17 +19,12 @@ _PROVIDER_CLASS: type | None = None
 _PROVIDER_LOCK = threading.Lock()
 
 
-def _ensure_litellm_env() -> None:
-    # Without this, importing litellm tries to download its price table and waits on retries when offline.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-
 def _optional_float(value: Any, default: float) -> float:
     return default if value is None else float(value)
 
 
 def _build_provider_class() -> type:
-    _ensure_litellm_env()
+    prepare_process_env()
     import litellm
     from litellm.llms.custom_llm import CustomLLMError
 
