@@ -72,8 +72,9 @@ class MethodRun:
     extra: dict[str, Any] | None = None
 
 
-def _session(task: BenchTask, config: Config, *, max_calls: int | None, replay_dir: Path, run_cache: Path,
-             backend: Backend | None) -> tuple[Session, PhaseBudget, ReplayBackend]:
+def _session(
+    task: BenchTask, config: Config, *, max_calls: int | None, replay_dir: Path, run_cache: Path, backend: Backend | None
+) -> tuple[Session, PhaseBudget, ReplayBackend]:
     """A fresh session: its own budget, a per-run gateway cache, and the shared persistent replay cache."""
     budget = PhaseBudget(BudgetConfig(max_calls=max_calls))
     replay = ReplayBackend(inner=backend if backend is not None else LiteLLMBackend(), directory=replay_dir)
@@ -91,14 +92,20 @@ def confirm_calls(task: BenchTask) -> int:
     return calls_needed(len(task.splits.test), uses_judge=False)
 
 
-def run_portfolio_row(task: BenchTask, config: Config, *, budget_calls: int, seed: int, cache_dir: Path,
-                      backend: Backend | None) -> MethodRun:
+def run_portfolio_row(
+    task: BenchTask, config: Config, *, budget_calls: int, seed: int, cache_dir: Path, backend: Backend | None
+) -> MethodRun:
     """gradgate's portfolio: the members share one search budget; the dev winner alone is confirmed on test."""
     from gradgate.app.optimize_job import run_portfolio
 
-    session, budget, replay = _session(task, config, max_calls=budget_calls + confirm_calls(task),
-                                       replay_dir=cache_dir / "replay", run_cache=cache_dir / "run" / "portfolio",
-                                       backend=backend)
+    session, budget, replay = _session(
+        task,
+        config,
+        max_calls=budget_calls + confirm_calls(task),
+        replay_dir=cache_dir / "replay",
+        run_cache=cache_dir / "run" / "portfolio",
+        backend=backend,
+    )
     run_dir = cache_dir / "runs" / "portfolio"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -108,26 +115,41 @@ def run_portfolio_row(task: BenchTask, config: Config, *, budget_calls: int, see
     if not outcome.results:
         raise GradgateError("the portfolio produced no result: " + "; ".join(outcome.failures))
     winner = next(r for r in outcome.results if r.method == outcome.winner)
-    return MethodRun(method="portfolio", body=winner.best.text, calls=outcome.search_calls,
-                     tokens=budget.tokens, seconds=searched, model_seconds=replay.stats.model_seconds,
-                     stopped_reason=winner.stopped_reason, runner_improved=winner.improved,
-                     runner_decision=winner.decision,
-                     extra={"members": list(PORTFOLIO), "winner": outcome.winner,
-                            "member_dev_best": {r.method: r.best.dev_score for r in outcome.results},
-                            "member_calls": {r.method: r.usage.calls for r in outcome.results},
-                            "candidates": sum(len(r.candidates) for r in outcome.results)})
+    return MethodRun(
+        method="portfolio",
+        body=winner.best.text,
+        calls=outcome.search_calls,
+        tokens=budget.tokens,
+        seconds=searched,
+        model_seconds=replay.stats.model_seconds,
+        stopped_reason=winner.stopped_reason,
+        runner_improved=winner.improved,
+        runner_decision=winner.decision,
+        extra={
+            "members": list(PORTFOLIO),
+            "winner": outcome.winner,
+            "member_dev_best": {r.method: r.best.dev_score for r in outcome.results},
+            "member_calls": {r.method: r.usage.calls for r in outcome.results},
+            "candidates": sum(len(r.candidates) for r in outcome.results),
+        },
+    )
 
 
-def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int,
-                        cache_dir: Path, backend: Backend | None) -> MethodRun:
+def run_gradgate_method(
+    method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int, cache_dir: Path, backend: Backend | None
+) -> MethodRun:
     from gradgate.optimizers.runner import run_optimization
 
     if method == "portfolio":
-        return run_portfolio_row(task, config, budget_calls=budget_calls, seed=seed, cache_dir=cache_dir,
-                                 backend=backend)
-    session, budget, replay = _session(task, config, max_calls=budget_calls + confirm_calls(task),
-                                       replay_dir=cache_dir / "replay", run_cache=cache_dir / "run" / method,
-                                       backend=backend)
+        return run_portfolio_row(task, config, budget_calls=budget_calls, seed=seed, cache_dir=cache_dir, backend=backend)
+    session, budget, replay = _session(
+        task,
+        config,
+        max_calls=budget_calls + confirm_calls(task),
+        replay_dir=cache_dir / "replay",
+        run_cache=cache_dir / "run" / method,
+        backend=backend,
+    )
     run_dir = cache_dir / "runs" / method
     if run_dir.exists():  # a stale state file would make the runner resume instead of rerunning
         shutil.rmtree(run_dir)
@@ -135,31 +157,68 @@ def run_gradgate_method(method: str, task: BenchTask, config: Config, *, budget_
     result = asyncio.run(run_optimization(session, task.target, method, out_dir=run_dir, seed=seed))
     # marks[0]: the end of the innermost budget phase, which is the search (the confirmation comes after).
     end = budget.marks[0] if budget.marks else {"calls": budget.calls, "tokens": budget.tokens, "seconds": budget.elapsed}
-    return MethodRun(method=method, body=result.best.text, calls=int(end["calls"]), tokens=int(end["tokens"]),
-                     seconds=float(end["seconds"]), model_seconds=replay.stats.model_seconds,
-                     stopped_reason=result.stopped_reason, runner_improved=result.improved,
-                     runner_decision=result.decision,
-                     extra={"candidates": len(result.candidates), "best_id": result.best.id,
-                            "dev_best": result.best.dev_score, "settings": result.settings,
-                            "wall_seconds_with_confirmation": round(time.monotonic() - started, 1)})
+    return MethodRun(
+        method=method,
+        body=result.best.text,
+        calls=int(end["calls"]),
+        tokens=int(end["tokens"]),
+        seconds=float(end["seconds"]),
+        model_seconds=replay.stats.model_seconds,
+        stopped_reason=result.stopped_reason,
+        runner_improved=result.improved,
+        runner_decision=result.decision,
+        extra={
+            "candidates": len(result.candidates),
+            "best_id": result.best.id,
+            "dev_best": result.best.dev_score,
+            "settings": result.settings,
+            "wall_seconds_with_confirmation": round(time.monotonic() - started, 1),
+        },
+    )
 
 
-def run_dspy_method(method: str, task: BenchTask, config: Config, *, budget_calls: int, seed: int,
-                    cache_dir: Path, backend: Backend | None, strict: bool = False) -> MethodRun:
+def run_dspy_method(
+    method: str,
+    task: BenchTask,
+    config: Config,
+    *,
+    budget_calls: int,
+    seed: int,
+    cache_dir: Path,
+    backend: Backend | None,
+    strict: bool = False,
+) -> MethodRun:
     from bench.shootout.dspy_methods import run_dspy
 
-    session, budget, replay = _session(task, config, max_calls=budget_calls, replay_dir=cache_dir / "replay",
-                                       run_cache=cache_dir / "run" / method, backend=backend)
+    session, budget, replay = _session(
+        task,
+        config,
+        max_calls=budget_calls,
+        replay_dir=cache_dir / "replay",
+        run_cache=cache_dir / "run" / method,
+        backend=backend,
+    )
     started = time.monotonic()
     outcome = run_dspy(method, task, session, seed=seed, budget_calls=budget_calls, strict=strict)
-    return MethodRun(method=method, body=outcome.body, calls=budget.calls, tokens=budget.tokens,
-                     seconds=time.monotonic() - started, model_seconds=replay.stats.model_seconds,
-                     stopped_reason=outcome.stopped_reason, error=outcome.error,
-                     extra={"settings": outcome.settings, "dev_best": outcome.dev_score,
-                            "dspy_lm_calls": outcome.lm_history, "engine_calls": outcome.engine_calls,
-                            "instruction": outcome.instruction,
-                            "scored_item_ids": list(outcome.scored_item_ids),
-                            "adapter": "dspy.ChatAdapter" if strict else "lenient ChatAdapter"})
+    return MethodRun(
+        method=method,
+        body=outcome.body,
+        calls=budget.calls,
+        tokens=budget.tokens,
+        seconds=time.monotonic() - started,
+        model_seconds=replay.stats.model_seconds,
+        stopped_reason=outcome.stopped_reason,
+        error=outcome.error,
+        extra={
+            "settings": outcome.settings,
+            "dev_best": outcome.dev_score,
+            "dspy_lm_calls": outcome.lm_history,
+            "engine_calls": outcome.engine_calls,
+            "instruction": outcome.instruction,
+            "scored_item_ids": list(outcome.scored_item_ids),
+            "adapter": "dspy.ChatAdapter" if strict else "lenient ChatAdapter",
+        },
+    )
 
 
 async def score_on_test(task: BenchTask, session: Session, bodies: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -174,22 +233,38 @@ async def score_on_test(task: BenchTask, session: Session, bodies: Sequence[str]
     return out
 
 
-def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
-                  command: str | None = None) -> tuple[Path, Path, list[report.Row]]:
+def run_benchmark(
+    args: argparse.Namespace, *, backend: Backend | None = None, command: str | None = None
+) -> tuple[Path, Path, list[report.Row]]:
     """The whole shoot-out for one task; returns the JSON and Markdown paths and the rows."""
     cache_dir = Path(args.cache_dir).resolve()
     sizes = resolve_sizes(args.task, repo_root=REPO_ROOT, sizes=(args.train, args.dev, args.test), seed=args.seed)
     os.environ.setdefault("DSPY_CACHEDIR", str(cache_dir / "dspy"))  # DSPy's own cache (unused: cache=False)
     optimizer_model = args.optimizer_model or args.task_model
-    config = bench_config(task_model=args.task_model, optimizer_model=optimizer_model, seed=args.seed, sizes=sizes,
-                          cache_dir=".gradgate/cache")  # unused: the bench builds its gateways and caches itself
+    config = bench_config(
+        task_model=args.task_model, optimizer_model=optimizer_model, seed=args.seed, sizes=sizes, cache_dir=".gradgate/cache"
+    )  # unused: the bench builds its gateways and caches itself
     work = cache_dir / "repo"
     if work.exists():
         shutil.rmtree(work)
-    task = build_task(args.task, repo_root=REPO_ROOT, work_dir=work, sizes=sizes, seed=args.seed,
-                      task_model=args.task_model, scoring=args.scoring, config=config)
-    log.info("task %s: %d/%d/%d items, scoring %s (%s), budget %d calls per method", task.name, *sizes,
-             task.scoring, task.metric, args.budget_calls)
+    task = build_task(
+        args.task,
+        repo_root=REPO_ROOT,
+        work_dir=work,
+        sizes=sizes,
+        seed=args.seed,
+        task_model=args.task_model,
+        scoring=args.scoring,
+        config=config,
+    )
+    log.info(
+        "task %s: %d/%d/%d items, scoring %s (%s), budget %d calls per method",
+        task.name,
+        *sizes,
+        task.scoring,
+        task.metric,
+        args.budget_calls,
+    )
 
     runs: list[MethodRun] = []
     for method in args.methods:
@@ -197,21 +272,44 @@ def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
         started = time.monotonic()
         try:
             if method in DSPY_METHODS:
-                runs.append(run_dspy_method(method, task, config, budget_calls=args.budget_calls, seed=args.seed,
-                                            cache_dir=cache_dir, backend=backend, strict=args.dspy_strict))
+                runs.append(
+                    run_dspy_method(
+                        method,
+                        task,
+                        config,
+                        budget_calls=args.budget_calls,
+                        seed=args.seed,
+                        cache_dir=cache_dir,
+                        backend=backend,
+                        strict=args.dspy_strict,
+                    )
+                )
             else:
-                runs.append(run_gradgate_method(method, task, config, budget_calls=args.budget_calls,
-                                                seed=args.seed, cache_dir=cache_dir, backend=backend))
+                runs.append(
+                    run_gradgate_method(
+                        method, task, config, budget_calls=args.budget_calls, seed=args.seed, cache_dir=cache_dir, backend=backend
+                    )
+                )
         except (GradgateError, ImportError) as exc:
             message = exc.message if isinstance(exc, GradgateError) else str(exc)
             log.warning("%s failed: %s", method, message)
-            runs.append(MethodRun(method=method, body=task.target.prompt.body, calls=0, tokens=0,
-                                  seconds=time.monotonic() - started, model_seconds=0.0, stopped_reason=None,
-                                  error=f"failed: {message}"))
+            runs.append(
+                MethodRun(
+                    method=method,
+                    body=task.target.prompt.body,
+                    calls=0,
+                    tokens=0,
+                    seconds=time.monotonic() - started,
+                    model_seconds=0.0,
+                    stopped_reason=None,
+                    error=f"failed: {message}",
+                )
+            )
         log.info("%s: %d calls in %.0f s", method, runs[-1].calls, runs[-1].seconds)
 
-    session, _, _ = _session(task, config, max_calls=None, replay_dir=cache_dir / "replay",
-                             run_cache=cache_dir / "run" / "test", backend=backend)
+    session, _, _ = _session(
+        task, config, max_calls=None, replay_dir=cache_dir / "replay", run_cache=cache_dir / "run" / "test", backend=backend
+    )
     initial = task.target.prompt.body
     scores = asyncio.run(score_on_test(task, session, [initial, *(r.body for r in runs)]))
     test_ids = [i.id for i in task.splits.test]
@@ -221,30 +319,65 @@ def run_benchmark(args: argparse.Namespace, *, backend: Backend | None = None,
     def interval(body: str) -> Any:
         return mean_interval([scores[body][i] for i in test_ids], resamples=resamples, seed=args.seed)
 
-    rows = [report.Row(method="initial prompt", prompt=initial, test=interval(initial), scores=scores[initial],
-                       calls=None, tokens=None, seconds=None, model_seconds=None, improved=None,
-                       decision="the starting point")]
+    rows = [
+        report.Row(
+            method="initial prompt",
+            prompt=initial,
+            test=interval(initial),
+            scores=scores[initial],
+            calls=None,
+            tokens=None,
+            seconds=None,
+            model_seconds=None,
+            improved=None,
+            decision="the starting point",
+        )
+    ]
     base = [scores[initial][i] for i in test_ids]
     for run in runs:
         head = [scores[run.body][i] for i in test_ids]
-        improved, decision, difference, p = report.decide(base, head, alpha=alpha, margin=margin,
-                                                          resamples=resamples, seed=args.seed)
+        improved, decision, difference, p = report.decide(
+            base, head, alpha=alpha, margin=margin, resamples=resamples, seed=args.seed
+        )
         extra = dict(run.extra or {})
         if run.runner_decision is not None:
             extra["runner_decision"] = run.runner_decision
             extra["runner_improved"] = run.runner_improved
-        rows.append(report.Row(method=run.method, prompt=run.body, test=interval(run.body), scores=scores[run.body],
-                               calls=run.calls, tokens=run.tokens, seconds=round(run.seconds, 1),
-                               model_seconds=round(run.model_seconds, 1),
-                               improved=run.runner_improved if run.runner_improved is not None else improved,
-                               decision=decision, difference=difference, p_value=p,
-                               stopped_reason=run.stopped_reason, error=run.error, extra=extra))
+        rows.append(
+            report.Row(
+                method=run.method,
+                prompt=run.body,
+                test=interval(run.body),
+                scores=scores[run.body],
+                calls=run.calls,
+                tokens=run.tokens,
+                seconds=round(run.seconds, 1),
+                model_seconds=round(run.model_seconds, 1),
+                improved=run.runner_improved if run.runner_improved is not None else improved,
+                decision=decision,
+                difference=difference,
+                p_value=p,
+                stopped_reason=run.stopped_reason,
+                error=run.error,
+                extra=extra,
+            )
+        )
     meta = {
-        "task": task.name, "source": Path(task.source).name, "task_model": args.task_model,
-        "optimizer_model": optimizer_model, "scoring": task.scoring, "options": list(task.options),
-        "metric": task.metric, "seed": args.seed, "budget_calls": args.budget_calls,
-        "split": {"train": sizes[0], "dev": sizes[1], "test": sizes[2]}, "split_ids": task.split_ids(),
-        "alpha": alpha, "margin": margin, "methods": list(args.methods), "dspy_strict": args.dspy_strict,
+        "task": task.name,
+        "source": Path(task.source).name,
+        "task_model": args.task_model,
+        "optimizer_model": optimizer_model,
+        "scoring": task.scoring,
+        "options": list(task.options),
+        "metric": task.metric,
+        "seed": args.seed,
+        "budget_calls": args.budget_calls,
+        "split": {"train": sizes[0], "dev": sizes[1], "test": sizes[2]},
+        "split_ids": task.split_ids(),
+        "alpha": alpha,
+        "margin": margin,
+        "methods": list(args.methods),
+        "dspy_strict": args.dspy_strict,
         "command": command or "python bench/optimizers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "versions": _versions(),
     }
@@ -268,8 +401,9 @@ def _methods(value: str) -> list[str]:
     methods = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(ALL_METHODS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ALL_METHODS)}"
+        )
     return methods
 
 
@@ -284,25 +418,32 @@ def _positive(value: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", default="boolean_expressions",
-                   help="a BBH task (boolean_expressions, causal_judgement, navigate, object_counting, "
-                        "sports_understanding, web_of_lies), gsm8k, or a path to a BBH-format JSON file")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument(
+        "--task",
+        default="boolean_expressions",
+        help="a BBH task (boolean_expressions, causal_judgement, navigate, object_counting, "
+        "sports_understanding, web_of_lies), gsm8k, or a path to a BBH-format JSON file",
+    )
     p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS), help="comma-separated")
-    p.add_argument("--budget-calls", type=_positive, default=DEFAULT_BUDGET_CALLS,
-                   help="LLM calls each method's search may use")
+    p.add_argument("--budget-calls", type=_positive, default=DEFAULT_BUDGET_CALLS, help="LLM calls each method's search may use")
     p.add_argument("--train", type=_positive, default=DEFAULT_SIZES[0])
     p.add_argument("--dev", type=_positive, default=DEFAULT_SIZES[1])
     p.add_argument("--test", type=int, default=DEFAULT_SIZES[2], help="0: every item left after train and dev")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-model", default=DEFAULT_MODEL, help="any litellm model string")
     p.add_argument("--optimizer-model", default=None, help="any litellm model string (default: the task model)")
-    p.add_argument("--scoring", choices=("auto", "loglik", "generate"), default="auto",
-                   help="auto: log-likelihood of the answer options for embedded models with few distinct answers")
-    p.add_argument("--dspy-strict", action="store_true",
-                   help="use DSPy's stock chat adapter (a reply without its field markers stops the optimizer) "
-                        "instead of the lenient one")
+    p.add_argument(
+        "--scoring",
+        choices=("auto", "loglik", "generate"),
+        default="auto",
+        help="auto: log-likelihood of the answer options for embedded models with few distinct answers",
+    )
+    p.add_argument(
+        "--dspy-strict",
+        action="store_true",
+        help="use DSPy's stock chat adapter (a reply without its field markers stops the optimizer) instead of the lenient one",
+    )
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     p.add_argument("--cache-dir", default=str(REPO_ROOT / ".gradgate" / "bench-cache"))
     p.add_argument("-v", "--verbose", action="store_true")
@@ -314,16 +455,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("LiteLLM", "litellm", "httpx", "dspy", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.monotonic()
     try:
         json_path, md_path, _ = run_benchmark(args)
     except GradgateError as exc:
-        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if getattr(exc, "hint", None) else ""),
-              file=sys.stderr)
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if getattr(exc, "hint", None) else ""), file=sys.stderr)
         return exc.exit_code
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path} and {md_path} in {time.monotonic() - started:.0f} s")

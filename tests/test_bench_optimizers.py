@@ -45,8 +45,10 @@ def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
     fields = _DSPY_FIELDS.search(system)
     if fields:  # a DSPy request: answer every output field it asks for
         names = re.findall(r"`(\w+)`", fields.group(1))
-        return "\n\n".join(f"[[ ## {n} ## ]]\nEvaluate the Boolean expression step by step." for n in names) + \
-            "\n\n[[ ## completed ## ]]"
+        return (
+            "\n\n".join(f"[[ ## {n} ## ]]\nEvaluate the Boolean expression step by step." for n in names)
+            + "\n\n[[ ## completed ## ]]"
+        )
     return "<prompt>Evaluate the Boolean expression carefully.\n\n{{input}}</prompt>"
 
 
@@ -65,31 +67,65 @@ def option_scores(messages: list[dict[str, str]], options: list[str]) -> list[fl
 
 
 def _args(bbh_file: Path, tmp_path: Path, methods: str, budget: int = 60) -> Any:
-    return parser().parse_args([
-        "--task", str(bbh_file), "--methods", methods, "--budget-calls", str(budget),
-        "--train", "6", "--dev", "6", "--test", "8", "--seed", "3",
-        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-    ])
+    return parser().parse_args(
+        [
+            "--task",
+            str(bbh_file),
+            "--methods",
+            methods,
+            "--budget-calls",
+            str(budget),
+            "--train",
+            "6",
+            "--dev",
+            "6",
+            "--test",
+            "8",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
 
 
 def test_task_loading_writes_a_suite_and_an_exact_split(bbh_file: Path, tmp_path: Path) -> None:
-    config = bench_config(task_model="local/smollm2-135m-instruct", optimizer_model="local/smollm2-135m-instruct",
-                          seed=3, sizes=(6, 6, 8), cache_dir="cache")
-    task = build_task(str(bbh_file), repo_root=REPO_ROOT, work_dir=tmp_path / "repo", sizes=(6, 6, 8), seed=3,
-                      task_model="local/smollm2-135m-instruct", config=config)
-    assert (task.name, task.scoring, task.options, task.metric) == ("tiny_bool", "loglik", ("False", "True"),
-                                                                   "normalized")
+    config = bench_config(
+        task_model="local/smollm2-135m-instruct",
+        optimizer_model="local/smollm2-135m-instruct",
+        seed=3,
+        sizes=(6, 6, 8),
+        cache_dir="cache",
+    )
+    task = build_task(
+        str(bbh_file),
+        repo_root=REPO_ROOT,
+        work_dir=tmp_path / "repo",
+        sizes=(6, 6, 8),
+        seed=3,
+        task_model="local/smollm2-135m-instruct",
+        config=config,
+    )
+    assert (task.name, task.scoring, task.options, task.metric) == ("tiny_bool", "loglik", ("False", "True"), "normalized")
     assert (len(task.splits.train), len(task.splits.dev), len(task.splits.test)) == (6, 6, 8)
     # The runner splits with the config's fractions; it must get exactly these items.
-    again = split_items(task.target.suite.items, seed=3, train=config.optimize.split.train,
-                        dev=config.optimize.split.dev)
+    again = split_items(task.target.suite.items, seed=3, train=config.optimize.split.train, dev=config.optimize.split.dev)
     assert again == task.splits
     assert task.target.prompt.body == body_for(task.instruction)
     assert task.target.prompt.variables == ["input"]
     assert task.target.suite.spec.scoring.mode == "loglik"
     # Generating API models get an extraction-tolerant metric instead of loglik.
-    generated = build_task(str(bbh_file), repo_root=REPO_ROOT, work_dir=tmp_path / "repo2", sizes=(6, 6, 8),
-                           seed=3, task_model="openai/gpt-4o-mini", config=config)
+    generated = build_task(
+        str(bbh_file),
+        repo_root=REPO_ROOT,
+        work_dir=tmp_path / "repo2",
+        sizes=(6, 6, 8),
+        seed=3,
+        task_model="openai/gpt-4o-mini",
+        config=config,
+    )
     assert (generated.scoring, generated.metric) == ("generate", "contains")
 
 
@@ -99,10 +135,15 @@ def test_bad_task_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs `input` and `target`"):
         read_rows(bad)
     with pytest.raises(ConfigError, match="neither a known task"):
-        build_task(str(tmp_path / "missing.json"), repo_root=REPO_ROOT, work_dir=tmp_path / "r", sizes=(1, 1, 1),
-                   seed=0, task_model="local/smollm2-135m-instruct",
-                   config=bench_config(task_model="local/x", optimizer_model="local/x", seed=0, sizes=(1, 1, 1),
-                                       cache_dir="c"))
+        build_task(
+            str(tmp_path / "missing.json"),
+            repo_root=REPO_ROOT,
+            work_dir=tmp_path / "r",
+            sizes=(1, 1, 1),
+            seed=0,
+            task_model="local/smollm2-135m-instruct",
+            config=bench_config(task_model="local/x", optimizer_model="local/x", seed=0, sizes=(1, 1, 1), cache_dir="c"),
+        )
 
 
 def test_gsm8k_rows_keep_the_final_answer(tmp_path: Path) -> None:
@@ -170,16 +211,16 @@ def test_lenient_adapter_takes_the_whole_reply_when_markers_are_missing() -> Non
 
     signature = dspy.Signature("basic_instruction -> proposed_instruction, prefix")
     parsed = lenient_adapter().parse(signature, "[[ ## prefix ## ]]\nAnswer:\nBe precise and check each step.")
-    assert parsed == {"prefix": "Answer:\nBe precise and check each step.",
-                      "proposed_instruction": "Answer:\nBe precise and check each step."}
-    assert lenient_adapter().parse(signature, "Just do it.") == {"proposed_instruction": "Just do it.",
-                                                                 "prefix": "Just do it."}
+    assert parsed == {
+        "prefix": "Answer:\nBe precise and check each step.",
+        "proposed_instruction": "Answer:\nBe precise and check each step.",
+    }
+    assert lenient_adapter().parse(signature, "Just do it.") == {"proposed_instruction": "Just do it.", "prefix": "Just do it."}
 
 
 def test_demos_and_portfolio_rows_share_the_budget_and_write_demonstrations(bbh_file: Path, tmp_path: Path) -> None:
     backend = ScriptedBackend(script, option_scores=option_scores)
-    _, _, rows = run_benchmark(_args(bbh_file, tmp_path, "demos,portfolio", budget=80), backend=backend,
-                               command="bench test")
+    _, _, rows = run_benchmark(_args(bbh_file, tmp_path, "demos,portfolio", budget=80), backend=backend, command="bench test")
     initial, demos, portfolio = rows
     assert demos.error is None and portfolio.error is None, (demos.error, portfolio.error)
     assert "<!-- gradgate:demos -->" in demos.prompt and "\nAnswer: " in demos.prompt

@@ -18,6 +18,7 @@ from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
 from gradgate.optimizers.demos.method import DemosSettings, demo_sets
 from gradgate.optimizers.demos.prompts import Demo, format_demos, parse_demos
+from gradgate.optimizers.report import pr_body
 from gradgate.optimizers.runner import run_optimization
 from tests.test_gradsum import Script, config_for, make_repo, open_session
 
@@ -134,6 +135,10 @@ def test_the_tuning_write_back_puts_readable_demonstrations_in_the_file(tmp_path
     assert after[:start].encode() == before[: before.index(b"Question:")]  # front matter and instruction untouched
     assert after.endswith(CLOSE_MARKER + "\n\nQuestion: {{question}}\n")
     assert re.search(r"Examples:\n\nInput: What is \d+\+1\?\nAnswer: \d+\n\nInput: ", after)
+    # the pull request's text shows the same demonstrations, as the file has them
+    body = pr_body(list(outcome.results), outcome.results, budget=session.budget.snapshot(), methods=["demos"])
+    assert "worked example(s) in its demonstrations slot" in body
+    assert slot_content(outcome.results[0].best.text).strip() in body
 
 
 def test_config_errors_come_before_any_call(tmp_path: Path) -> None:

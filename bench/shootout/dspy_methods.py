@@ -120,16 +120,31 @@ class GatewayEngine:
         self._seen[key] += 1
         self.run_log.engine_calls += 1
         try:
-            reply = self.loop.run(self.session.gateway.complete(
-                self.role, messages, temperature=temperature, max_tokens=max_tokens, seed=self.seed + sample,
-                stop=list(config.stop) or None, sample=sample))
+            reply = self.loop.run(
+                self.session.gateway.complete(
+                    self.role,
+                    messages,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    seed=self.seed + sample,
+                    stop=list(config.stop) or None,
+                    sample=sample,
+                )
+            )
         except BudgetExhausted as exc:
             self.run_log.exhausted = self.run_log.exhausted or exc.message
             raise
-        return Response(id=None, model=reply.model, message=Message.assistant([TextPart(reply.text)]),
-                        finish_reason="stop",
-                        usage=Usage(input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens,
-                                    total_tokens=reply.prompt_tokens + reply.completion_tokens))
+        return Response(
+            id=None,
+            model=reply.model,
+            message=Message.assistant([TextPart(reply.text)]),
+            finish_reason="stop",
+            usage=Usage(
+                input_tokens=reply.prompt_tokens,
+                output_tokens=reply.completion_tokens,
+                total_tokens=reply.prompt_tokens + reply.completion_tokens,
+            ),
+        )
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events
@@ -283,68 +298,133 @@ class DspyOutcome:
     error: str | None = None
 
 
-def _compile(method: str, student: Any, train: list[Any], dev: list[Any], *, lm: Any, adapter: Any, seed: int,
-             budget_calls: int, settings: dict[str, Any]) -> Any:
+def _compile(
+    method: str,
+    student: Any,
+    train: list[Any],
+    dev: list[Any],
+    *,
+    lm: Any,
+    adapter: Any,
+    seed: int,
+    budget_calls: int,
+    settings: dict[str, Any],
+) -> Any:
     """Build one DSPy optimizer and compile the student; `settings` is filled with what was used."""
     import dspy
 
     if method == "dspy-miprov2":
-        settings |= {"auto": "light", "max_bootstrapped_demos": 0, "max_labeled_demos": 0, "seed": seed,
-                    "num_threads": 1, "estimated_calls": mipro_estimate(len(train), len(dev))}
+        settings |= {
+            "auto": "light",
+            "max_bootstrapped_demos": 0,
+            "max_labeled_demos": 0,
+            "seed": seed,
+            "num_threads": 1,
+            "estimated_calls": mipro_estimate(len(train), len(dev)),
+        }
         if settings["estimated_calls"] > budget_calls:
-            log.warning("MIPROv2 light may need about %d calls, more than the budget of %d; the budget "
-                        "will cut it short", settings["estimated_calls"], budget_calls)
-        optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
-                                 max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed,
-                                 max_errors=10_000, verbose=False)
+            log.warning(
+                "MIPROv2 light may need about %d calls, more than the budget of %d; the budget will cut it short",
+                settings["estimated_calls"],
+                budget_calls,
+            )
+        optimizer = dspy.MIPROv2(
+            metric=_metric,
+            prompt_model=lm,
+            task_model=lm,
+            auto="light",
+            max_bootstrapped_demos=0,
+            max_labeled_demos=0,
+            num_threads=1,
+            seed=seed,
+            max_errors=10_000,
+            verbose=False,
+        )
         return optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
     elif method == "dspy-miprov2-demos":
-        settings |= {"auto": "light", "max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
-                    "seed": seed, "num_threads": 1}
-        optimizer = dspy.MIPROv2(metric=_metric, prompt_model=lm, task_model=lm, auto="light",
-                                 max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS, num_threads=1,
-                                 seed=seed, max_errors=10_000, verbose=False)
+        settings |= {
+            "auto": "light",
+            "max_bootstrapped_demos": MAX_DEMOS,
+            "max_labeled_demos": MAX_DEMOS,
+            "seed": seed,
+            "num_threads": 1,
+        }
+        optimizer = dspy.MIPROv2(
+            metric=_metric,
+            prompt_model=lm,
+            task_model=lm,
+            auto="light",
+            max_bootstrapped_demos=MAX_DEMOS,
+            max_labeled_demos=MAX_DEMOS,
+            num_threads=1,
+            seed=seed,
+            max_errors=10_000,
+            verbose=False,
+        )
         return optimizer.compile(student, trainset=train, valset=dev, minibatch=len(dev) > 50)
     elif method == "dspy-gepa":
-        settings |= {"max_metric_calls": budget_calls, "reflection_lm": "the same embedded model",
-                    "reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": seed}
+        settings |= {
+            "max_metric_calls": budget_calls,
+            "reflection_lm": "the same embedded model",
+            "reflection_minibatch_size": 3,
+            "candidate_selection_strategy": "pareto",
+            "seed": seed,
+        }
         from dspy.teleprompt.gepa import InstructionProposer
 
         # The proposer's own calls go through the same adapter as every DSPy method here (strict or lenient).
         proposer = InstructionProposer(adapter=adapter)
-        optimizer = dspy.GEPA(metric=_gepa_metric, max_metric_calls=budget_calls, reflection_lm=lm,
-                              instruction_proposer=proposer, reflection_minibatch_size=3, num_threads=1,
-                              seed=seed, track_stats=False)
+        optimizer = dspy.GEPA(
+            metric=_gepa_metric,
+            max_metric_calls=budget_calls,
+            reflection_lm=lm,
+            instruction_proposer=proposer,
+            reflection_minibatch_size=3,
+            num_threads=1,
+            seed=seed,
+            track_stats=False,
+        )
         return optimizer.compile(student, trainset=train, valset=dev)
     elif method == "dspy-bootstrap-rs":
         n = bootstrap_rs_candidates(budget_calls, len(train), len(dev))
-        settings |= {"max_bootstrapped_demos": MAX_DEMOS, "max_labeled_demos": MAX_DEMOS,
-                    "num_candidate_programs": n, "num_threads": 1}
+        settings |= {
+            "max_bootstrapped_demos": MAX_DEMOS,
+            "max_labeled_demos": MAX_DEMOS,
+            "num_candidate_programs": n,
+            "num_threads": 1,
+        }
         optimizer = dspy.BootstrapFewShotWithRandomSearch(
-            metric=_metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS,
-            num_candidate_programs=n, num_threads=1, max_errors=10_000)
+            metric=_metric,
+            max_bootstrapped_demos=MAX_DEMOS,
+            max_labeled_demos=MAX_DEMOS,
+            num_candidate_programs=n,
+            num_threads=1,
+            max_errors=10_000,
+        )
         return optimizer.compile(student, trainset=train, valset=dev)
     elif method == "dspy-copro":
         breadth, depth = copro_shape(budget_calls, len(dev))
         settings |= {"breadth": breadth, "depth": depth, "init_temperature": COPRO_TEMPERATURE}
-        optimizer = dspy.COPRO(prompt_model=lm, metric=_metric, breadth=breadth, depth=depth,
-                               init_temperature=COPRO_TEMPERATURE)
+        optimizer = dspy.COPRO(prompt_model=lm, metric=_metric, breadth=breadth, depth=depth, init_temperature=COPRO_TEMPERATURE)
         # COPRO selects on the set it is given; that is the dev split here, as for every other method.
-        return optimizer.compile(student, trainset=dev,
-                                     eval_kwargs={"num_threads": 1, "display_progress": False})
+        return optimizer.compile(student, trainset=dev, eval_kwargs={"num_threads": 1, "display_progress": False})
     else:
         raise GradgateError(f"unknown DSPy method {method!r}", hint=f"use one of {', '.join(DSPY_METHODS)}")
 
 
-def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int,
-             strict: bool = False) -> DspyOutcome:
+def run_dspy(
+    method: str, task: BenchTask, session: Session, *, seed: int, budget_calls: int, strict: bool = False
+) -> DspyOutcome:
     """Run one DSPy optimizer; the budget is enforced by `session.budget` (every call goes through its gateway)."""
     import dspy
 
     loop = LoopThread()
     run_log = DspyRunLog()
-    lm = dspy.LM(session.gateway.spec("optimizer").model, engine=GatewayEngine(
-        session, loop, run_log, role="optimizer", seed=seed), cache=False)
+    lm = dspy.LM(
+        session.gateway.spec("optimizer").model,
+        engine=GatewayEngine(session, loop, run_log, role="optimizer", seed=seed),
+        cache=False,
+    )
     item_scorer = ItemScorer(task, session, loop, run_log)
     student = _program(task.instruction, item_scorer)
     train, dev = _examples(task.splits.train), _examples(task.splits.dev)
@@ -354,8 +434,9 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
     try:
         adapter = dspy.ChatAdapter() if strict else lenient_adapter()
         with dspy.context(lm=lm, adapter=adapter, num_threads=1, max_errors=10_000):
-            compiled = _compile(method, student, train, dev, lm=lm, adapter=adapter, seed=seed,
-                                budget_calls=budget_calls, settings=settings)
+            compiled = _compile(
+                method, student, train, dev, lm=lm, adapter=adapter, seed=seed, budget_calls=budget_calls, settings=settings
+            )
     except GradgateError:
         raise
     except Exception as exc:  # DSPy raises many kinds (parse errors of a small model's replies among them)
@@ -373,7 +454,14 @@ def run_dspy(method: str, task: BenchTask, session: Session, *, seed: int, budge
         body, best = run_log.best_complete(dev_ids, task.body_for(task.instruction))
         instruction = task.instruction
         dev_score = best if best >= 0 else None
-    return DspyOutcome(instruction=instruction, body=body, settings=settings,
-                       dev_score=dev_score, stopped_reason=run_log.exhausted, engine_calls=run_log.engine_calls,
-                       lm_history=len(lm.history), error=error,
-                       scored_item_ids=tuple(sorted({i for s in run_log.dev_scores.values() for i in s})))
+    return DspyOutcome(
+        instruction=instruction,
+        body=body,
+        settings=settings,
+        dev_score=dev_score,
+        stopped_reason=run_log.exhausted,
+        engine_calls=run_log.engine_calls,
+        lm_history=len(lm.history),
+        error=error,
+        scored_item_ids=tuple(sorted({i for s in run_log.dev_scores.values() for i in s})),
+    )

@@ -33,8 +33,9 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(base: Sequence[float], head: Sequence[float], *, alpha: float, margin: float,
-           resamples: int, seed: int) -> tuple[bool, str, Interval | None, float | None]:
+def decide(
+    base: Sequence[float], head: Sequence[float], *, alpha: float, margin: float, resamples: int, seed: int
+) -> tuple[bool, str, Interval | None, float | None]:
     """gradgate's rule (optimizers.runner): beat the original by more than `margin`, with support at `alpha`."""
     if not base:
         return False, "no test scores", None, None

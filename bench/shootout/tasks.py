@@ -24,8 +24,7 @@ from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BBH_TASKS = ("boolean_expressions", "causal_judgement", "navigate", "object_counting", "sports_understanding",
-             "web_of_lies")
+BBH_TASKS = ("boolean_expressions", "causal_judgement", "navigate", "object_counting", "sports_understanding", "web_of_lies")
 # Where the shared data sets live, relative to this repository's root.
 SHARED_DATA = Path("..") / "shared" / "data"
 
@@ -37,13 +36,12 @@ GSM8K_INSTRUCTION = "Solve the following math word problem. End with the final n
 # What each task is, for the optimizers' meta-prompts (they see it as the suite description).
 TASK_DESCRIPTIONS = {
     "boolean_expressions": "Evaluate a Boolean expression built from True, False, not, and, or and parentheses; "
-                           "the answer is True or False.",
+    "the answer is True or False.",
     "causal_judgement": "Answer a yes/no question about causation in a short story, as a typical person would.",
     "navigate": "Decide whether following the movement instructions returns you to the starting point (Yes/No).",
     "object_counting": "Count the objects of the asked category in a list of possessions; the answer is a number.",
     "sports_understanding": "Decide whether a sentence about a sports player is plausible (yes/no).",
-    "web_of_lies": "Decide from a chain of people calling each other liars whether the last person tells the "
-                   "truth (Yes/No).",
+    "web_of_lies": "Decide from a chain of people calling each other liars whether the last person tells the truth (Yes/No).",
     "gsm8k": "Solve a grade-school math word problem; the answer is a number.",
 }
 # Loglik scoring ranks a fixed set of answers; beyond this many distinct targets, generate instead.
@@ -93,16 +91,20 @@ def resolve_task_path(task: str, repo_root: Path) -> tuple[str, Path]:
         return task, data / "gsm8k" / "train.jsonl"
     path = Path(task)
     if not path.is_file():
-        raise ConfigError(f"task {task!r} is neither a known task nor an existing file",
-                          hint=f"use one of {', '.join((*BBH_TASKS, 'gsm8k'))} or a path to a BBH-format JSON file")
+        raise ConfigError(
+            f"task {task!r} is neither a known task nor an existing file",
+            hint=f"use one of {', '.join((*BBH_TASKS, 'gsm8k'))} or a path to a BBH-format JSON file",
+        )
     return path.stem, path
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
     """Rows of {input, target}: BBH JSON ({"examples": [...]}) or GSM8K JSONL (question/answer after '####')."""
     if not path.is_file():
-        raise ConfigError(f"data file {path} does not exist",
-                          hint="the default tasks read ../shared/data; pass --task path/to/file.json otherwise")
+        raise ConfigError(
+            f"data file {path} does not exist",
+            hint="the default tasks read ../shared/data; pass --task path/to/file.json otherwise",
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".jsonl":
         rows = []
@@ -124,8 +126,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         raise ConfigError(f"is not valid JSON: {exc.msg} (line {exc.lineno})", where=str(path)) from None
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list) or not examples:
-        raise ConfigError("a BBH-format file holds {\"examples\": [{\"input\": ..., \"target\": ...}, ...]}",
-                          where=str(path))
+        raise ConfigError('a BBH-format file holds {"examples": [{"input": ..., "target": ...}, ...]}', where=str(path))
     rows = []
     for index, example in enumerate(examples):
         if not isinstance(example, dict) or "input" not in example or "target" not in example:
@@ -140,11 +141,13 @@ def choose_scoring(rows: list[dict[str, str]], scoring: Scoring, task_model: str
         scoring = "loglik" if task_model.startswith("local/") and len(targets) <= MAX_LOGLIK_OPTIONS else "generate"
     if scoring == "loglik":
         if not task_model.startswith("local/"):
-            raise ConfigError("log-likelihood scoring needs an embedded task model (local/...)",
-                              hint="pass --scoring generate for API models")
+            raise ConfigError(
+                "log-likelihood scoring needs an embedded task model (local/...)", hint="pass --scoring generate for API models"
+            )
         if len(targets) > MAX_LOGLIK_OPTIONS:
-            raise ConfigError(f"{len(targets)} distinct targets are too many to rank by log-likelihood",
-                              hint="pass --scoring generate")
+            raise ConfigError(
+                f"{len(targets)} distinct targets are too many to rank by log-likelihood", hint="pass --scoring generate"
+            )
         return "loglik", tuple(targets)
     return "generate", ()
 
@@ -178,8 +181,9 @@ def select_items(rows: list[dict[str, str]], name: str, *, n: int, seed: int) ->
             seen.add(row["input"])
             unique.append({**row, "id": f"{name}-{index}"})
     if len(unique) < n:
-        raise ConfigError(f"{name} has {len(unique)} distinct items; train + dev + test asks for {n}",
-                          hint="lower --train/--dev/--test")
+        raise ConfigError(
+            f"{name} has {len(unique)} distinct items; train + dev + test asks for {n}", hint="lower --train/--dev/--test"
+        )
     ordered = sorted(unique, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
     return ordered[:n]
 
@@ -192,13 +196,21 @@ def resolve_sizes(task: str, *, repo_root: Path, sizes: tuple[int, int, int], se
     distinct = len({r["input"] for r in read_rows(path)})
     rest = distinct - sizes[0] - sizes[1]
     if rest < 1:
-        raise ConfigError(f"{name} has {distinct} distinct items; train + dev take {sizes[0] + sizes[1]}",
-                          hint="lower --train/--dev")
+        raise ConfigError(
+            f"{name} has {distinct} distinct items; train + dev take {sizes[0] + sizes[1]}", hint="lower --train/--dev"
+        )
     return sizes[0], sizes[1], rest
 
 
-def bench_config(*, task_model: str, optimizer_model: str, seed: int, sizes: tuple[int, int, int],
-                 cache_dir: str, method_settings: dict[str, dict[str, Any]] | None = None) -> Config:
+def bench_config(
+    *,
+    task_model: str,
+    optimizer_model: str,
+    seed: int,
+    sizes: tuple[int, int, int],
+    cache_dir: str,
+    method_settings: dict[str, dict[str, Any]] | None = None,
+) -> Config:
     """The gradgate config of the benchmark repository; split fractions that reproduce the exact sizes."""
     n = sum(sizes)
     train, dev = sizes[0] / n, sizes[1] / n
@@ -207,15 +219,28 @@ def bench_config(*, task_model: str, optimizer_model: str, seed: int, sizes: tup
         "models": {"task": task_model, "judge": task_model, "optimizer": optimizer_model, "concurrency": 8},
         # DSPy's optimizers rewrite the instruction only and cannot lose the input field; repairing lost
         # placeholders puts gradgate's text optimizers on the same footing with a small rewriter.
-        "optimize": {"seed": seed, "split": {"train": train, "dev": dev, "test": 1.0 - train - dev},
-                     "repair_placeholders": True, **(method_settings or {})},
+        "optimize": {
+            "seed": seed,
+            "split": {"train": train, "dev": dev, "test": 1.0 - train - dev},
+            "repair_placeholders": True,
+            **(method_settings or {}),
+        },
         "cache_dir": cache_dir,
     }
     return parse_config(data, "bench config")
 
 
-def build_task(task: str, *, repo_root: Path, work_dir: Path, sizes: tuple[int, int, int], seed: int,
-               task_model: str, scoring: Scoring = "auto", config: Config) -> BenchTask:
+def build_task(
+    task: str,
+    *,
+    repo_root: Path,
+    work_dir: Path,
+    sizes: tuple[int, int, int],
+    seed: int,
+    task_model: str,
+    scoring: Scoring = "auto",
+    config: Config,
+) -> BenchTask:
     """Write `work_dir` as a gradgate repository (prompts/<task>.md, evals/<task>.yaml) and split it."""
     name, path = resolve_task_path(task, repo_root)
     rows = read_rows(path)
@@ -233,9 +258,8 @@ def build_task(task: str, *, repo_root: Path, work_dir: Path, sizes: tuple[int, 
         suite["scoring"] = {"mode": "loglik", "options": list(options)}
     else:
         suite["max_tokens"] = 256 if name == "gsm8k" else 64
-    prompt_text = (
-        f"---\nid: {name}\ndescription: {json.dumps(description)}\nsuite: evals/{name}.yaml\n---\n"
-        + body_for(instruction)
+    prompt_text = f"---\nid: {name}\ndescription: {json.dumps(description)}\nsuite: evals/{name}.yaml\n---\n" + body_for(
+        instruction
     )
     atomic_write_text(work_dir / "prompts" / f"{name}.md", prompt_text)
     atomic_write_text(work_dir / "evals" / f"{name}.yaml", yaml.safe_dump(suite, sort_keys=False, allow_unicode=True))
@@ -247,8 +271,17 @@ def build_task(task: str, *, repo_root: Path, work_dir: Path, sizes: tuple[int, 
     sizes_got = (len(splits.train), len(splits.dev), len(splits.test))
     if sizes_got != sizes:
         raise ConfigError(f"the split came out as {sizes_got}, not {sizes}", hint="report this as a bug")
-    return BenchTask(name=name, source=str(path), repo=work_dir, target=Target(prompt=prompt, suite=loaded),
-                     splits=splits, scoring=mode, options=options, metric=metric, instruction=instruction)
+    return BenchTask(
+        name=name,
+        source=str(path),
+        repo=work_dir,
+        target=Target(prompt=prompt, suite=loaded),
+        splits=splits,
+        scoring=mode,
+        options=options,
+        metric=metric,
+        instruction=instruction,
+    )
 
 
 def items_by_input(items: tuple[Item, ...]) -> dict[str, Item]:
