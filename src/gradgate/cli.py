@@ -175,10 +175,12 @@ def eval_command(
             )
         print_table(outcome.results, Console())
         click.echo(f"wrote {outcome.results_path} and {outcome.report_path}")
-        if not outcome.complete:
+        if outcome.error is not None:
+            stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.error)))}", highlight=False)
+            stderr.print("[yellow]the run stopped early: the results above are partial[/]")
+        elif not outcome.complete:
             stderr.print("[yellow]the budget ran out: the results above are partial[/]")
-            return EXIT_INFRA
-        return EXIT_OK
+        return outcome.exit_code
 
     sys.exit(_run(job))
 

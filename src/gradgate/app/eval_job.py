@@ -1,4 +1,9 @@
-"""`gradgate eval`: discover → score → report, on a `Session` (gradgate.models.session)."""
+"""`gradgate eval`: discover → score → report, on a `Session` (gradgate.models.session).
+
+What was scored is always written: when the budget runs out, or the model fails for good midway
+(unreachable after retries), `results.json` and `report.md` still hold every finished item, the run is
+marked incomplete (`complete: false`, `error`), and the outcome's exit code says why (3).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradgate.core.discovery import Target, discover
+from gradgate.core.secrets import redact
+from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError
 from gradgate.models.session import Session
 from gradgate.scoring.results import EvalResults, build_results, prompt_out, write_results
-from gradgate.scoring.scorer import ItemResult, Scorer
+from gradgate.scoring.scorer import ItemResult, PromptEval, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +30,17 @@ class EvalOutcome:
     results: EvalResults
     results_path: Path
     report_path: Path
+    error: GradgateError | None = None  # why the run stopped early (the budget's stop is per prompt instead)
 
     @property
     def complete(self) -> bool:
-        return all(p.complete for p in self.results.prompts)
+        return self.results.complete
+
+    @property
+    def exit_code(self) -> int:
+        if self.complete:
+            return EXIT_OK
+        return self.error.exit_code if self.error is not None else EXIT_INFRA
 
 
 async def run_eval(
@@ -41,11 +55,40 @@ async def run_eval(
     targets = targets if targets is not None else discover(session.repo, session.config, prompt_ids)
     scorers = [Scorer(session.gateway, session.config, t) for t in targets]  # validates every suite before any call
     outs = []
+    error: GradgateError | None = None
     for target, scorer in zip(targets, scorers, strict=True):
-        if on_start:
-            on_start(target.prompt.id, len(target.suite.items))
-        evaluation = await scorer.score(target.prompt, target.suite.items, on_item=on_item)
+        done: dict[str, ItemResult] = {}
+        if error is None:
+            if on_start:
+                on_start(target.prompt.id, len(target.suite.items))
+
+            def record(result: ItemResult, done: dict[str, ItemResult] = done) -> None:
+                done[result.item_id] = result
+                if on_item:
+                    on_item(result)
+
+            try:
+                evaluation = await scorer.score(target.prompt, target.suite.items, on_item=record)
+            except GradgateError as exc:  # the model failed for good: keep what was scored, stop here
+                error = exc
+        if error is not None:
+            evaluation = _partial(target, done, f"not scored: {redact(error.message)}")
         outs.append(prompt_out(evaluation, path=target.prompt.rel_path, suite=target.suite.rel_path))
-    results = build_results(outs, models=session.models(), budget=session.budget.snapshot())
+    results = build_results(
+        outs,
+        models=session.models(),
+        budget=session.budget.snapshot(),
+        error=redact(str(error)) if error is not None else None,
+    )
     results_path, report_path = write_results(results, out_dir)
-    return EvalOutcome(results=results, results_path=results_path, report_path=report_path)
+    return EvalOutcome(results=results, results_path=results_path, report_path=report_path, error=error)
+
+
+def _partial(target: Target, done: dict[str, ItemResult], reason: str) -> PromptEval:
+    """The items scored before the run stopped; every other item carries `reason` as its error."""
+    items = tuple(
+        done.get(item.id)
+        or ItemResult(item_id=item.id, vars=item.vars, expected=item.expected, output="", score=0.0, passed=False, error=reason)
+        for item in target.suite.items
+    )
+    return PromptEval(prompt_id=target.prompt.id, prompt_hash=target.prompt.content_hash(), items=items, stopped_reason=reason)

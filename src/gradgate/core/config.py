@@ -97,6 +97,12 @@ class ModelsConfig(_Strict):
     concurrency: int = Field(4, ge=1, le=256, description="Concurrent LLM calls.")
     timeout_seconds: float = Field(120.0, gt=0, le=86400)
     max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts, with backoff.")
+    max_retry_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest wait before a retry; a server asking (Retry-After) for longer fails the call.",
+    )
 
     _coerce = field_validator("task", "judge", "optimizer", "editor", mode="before")(_as_spec)
 

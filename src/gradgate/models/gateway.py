@@ -4,9 +4,13 @@
     reply = await gateway.complete("task", [{"role": "user", "content": "2+2?"}])
 
 One gateway per run, passed in (never global). It adds what every caller needs: a concurrency limit,
-retries with backoff on 429/5xx/timeouts, a disk cache keyed on the full request (a rerun with
-nothing changed makes zero calls), hard budgets, and token/cost accounting per role. The backend is
-litellm; tests may pass a scripted backend instead (see `gradgate.models.scripted`).
+retries with backoff on 429/5xx/timeouts/malformed replies, a disk cache keyed on the full request (a
+rerun with nothing changed makes zero calls), hard budgets, and token/cost accounting per role.
+
+Waiting is bounded too: a server's `Retry-After` is honoured up to `models.max_retry_wait_seconds`; a
+server that asks for longer fails the call at once (ModelError), and every wait must fit in the time
+budget (`BudgetTracker.check_wait`). The backend is litellm (`gradgate.models.litellm_backend`); tests may
+pass a scripted backend instead (see `gradgate.models.scripted`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from typing import Any, Protocol
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec
 from gradgate.core.files import atomic_write_text
-from gradgate.core.secrets import redact
-from gradgate.errors import ModelError, UnknownModelError
+from gradgate.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ class BackendReply:
 
 
 class RetryableError(Exception):
-    """A backend failure worth retrying (rate limit, 5xx, timeout, connection)."""
+    """A backend failure worth retrying (rate limit, 5xx, timeout, connection, a malformed reply).
+
+    `retry_after`: the seconds the server asked to wait, when it said (may be `inf`)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -82,151 +87,6 @@ class Backend(Protocol):
 def estimate_tokens(messages: list[dict[str, str]]) -> int:
     # Deliberately pessimistic (2 characters a token) so reservations are never too small.
     return sum(math.ceil(len(m.get("content") or "") / 2) + 8 for m in messages)
-
-
-class LiteLLMBackend:
-    """Calls any litellm model string; `local/...` models run in-process (gradgate.models.local)."""
-
-    def __init__(self) -> None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
-        litellm.suppress_debug_info = True
-        litellm.drop_params = True  # providers that lack `seed` or `stop` still answer
-        self._litellm = litellm
-        self._local_registered = False
-
-    def _ensure_local(self) -> None:
-        if not self._local_registered:
-            from gradgate.models.local import register_local_provider
-
-            register_local_provider()
-            self._local_registered = True
-
-    def validate(self, spec: ModelSpec) -> None:
-        if spec.model.startswith("local/"):
-            from gradgate.models.local import EMBEDDED_MODELS
-
-            name = spec.model.removeprefix("local/")
-            if name not in EMBEDDED_MODELS:
-                raise UnknownModelError(
-                    f"unknown embedded model {spec.model!r}",
-                    hint=f"embedded models: {', '.join('local/' + m for m in EMBEDDED_MODELS)}",
-                )
-            return
-        try:
-            self._litellm.get_llm_provider(spec.model, api_base=spec.api_base)
-        except Exception:
-            raise UnknownModelError(
-                f"unknown model {spec.model!r}",
-                hint="use a litellm model string with its provider, e.g. openai/gpt-4o-mini, "
-                "anthropic/claude-3-5-haiku-latest, ollama/llama3, or openai/<name> with api_base",
-            ) from None
-
-    def estimate_usd(self, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
-        if spec.model.startswith("local/") or spec.api_base:
-            return 0.0
-        try:
-            prompt_cost, completion_cost = self._litellm.cost_per_token(
-                model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-            )
-            return float(prompt_cost + completion_cost)
-        except Exception:
-            return 0.0  # unpriced model: USD limits cannot bind; the gateway warns once
-
-    def _kwargs(self, spec: ModelSpec) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        if spec.api_base:
-            kwargs["api_base"] = spec.api_base
-            kwargs["api_key"] = "unused"
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if not key:
-                raise ModelError(
-                    f"environment variable {spec.api_key_env} (api_key_env of {spec.model}) is not set",
-                    hint="export it, or pass it to the action through `env:`",
-                )
-            kwargs["api_key"] = key
-        return kwargs
-
-    async def complete(
-        self,
-        spec: ModelSpec,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None,
-        stop: list[str] | None,
-        timeout: float,
-    ) -> BackendReply:
-        litellm = self._litellm
-        if spec.model.startswith("local/"):
-            self._ensure_local()
-        try:
-            response = await litellm.acompletion(
-                model=spec.model,
-                messages=messages,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                seed=seed,
-                stop=stop or None,
-                timeout=timeout,
-                num_retries=0,
-                **self._kwargs(spec),
-            )
-        except (
-            litellm.RateLimitError,
-            litellm.InternalServerError,
-            litellm.ServiceUnavailableError,
-            litellm.BadGatewayError,
-            litellm.Timeout,
-            litellm.APIConnectionError,
-        ) as exc:
-            retry_after = None
-            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-            if "retry-after" in headers:
-                try:
-                    retry_after = float(headers["retry-after"])
-                except ValueError:
-                    retry_after = None
-            raise RetryableError(redact(str(exc))[:500], retry_after) from None
-        except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
-            raise ModelError(
-                f"{spec.model} refused the credentials: {redact(str(exc))[:300]}",
-                hint="check the API key environment variable for this model",
-            ) from None
-        except (litellm.NotFoundError, litellm.BadRequestError) as exc:
-            text = redact(str(exc))
-            if "LLM Provider NOT provided" in text:
-                raise UnknownModelError(
-                    f"unknown model {spec.model!r}", hint="use a litellm model string such as openai/gpt-4o-mini"
-                ) from None
-            raise ModelError(f"{spec.model} rejected the request: {text[:400]}") from None
-        except litellm.APIError as exc:
-            raise ModelError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = 0.0
-        if not spec.model.startswith("local/") and not spec.api_base:
-            try:
-                cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-            except Exception:
-                cost = self.estimate_usd(spec, prompt_tokens, completion_tokens)
-        return BackendReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
-
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
-        if not spec.model.startswith("local/"):
-            raise ModelError(
-                f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
-                hint="set the suite's `scoring.mode: generate` or use a local/ task model",
-            )
-        from gradgate.models.local import runtime as local_models
-
-        return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
 
 
 class ResponseCache:
@@ -270,7 +130,11 @@ class Gateway:
         self.models = models
         self.budget = budget
         self.cache = cache
-        self.backend: Backend = backend if backend is not None else LiteLLMBackend()
+        if backend is None:
+            from gradgate.models.litellm_backend import LiteLLMBackend  # imports litellm: only when needed
+
+            backend = LiteLLMBackend()
+        self.backend: Backend = backend
         self._semaphore = asyncio.Semaphore(models.concurrency)
         self._sleep = sleep
         self._warned_unpriced: set[str] = set()
@@ -279,8 +143,17 @@ class Gateway:
         return self.models.for_role(role)
 
     def validate(self, roles: tuple[str, ...] = ("task", "judge")) -> None:
+        """Before any call: every role's model exists and its API key variable is set (else exit 2)."""
         for role in roles:
-            self.backend.validate(self.spec(role))
+            spec = self.spec(role)
+            self.backend.validate(spec)
+            if spec.api_key_env and not os.environ.get(spec.api_key_env):
+                key = "optimizer" if role == "editor" and self.models.editor is None else role
+                raise ConfigError(
+                    f"environment variable {spec.api_key_env} is not set (the API key of the {role} model {spec.model})",
+                    where=f"models.{key}.api_key_env",
+                    hint=f"export {spec.api_key_env}, or pass it to the action through `env:`",
+                )
 
     def _request(self, kind: str, spec: ModelSpec, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
         return {"kind": kind, "model": spec.model, "api_base": spec.api_base, "messages": messages, **params}
@@ -351,18 +224,9 @@ class Gateway:
 
     async def _call(self, role: str, spec: ModelSpec, reserve_tokens: int, max_tokens: int, attempt: Any) -> BackendReply:
         usd = self.backend.estimate_usd(spec, reserve_tokens - max_tokens, max_tokens)
-        if (
-            usd == 0.0
-            and self.budget.limits.max_usd is not None
-            and spec.model not in self._warned_unpriced
-            and not spec.model.startswith("local/")
-            and not spec.api_base
-        ):
-            self._warned_unpriced.add(spec.model)
-            log.warning("no price known for %s: the USD limit cannot bind on it", spec.model)
-        retries = self.models.max_retries
+        self._warn_unpriced(spec, usd)
         async with self._semaphore:
-            for attempt_no in range(retries + 1):
+            for attempt_no in range(self.models.max_retries + 1):
                 reservation = self.budget.reserve(reserve_tokens, usd)
                 timeout = self.models.timeout_seconds
                 left = self.budget.seconds_left()
@@ -381,13 +245,7 @@ class Gateway:
                     self.budget.settle(
                         reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0, retried=attempt_no > 0
                     )
-                    retry_after = getattr(exc, "retry_after", None)
-                    if attempt_no == retries:
-                        raise ModelError(
-                            f"{spec.model} did not answer after {retries + 1} attempts: {str(exc) or 'timeout'}",
-                            hint="check that the model server is reachable, or raise models.max_retries",
-                        ) from None
-                    delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2**attempt_no) * (0.5 + random.random())
+                    delay = self._retry_delay(spec, exc, attempt_no)
                     self.budget.check_wait(delay)
                     log.warning("%s: %s; retrying in %.1f s", spec.model, str(exc) or "timeout", delay)
                     await self._sleep(delay)
@@ -405,6 +263,41 @@ class Gateway:
                 )
                 return reply
         raise AssertionError("unreachable")
+
+    def _retry_delay(self, spec: ModelSpec, exc: BaseException, attempt_no: int) -> float:
+        """Seconds to wait before the next attempt; ModelError when there is none, or the server asks too much."""
+        reason = str(exc) or "timeout"
+        cap = self.models.max_retry_wait_seconds
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None and asked > cap:
+            raise ModelError(
+                f"{spec.model}: the server asked to wait {_seconds(asked)} before a retry, more than "
+                f"models.max_retry_wait_seconds ({_seconds(cap)}): {reason}",
+                hint="try again later, lower models.concurrency, or raise models.max_retry_wait_seconds",
+            )
+        if attempt_no >= self.models.max_retries:
+            raise ModelError(
+                f"{spec.model} did not answer after {attempt_no + 1} attempts: {reason}",
+                hint="check that the model server is reachable, or raise models.max_retries",
+            )
+        if asked is not None:
+            return float(asked)
+        return min(cap, min(30.0, 0.5 * 2**attempt_no) * (0.5 + random.random()))
+
+    def _warn_unpriced(self, spec: ModelSpec, usd: float) -> None:
+        if (
+            usd == 0.0
+            and self.budget.limits.max_usd is not None
+            and spec.model not in self._warned_unpriced
+            and not spec.model.startswith("local/")
+            and not spec.api_base
+        ):
+            self._warned_unpriced.add(spec.model)
+            log.warning("no price known for %s: the USD limit cannot bind on it", spec.model)
+
+
+def _seconds(value: float) -> str:
+    return "forever" if math.isinf(value) else f"{value:.0f} s" if value >= 10 else f"{value:g} s"
 
 
 def gateway_from_config(

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gradgate import __version__
-from gradgate.scoring.scorer import PromptEval
 from gradgate.core.files import atomic_write_text
 from gradgate.core.stats import mean_interval
+from gradgate.scoring.scorer import PromptEval
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -36,6 +36,9 @@ class ItemOut(BaseModel):
     metrics: list[MetricOut]
     judge_explanation: str | None = None
     error: str | None = Field(None, description="Why the item was not scored (e.g. the budget ran out).")
+    unjudged: bool = Field(
+        False, description="The judge gave no verdict line, even after a retry: the item counts in no mean or rate."
+    )
 
 
 class PromptOut(BaseModel):
@@ -44,7 +47,8 @@ class PromptOut(BaseModel):
     suite: str
     prompt_sha256: str
     n_items: int
-    n_scored: int
+    n_scored: int = Field(description="Items counted in the mean: neither cut short nor unjudged.")
+    n_unjudged: int = Field(0, description="Items the judge gave no verdict for (see items[].unjudged).")
     mean_score: float
     ci_low: float = Field(description="95% bootstrap interval of the mean score.")
     ci_high: float
@@ -62,6 +66,8 @@ class EvalResults(BaseModel):
     created_at: str
     models: dict[str, str]
     budget: dict[str, Any] = Field(description="Limits, and calls/tokens/USD/seconds used, per role.")
+    complete: bool = Field(True, description="False when the run stopped early (budget, unreachable model): results are partial.")
+    error: str | None = Field(None, description="Why the run stopped early, when it did.")
     prompts: list[PromptOut]
 
 
@@ -74,6 +80,7 @@ def prompt_out(evaluation: PromptEval, *, path: str, suite: str) -> PromptOut:
         prompt_sha256=evaluation.prompt_hash,
         n_items=len(evaluation.items),
         n_scored=len(evaluation.scored),
+        n_unjudged=len(evaluation.unjudged),
         mean_score=round(evaluation.mean_score, 6),
         ci_low=round(interval.low, 6),
         ci_high=round(interval.high, 6),
@@ -91,15 +98,23 @@ def prompt_out(evaluation: PromptEval, *, path: str, suite: str) -> PromptOut:
                 metrics=[MetricOut(name=m.name, score=m.score, reason=m.reason) for m in i.metrics],
                 judge_explanation=i.judge_explanation,
                 error=i.error,
+                unjudged=i.unjudged,
             )
             for i in evaluation.items
         ],
     )
 
 
-def build_results(prompts: list[PromptOut], *, models: dict[str, str], budget: dict[str, Any]) -> EvalResults:
+def build_results(
+    prompts: list[PromptOut], *, models: dict[str, str], budget: dict[str, Any], error: str | None = None
+) -> EvalResults:
     return EvalResults(
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), models=models, budget=budget, prompts=prompts
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        models=models,
+        budget=budget,
+        complete=error is None and all(p.complete for p in prompts),
+        error=error,
+        prompts=prompts,
     )
 
 
@@ -116,6 +131,11 @@ def render_markdown(results: EvalResults) -> str:
     lines = [
         "# gradgate eval",
         "",
+        *(
+            ["> [!WARNING]", "> Incomplete run, the results are partial: " + results.error.replace("\n", "\n> "), ""]
+            if results.error
+            else []
+        ),
         f"Models: {', '.join(f'{role} `{model}`' for role, model in results.models.items())}",
         "",
         "| prompt | suite | score (95% CI) | pass rate | items | complete |",
@@ -124,7 +144,7 @@ def render_markdown(results: EvalResults) -> str:
     for p in results.prompts:
         lines.append(
             f"| `{p.id}` | `{p.suite}` | {p.mean_score:.3f} ({p.ci_low:.3f}–{p.ci_high:.3f}) | "
-            f"{p.pass_rate:.0%} | {p.n_scored}/{p.n_items} | {'yes' if p.complete else 'no: ' + (p.stopped_reason or '')} |"
+            f"{p.pass_rate:.0%} | {_items(p)} | {'yes' if p.complete else 'no: ' + (p.stopped_reason or '')} |"
         )
     lines += [
         "",
@@ -133,7 +153,7 @@ def render_markdown(results: EvalResults) -> str:
         "",
     ]
     for p in results.prompts:
-        failing = [i for i in p.items if not i.passed and i.error is None][:5]
+        failing = [i for i in p.items if not i.passed and i.error is None and not i.unjudged][:5]
         if failing:
             lines += [f"## `{p.id}`: failing items (first {len(failing)})", ""]
             for item in failing:
@@ -141,6 +161,10 @@ def render_markdown(results: EvalResults) -> str:
                 output = item.output.strip().replace("\n", " ")[:200]
                 lines.append(f"- `{item.id}`: {reasons} — output: {output!r}")
             lines.append("")
+        unjudged = [i.id for i in p.items if i.unjudged and i.error is None]
+        if unjudged:
+            shown = ", ".join(f"`{i}`" for i in unjudged[:20]) + (", …" if len(unjudged) > 20 else "")
+            lines += [f"## `{p.id}`: {len(unjudged)} unjudged item(s), left out of the score", "", shown, ""]
     return "\n".join(lines)
 
 
@@ -155,7 +179,7 @@ def print_table(results: EvalResults, console: Console) -> None:
             f"{p.mean_score:.3f}",
             f"{p.ci_low:.3f}–{p.ci_high:.3f}",
             f"{p.pass_rate:.0%}",
-            f"{p.n_scored}/{p.n_items}",
+            _items(p),
         )
     console.print(table)
     b = results.budget
@@ -163,6 +187,10 @@ def print_table(results: EvalResults, console: Console) -> None:
         f"calls {b['calls']}, tokens {b['tokens']}, cost {fmt_usd(b['cost_usd'])}, {b['seconds']:.1f} s"
         + (f" — stopped: {b['stopped_reason']}" if b.get("stopped_reason") else "")
     )
+
+
+def _items(p: PromptOut) -> str:
+    return f"{p.n_scored}/{p.n_items}" + (f" ({p.n_unjudged} unjudged)" if p.n_unjudged else "")
 
 
 def write_results(results: EvalResults, out_dir: Path) -> tuple[Path, Path]:

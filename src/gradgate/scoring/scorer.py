@@ -17,12 +17,12 @@ from typing import Any
 
 from gradgate.core.config import Config, JudgeConfig
 from gradgate.core.discovery import Target
-from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.scoring.judge import judge_output
-from gradgate.models.gateway import Gateway
-from gradgate.scoring.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
 from gradgate.core.prompts import Prompt
 from gradgate.core.suites import Item
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.models.gateway import Gateway
+from gradgate.scoring.judge import judge_output
+from gradgate.scoring.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class ItemResult:
     metrics: tuple[MetricResult, ...] = ()
     judge_explanation: str | None = None
     error: str | None = None  # set when the item could not be scored (budget ran out)
+    unjudged: bool = False  # the judge gave no verdict line, even after a retry: left out of every mean
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,12 @@ class PromptEval:
 
     @property
     def scored(self) -> tuple[ItemResult, ...]:
-        return tuple(i for i in self.items if i.error is None)
+        """Items with a score to count: neither cut short nor unjudged."""
+        return tuple(i for i in self.items if i.error is None and not i.unjudged)
+
+    @property
+    def unjudged(self) -> tuple[ItemResult, ...]:
+        return tuple(i for i in self.items if i.error is None and i.unjudged)
 
     @property
     def complete(self) -> bool:
@@ -144,6 +150,7 @@ class Scorer:
         specs = self.metrics + parse_metrics(list(item.assertions), self.target.suite.rel_path)
         results: list[MetricResult] = []
         explanation = None
+        unjudged = False
         for spec in specs:
             if spec.type == JUDGE:
                 verdict = await judge_output(
@@ -155,6 +162,7 @@ class Scorer:
                     sample=sample,
                 )
                 explanation = verdict.explanation
+                unjudged = unjudged or not verdict.parsed
                 results.append(MetricResult(JUDGE, verdict.score, f"judge: {verdict.raw}"))
             else:
                 results.append(score_metric(spec, output, item.expected))
@@ -166,9 +174,10 @@ class Scorer:
             expected=item.expected,
             output=output,
             score=score,
-            passed=score >= self.judge.pass_threshold,
+            passed=not unjudged and score >= self.judge.pass_threshold,
             metrics=tuple(results),
             judge_explanation=explanation,
+            unjudged=unjudged,
         )
 
     async def score(
@@ -187,7 +196,16 @@ class Scorer:
                 on_item(result)
             return result
 
-        results = await asyncio.gather(*(one(item) for item in items))
+        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # One item failed for good (e.g. the model is unreachable): stop the others now rather than
+            # leave them calling the model in the background.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         errors = [r.error for r in results if r.error]
         return PromptEval(
             prompt_id=prompt.id,
