@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradgate import __version__
 from gradgate.core.secrets import RedactingFilter, redact
@@ -102,23 +101,17 @@ def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
     return override_models(apply_env_overrides(config), **models)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=False,
-        disable=not stderr.is_terminal and not os.environ.get("GRADGATE_PROGRESS"),
-    )
-
-
 repo_option = click.option("--repo", "repo_path", default=".", show_default=True, help="Repository root.")
 config_option = click.option("--config", "config_path", default=None, help="Config file (default: <repo>/gradgate.yaml).")
 prompt_option = click.option("--prompt", "prompt_ids", multiple=True, help="Only this prompt id (repeatable).")
 model_option = click.option("--model", default=None, help="Task model (any litellm model string).")
 judge_option = click.option("--judge-model", default=None, help="Judge model.")
+shard_option = click.option(
+    "--shard", default=None, metavar="K/N", help="Score shard K of N (balanced by suite size); combine with `gradgate merge`."
+)
+junit_option = click.option(
+    "--junit", "junit_path", default=None, type=click.Path(dir_okay=False), help="Also write JUnit XML here."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,6 +122,9 @@ def main(verbose: int) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch of litellm's price table
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see local_models)
     _setup_logging(verbose)
+    from gradgate.app.progress import quiet_libraries
+
+    quiet_libraries(verbose)  # third-party warnings and progress bars: off unless -v
 
 
 @main.command("eval")
@@ -139,6 +135,8 @@ def main(verbose: int) -> None:
 @judge_option
 @click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for results.json and report.md.")
 @click.option("--no-cache", is_flag=True, help="Ignore and do not write the response cache.")
+@shard_option
+@junit_option
 def eval_command(
     repo_path: str,
     config_path: str | None,
@@ -147,34 +145,38 @@ def eval_command(
     judge_model: str | None,
     out_dir: str,
     no_cache: bool,
+    shard: str | None,
+    junit_path: str | None,
 ) -> None:
     """Score every prompt on its eval suite."""
     from gradgate.app.eval_job import run_eval
+    from gradgate.app.progress import eval_callbacks, open_progress
+    from gradgate.app.shards import Shard
     from gradgate.models.session import Session
     from gradgate.scoring.results import print_table
 
     def job() -> int:
         repo = _repo(repo_path)
         out = _out_dir(out_dir)
+        part = Shard.parse(shard) if shard is not None else None
         config = _load(repo, config_path, task=model, judge=judge_model)
         session = Session.open(repo, config, use_cache=not no_cache)
-        with _progress() as progress:
-            tasks: dict[str, Any] = {}
-
-            def on_start(prompt_id: str, total: int) -> None:
-                tasks["current"] = progress.add_task(prompt_id, total=total)
-
+        with open_progress(stderr) as progress:
+            progress.watch(session.budget)
+            on_start, on_item = eval_callbacks(progress)
             outcome = asyncio.run(
                 run_eval(
                     session,
                     prompt_ids=prompt_ids,
                     out_dir=out,
                     on_start=on_start,
-                    on_item=lambda _: progress.advance(tasks["current"]),
+                    on_item=on_item,
+                    shard=part,
+                    junit=Path(junit_path) if junit_path else None,
                 )
             )
         print_table(outcome.results, Console())
-        click.echo(f"wrote {outcome.results_path} and {outcome.report_path}")
+        click.echo(f"wrote {outcome.results_path}, {outcome.report_path} and report.html" + (f" (shard {part})" if part else ""))
         if outcome.error is not None:
             stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.error)))}", highlight=False)
             stderr.print("[yellow]the run stopped early: the results above are partial[/]")
@@ -203,6 +205,8 @@ def eval_command(
     show_default=True,
     help="Post or update the sticky pull-request comment (needs GITHUB_TOKEN).",
 )
+@shard_option
+@junit_option
 def check_command(
     base_ref: str,
     head_ref: str | None,
@@ -214,26 +218,37 @@ def check_command(
     out_dir: str,
     fail_on_regression: bool,
     comment: bool,
+    shard: str | None,
+    junit_path: str | None,
 ) -> None:
     """Gate a change: score base and head of every changed prompt on the same items and compare."""
     from gradgate.app.check_job import run_check
+    from gradgate.app.progress import open_progress
+    from gradgate.app.shards import Shard
 
     def job() -> int:
         out = _out_dir(out_dir)
-        outcome = run_check(
-            repo=_repo(repo_path),
-            base_ref=base_ref,
-            head_ref=head_ref,
-            config_path=Path(config_path) if config_path else None,
-            prompt_ids=prompt_ids,
-            model=model,
-            judge_model=judge_model,
-            out_dir=out,
-            env=dict(os.environ),
-            comment=comment,
-            fail_on_regression=fail_on_regression,
-        )
+        part = Shard.parse(shard) if shard is not None else None
+        with open_progress(stderr) as progress:
+            outcome = run_check(
+                repo=_repo(repo_path),
+                base_ref=base_ref,
+                head_ref=head_ref,
+                config_path=Path(config_path) if config_path else None,
+                prompt_ids=prompt_ids,
+                model=model,
+                judge_model=judge_model,
+                out_dir=out,
+                env=dict(os.environ),
+                comment=comment,
+                fail_on_regression=fail_on_regression,
+                shard=part,
+                junit=Path(junit_path) if junit_path else None,
+                progress=progress,
+            )
         click.echo(redact(outcome.markdown))
+        if part is not None:
+            click.echo(f"shard {part}: partial result in {out}; combine the shards with `gradgate merge`")
         if outcome.error:
             stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.error)))}", highlight=False)
         return outcome.exit_code
@@ -290,6 +305,7 @@ def optimize_command(
 ) -> None:
     """Optimize prompts within a hard budget; confirm on held-out items; optionally write back and open a PR."""
     from gradgate.app.optimize_job import run_optimize_job
+    from gradgate.app.progress import open_progress, print_optimize_table
     from gradgate.core.budget import resolve_budget
     from gradgate.models.session import Session
 
@@ -305,20 +321,62 @@ def optimize_command(
             }
         )
         session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
-        outcome = asyncio.run(
-            run_optimize_job(
-                session,
-                prompt_ids=prompt_ids,
-                methods=list(dict.fromkeys(methods)),
-                out_dir=out,
-                seed=config.optimize.seed if seed is None else seed,
-                write=write,
-                open_pr=open_pr,
-                env=dict(os.environ),
+        with open_progress(stderr) as progress:
+            outcome = asyncio.run(
+                run_optimize_job(
+                    session,
+                    prompt_ids=prompt_ids,
+                    methods=list(dict.fromkeys(methods)),
+                    out_dir=out,
+                    seed=config.optimize.seed if seed is None else seed,
+                    write=write,
+                    open_pr=open_pr,
+                    env=dict(os.environ),
+                    progress=progress,
+                )
             )
-        )
-        click.echo(redact(outcome.markdown))
+        stdout = Console()
+        if stdout.is_terminal:  # a table on a terminal; the Markdown (also in report.md) when piped
+            print_optimize_table(outcome.results, stdout)
+            click.echo(f"full report: {outcome.report_path} and report.html beside it")
+        else:
+            click.echo(redact(outcome.markdown))
         click.echo(redact(outcome.message))
+        return outcome.exit_code
+
+    sys.exit(_run(job))
+
+
+@main.command("merge")
+@click.argument("directories", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for the merged reports.")
+@click.option(
+    "--fail-on-regression/--no-fail-on-regression", default=True, show_default=True, help="check: exit 1 when a prompt regressed."
+)
+@click.option("--comment/--no-comment", default=True, show_default=True, help="check: post or update the sticky comment.")
+@junit_option
+def merge_command(
+    directories: tuple[str, ...], out_dir: str, fail_on_regression: bool, comment: bool, junit_path: str | None
+) -> None:
+    """Combine the shards of one `eval --shard` or `check --shard` run: one report, comment, outputs and exit code."""
+    from gradgate.app.merge_job import run_merge
+    from gradgate.scoring.results import print_table
+
+    def job() -> int:
+        outcome = run_merge(
+            [Path(d) for d in directories],
+            out_dir=_out_dir(out_dir),
+            env=dict(os.environ),
+            comment=comment,
+            fail_on_regression=fail_on_regression,
+            junit=Path(junit_path) if junit_path else None,
+        )
+        if outcome.results is not None:
+            print_table(outcome.results, Console())
+        else:
+            click.echo(redact(outcome.markdown))
+        if outcome.check is not None and outcome.check.error:
+            stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.check.error)))}", highlight=False)
         return outcome.exit_code
 
     sys.exit(_run(job))

@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradgate.app.html_report import check_html, write_html
+from gradgate.app.junit import check_junit, write_junit
+from gradgate.app.progress import NullProgress, Progress, gate_with_progress
+from gradgate.app.shards import Shard, ShardManifest, select_changes, work_ids, write_manifest
 from gradgate.core.config import Config, apply_env_overrides, override_models
 from gradgate.core.files import atomic_write_text
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, GradgateError
 from gradgate.gate.changes import ChangeSet, detect_changes
-from gradgate.gate.check import gate_changes
 from gradgate.gate.report import (
     COMMENT_MARKER,
     CheckSummary,
@@ -78,6 +81,7 @@ def _emit(summary: CheckSummary, out_dir: Path, env: Mapping[str, str]) -> tuple
     try:
         atomic_write_text(out_dir / "report.md", markdown)
         atomic_write_text(out_dir / "check.json", json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
+        write_html(out_dir / "report.html", check_html(summary))
     except OSError as exc:
         log.error("could not write the report to %s: %s", out_dir, exc)
         report_path = None
@@ -132,23 +136,29 @@ def run_check(
     fail_on_regression: bool = True,
     backend: Backend | None = None,
     github_options: Mapping[str, Any] | None = None,
+    shard: Shard | None = None,
+    junit: Path | None = None,
+    progress: Progress | None = None,
 ) -> CheckOutcome:
     """The whole gate. Never raises a GradgateError: failures become the outcome's exit code and `error`,
     after the report, job summary, outputs and comment are written. `github_options` go to GitHubClient
-    (tests pass a no-op `sleep`)."""
+    (tests pass a no-op `sleep`). With `shard`, only that share of the changed prompts is scored and a partial
+    result is written for `gradgate merge` (see `_finish_shard`)."""
     repo = repo.resolve()
     done: list[PromptVerdict] = []
     changes: ChangeSet | None = None
     session: Session | None = None
     config: Config | None = None
     error: GradgateError | None = None
+    every: list[str] = []  # with a shard: the changed and new prompts of all shards
     try:
         changes = detect_changes(repo, base_ref=base_ref, head_ref=head_ref, config_path=config_path, prompt_ids=prompt_ids)
         config = override_models(apply_env_overrides(changes.head.config, dict(env)), task=model, judge=judge_model)
+        every, changes = work_ids(changes), select_changes(changes, shard) if shard else changes
         work = changes.with_status("changed", "new")
         if work:
             session = Session.open(repo, config, backend=backend)
-            asyncio.run(gate_changes(session, changes, done))
+            asyncio.run(gate_with_progress(session, changes, done, progress or NullProgress()))
     except GradgateError as exc:
         error = exc
         log.error("%s", redact(str(exc)))
@@ -168,7 +178,31 @@ def run_check(
         error=redact(str(error)) if error is not None else None,
         budget=session.budget.snapshot() if session else {},
     )
+    if shard is not None:
+        mine = work_ids(changes) if changes else []
+        manifest = ShardManifest.of("check", shard, mine, every, error_exit_code=error.exit_code if error else None)
+        return _finish_shard(summary, out_dir, manifest)
+    return publish(summary, out_dir, env, comment=comment, github_options=github_options, junit=junit)
+
+
+def publish(
+    summary: CheckSummary,
+    out_dir: Path,
+    env: Mapping[str, str],
+    *,
+    comment: bool = True,
+    github_options: Mapping[str, Any] | None = None,
+    junit: Path | None = None,
+) -> CheckOutcome:
+    """Everything a check shows, once: report.md/.html, check.json, JUnit, job summary, step outputs,
+    annotations, then the sticky comment (`gradgate merge` publishes merged shards through here too)."""
     markdown, report_path, outputs = _emit(summary, out_dir, env)
+    if junit is not None:
+        try:
+            write_junit(junit, check_junit(summary))
+        except OSError as exc:
+            log.error("could not write the JUnit report to %s: %s", junit, exc)
+    exit_code = summary.exit_code
     comment_url = None
     message = summary.error
     if comment:
@@ -182,11 +216,31 @@ def run_check(
     return CheckOutcome(
         exit_code=exit_code,
         overall=summary.overall,
-        verdicts={p.prompt_id: p.verdict for p in done},
+        verdicts={p.prompt_id: p.verdict for p in summary.prompts},
         summary=summary,
         markdown=markdown,
         report_path=report_path,
         error=message,
         comment_url=comment_url,
         outputs=outputs,
+    )
+
+
+def _finish_shard(summary: CheckSummary, out_dir: Path, manifest: ShardManifest) -> CheckOutcome:
+    """A shard's partial result: report.md/.html, check.json and shard.json, but no comment, job summary,
+    step outputs or annotations (`gradgate merge` writes those once). Exit 0 once written: the merge decides."""
+    markdown, report_path, _ = _emit(summary, out_dir, {})  # no runner environment: nothing goes to GitHub
+    try:
+        write_manifest(out_dir, manifest)
+    except OSError as exc:
+        log.error("could not write the shard manifest to %s: %s", out_dir, exc)
+        report_path = None
+    return CheckOutcome(
+        exit_code=EXIT_OK if report_path is not None else EXIT_INFRA,
+        overall=summary.overall,
+        verdicts={p.prompt_id: p.verdict for p in summary.prompts},
+        summary=summary,
+        markdown=markdown,
+        report_path=report_path,
+        error=summary.error,
     )

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradgate.app.html_report import eval_html, write_html
+from gradgate.app.junit import eval_junit, write_junit
+from gradgate.app.shards import Shard, ShardManifest, select_targets, write_manifest
 from gradgate.core.discovery import Target, discover
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError
@@ -51,8 +54,14 @@ async def run_eval(
     targets: list[Target] | None = None,
     on_start: ProgressStart | None = None,
     on_item: ProgressAdvance | None = None,
+    shard: Shard | None = None,
+    junit: Path | None = None,
 ) -> EvalOutcome:
+    """Score every prompt (with `shard`: that share of them, plus shard.json for `gradgate merge`) and write the
+    reports: results.json, report.md, report.html, and JUnit XML to `junit`."""
     targets = targets if targets is not None else discover(session.repo, session.config, prompt_ids)
+    every = [t.prompt.id for t in targets]
+    targets = select_targets(targets, shard) if shard else targets
     scorers = [Scorer(session.gateway, session.config, t) for t in targets]  # validates every suite before any call
     outs = []
     error: GradgateError | None = None
@@ -80,8 +89,19 @@ async def run_eval(
         budget=session.budget.snapshot(),
         error=redact(str(error)) if error is not None else None,
     )
-    results_path, report_path = write_results(results, out_dir)
+    results_path, report_path = write_eval_reports(results, out_dir, junit=junit)
+    if shard is not None:
+        write_manifest(out_dir, ShardManifest.of("eval", shard, [t.prompt.id for t in targets], every))
     return EvalOutcome(results=results, results_path=results_path, report_path=report_path, error=error)
+
+
+def write_eval_reports(results: EvalResults, out_dir: Path, *, junit: Path | None = None) -> tuple[Path, Path]:
+    """results.json, report.md and report.html in `out_dir`, and JUnit XML to `junit` when given."""
+    paths = write_results(results, out_dir)
+    write_html(out_dir / "report.html", eval_html(results))
+    if junit is not None:
+        write_junit(junit, eval_junit(results))
+    return paths
 
 
 def _partial(target: Target, done: dict[str, ItemResult], reason: str) -> PromptEval:

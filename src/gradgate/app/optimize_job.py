@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradgate.app.html_report import optimize_html, write_html
+from gradgate.app.progress import NullProgress, Progress, optimize_stage
 from gradgate.core.discovery import Target, discover
 from gradgate.core.files import atomic_write_text
 from gradgate.core.prompts import prompt_file_bytes, write_prompt_body
@@ -170,14 +172,16 @@ async def run_portfolio(
 
 
 async def _run_all(
-    session: Session, targets: Sequence[Target], methods: Sequence[str], out_dir: Path, seed: int
+    session: Session, targets: Sequence[Target], methods: Sequence[str], out_dir: Path, seed: int, progress: Progress
 ) -> tuple[list[OptimizeResult], list[str]]:
     """Every prompt in turn (one method: a run; several: a portfolio); each keeps an equal share of the calls
     left for the prompts after it."""
     results: list[OptimizeResult] = []
     failures: list[str] = []
+    progress.watch(session.budget)
     for index, target in enumerate(targets):
         reserve = _later_share(session, 0, len(targets) - index - 1)
+        progress.stage(optimize_stage(session, target, out_dir, reserve, results))  # ends at the next stage
         if len(methods) > 1:
             portfolio = await run_portfolio(session, target, methods, out_dir=out_dir, seed=seed, reserve_calls=reserve)
             results += portfolio.results
@@ -188,6 +192,7 @@ async def _run_all(
         except BudgetExhausted as exc:
             failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}")
             log.warning("%s", failures[-1])
+    progress.finish()
     return results, failures
 
 
@@ -234,6 +239,8 @@ class _Artifacts:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out_dir / "report.md", markdown)
         atomic_write_text(self.out_dir / "gradients.md", tune_report.gradients_markdown(self.results))
+        html = optimize_html(self.results, budget=snapshot, failures=self.failures, message=message)
+        write_html(self.out_dir / "report.html", html)
         data = tune_report.result_json(
             self.results, budget=snapshot, message=message, pr_number=pr_number, pr_url=pr_url, failures=self.failures
         )
@@ -252,6 +259,7 @@ async def run_optimize_job(
     open_pr: bool,
     env: Mapping[str, str],
     base_branch: str | None = None,
+    progress: Progress | None = None,
 ) -> OptimizeJobOutcome:
     """`gradgate optimize`: every prompt × method, one report, optional write-back and pull request."""
     methods = list(dict.fromkeys(methods))
@@ -263,7 +271,7 @@ async def run_optimize_job(
         ", ".join(methods),
         session.budget.describe(),
     )
-    results, failures = await _run_all(session, targets, methods, out_dir, seed)
+    results, failures = await _run_all(session, targets, methods, out_dir, seed, progress or NullProgress())
     chosen = {t.prompt.id: best for t in targets if (best := pick_best([r for r in results if r.prompt_id == t.prompt.id]))}
     by_id = {t.prompt.id: t for t in targets}
     written: list[str] = []

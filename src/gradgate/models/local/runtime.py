@@ -87,10 +87,8 @@ def load_causal_lm(
         if key in _LOADED:
             return _LOADED[key]
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # its bars would mix into gradgate's own output
-
+        # Weight-loading bars: off at the CLI's default verbosity, on with -v (gradgate.app.progress.quiet_libraries).
         started = time.monotonic()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
