@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from gradgate import __version__
+from gradgate.core.environment import prepare_process_env
+from gradgate.core.interrupts import interrupts_raise
 from gradgate.core.secrets import RedactingFilter, redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
 from gradgate.optimizers.registry import METHOD_NAMES
@@ -41,7 +43,8 @@ def _setup_logging(verbose: int) -> None:
 def _run(job: Callable[[], T]) -> T:
     """Run a job; a GradgateError becomes a message and its exit code, never a traceback."""
     try:
-        return job()
+        with interrupts_raise():
+            return job()
     except GradgateError as exc:
         # User text (file names, keys, ids) may hold rich markup such as "[/]": escaped, it is shown as is.
         stderr.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
@@ -119,8 +122,7 @@ junit_option = click.option(
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, with full prompts).")
 def main(verbose: int) -> None:
     """Guard and improve the LLM prompts kept in a repository."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch of litellm's price table
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see local_models)
+    prepare_process_env()
     _setup_logging(verbose)
     from gradgate.app.progress import quiet_libraries
 

@@ -31,6 +31,7 @@ from gradgate.app.progress import NullProgress, Progress, gate_with_progress
 from gradgate.app.shards import Shard, ShardManifest, select_changes, work_ids, write_manifest
 from gradgate.core.config import Config, apply_env_overrides, override_models
 from gradgate.core.files import atomic_write_text
+from gradgate.core.interrupts import interrupted_error
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, GradgateError
 from gradgate.gate.changes import ChangeSet, detect_changes
@@ -162,6 +163,9 @@ def run_check(
     except GradgateError as exc:
         error = exc
         log.error("%s", redact(str(exc)))
+    except asyncio.CancelledError:  # SIGINT/SIGTERM during scoring (core.interrupts): report what was decided
+        error = interrupted_error()
+        log.error("%s", error.message)
     exit_code = _exit_code(done, error, fail_on_regression)
     gate = (config or Config.model_validate({})).gate
     summary = CheckSummary(

@@ -7,6 +7,7 @@ marked incomplete (`complete: false`, `error`), and the outcome's exit code says
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from gradgate.app.html_report import eval_html, write_html
 from gradgate.app.junit import eval_junit, write_junit
 from gradgate.app.shards import Shard, ShardManifest, select_targets, write_manifest
 from gradgate.core.discovery import Target, discover
+from gradgate.core.interrupts import interrupted_error
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError
 from gradgate.models.session import Session
@@ -80,6 +82,8 @@ async def run_eval(
                 evaluation = await scorer.score(target.prompt, target.suite.items, on_item=record)
             except GradgateError as exc:  # the model failed for good: keep what was scored, stop here
                 error = exc
+            except asyncio.CancelledError:  # SIGINT/SIGTERM (core.interrupts): the same, then exit 130/143
+                error = interrupted_error()
         if error is not None:
             evaluation = _partial(target, done, f"not scored: {redact(error.message)}")
         outs.append(prompt_out(evaluation, path=target.prompt.rel_path, suite=target.suite.rel_path))

@@ -18,6 +18,7 @@ texts through a separate git worktree.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from gradgate.app.html_report import optimize_html, write_html
 from gradgate.app.progress import NullProgress, Progress, optimize_stage
 from gradgate.core.discovery import Target, discover
 from gradgate.core.files import atomic_write_text
+from gradgate.core.interrupts import interrupt_pending, interrupted_error
 from gradgate.core.prompts import prompt_file_bytes, write_prompt_body
 from gradgate.errors import BudgetExhausted, UsageError
 from gradgate.github import actions
@@ -179,19 +181,26 @@ async def _run_all(
     results: list[OptimizeResult] = []
     failures: list[str] = []
     progress.watch(session.budget)
-    for index, target in enumerate(targets):
-        reserve = _later_share(session, 0, len(targets) - index - 1)
-        progress.stage(optimize_stage(session, target, out_dir, reserve, results))  # ends at the next stage
-        if len(methods) > 1:
-            portfolio = await run_portfolio(session, target, methods, out_dir=out_dir, seed=seed, reserve_calls=reserve)
-            results += portfolio.results
-            failures += portfolio.failures
-            continue
-        try:
-            results.append(await run_optimization(session, target, methods[0], out_dir=out_dir, seed=seed, reserve_calls=reserve))
-        except BudgetExhausted as exc:
-            failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}")
-            log.warning("%s", failures[-1])
+    try:
+        for index, target in enumerate(targets):
+            reserve = _later_share(session, 0, len(targets) - index - 1)
+            progress.stage(optimize_stage(session, target, out_dir, reserve, results))  # ends at the next stage
+            if len(methods) > 1:
+                portfolio = await run_portfolio(session, target, methods, out_dir=out_dir, seed=seed, reserve_calls=reserve)
+                results += portfolio.results
+                failures += portfolio.failures
+                continue
+            try:
+                results.append(
+                    await run_optimization(session, target, methods[0], out_dir=out_dir, seed=seed, reserve_calls=reserve)
+                )
+            except BudgetExhausted as exc:
+                failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}")
+                log.warning("%s", failures[-1])
+    except asyncio.CancelledError:
+        # SIGINT/SIGTERM (core.interrupts): keep the finished runs; each run's state file lets a rerun resume.
+        failures.append(f"{interrupted_error().message}; rerun the same command to resume where it stopped")
+        log.warning("%s", failures[-1])
     progress.finish()
     return results, failures
 
@@ -285,7 +294,7 @@ async def run_optimize_job(
     report_path, markdown = artifacts.write(message)
     pr_number: int | None = None
     pr_url: str | None = None
-    if open_pr and chosen:
+    if open_pr and chosen and not interrupt_pending():  # an interrupted run proposes nothing
         published = _open_pr(session, targets, chosen, results, methods, env=env, base_branch=base_branch)
         pr_number, pr_url = published.pr_number, published.pr_url
         message += f"; {published.message}"
