@@ -16,7 +16,8 @@ from gradgate.core.prompts import load_prompt, prompt_file_bytes, template_varia
 from gradgate.core.suites import split_items
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
-from gradgate.optimizers.demos.method import DemosSettings, demo_sets
+from gradgate.core.method_settings import DemosSettings, parse_settings
+from gradgate.optimizers.demos.method import demo_sets
 from gradgate.optimizers.demos.prompts import Demo, format_demos, parse_demos
 from gradgate.optimizers.report import pr_body
 from gradgate.optimizers.runner import run_optimization
@@ -67,10 +68,10 @@ def test_write_back_is_byte_stable_outside_the_slot_and_the_model_never_sees_the
 
 
 def test_settings_are_checked() -> None:
-    assert DemosSettings.from_mapping({"max_demos": 2, "halving": False}).halving is None
+    assert parse_settings(DemosSettings, {"max_demos": 2, "halving": False}, "optimize.demos").halving is None
     for bad in ({"max_demo": 2}, {"max_demos": 0}, {"halving": {"eta": 1}}):
         with pytest.raises(ConfigError):
-            DemosSettings.from_mapping(bad)
+            parse_settings(DemosSettings, bad, "optimize.demos")
 
 
 def test_random_sets_are_distinct_seeded_and_start_with_the_first_demos() -> None:
@@ -143,7 +144,7 @@ def test_the_tuning_write_back_puts_readable_demonstrations_in_the_file(tmp_path
 
 def test_config_errors_come_before_any_call(tmp_path: Path) -> None:
     script = DemoScript(lambda m: "")
-    with pytest.raises(ConfigError, match="unknown demos setting"):
+    with pytest.raises(ConfigError, match=r"optimize\.demos\.sets: Extra inputs are not permitted"):
         asyncio.run(
             run_optimize_job(
                 open_session(make_repo(tmp_path / "repo"), script, optimize={"demos": {"sets": 3}}),
@@ -156,4 +157,4 @@ def test_config_errors_come_before_any_call(tmp_path: Path) -> None:
             )
         )
     assert not script.asked["task"]
-    assert config_for().optimize.demos == {}
+    assert config_for().optimize.demos == DemosSettings()

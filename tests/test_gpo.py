@@ -36,7 +36,8 @@ from gradgate.models.gateway import Gateway, ResponseCache
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.optimizers.base import Candidate, OptimizeContext, RunState, Trajectory
 from gradgate.optimizers.gpo import prompts as gpo_prompts
-from gradgate.optimizers.gpo.method import GPO, GPOSettings, edit_budget, parse_candidate, retrieve
+from gradgate.core.method_settings import GPOSettings, parse_settings
+from gradgate.optimizers.gpo.method import GPO, edit_budget, parse_candidate, retrieve
 from gradgate.optimizers.gpo.prompts import TEMPLATE_FIELDS, build_meta_prompt, format_score
 from gradgate.scoring.scorer import Scorer
 
@@ -282,10 +283,10 @@ def test_meta_prompt_contents() -> None:
 
 
 def test_settings_validation() -> None:
-    assert GPOSettings.from_mapping({}) == GPOSettings()
-    assert GPOSettings.from_mapping({"retrieval": "recency", "k": 2}).k == 2
+    assert parse_settings(GPOSettings, {}, "optimize.gpo") == GPOSettings()
+    assert parse_settings(GPOSettings, {"retrieval": "recency", "k": 2}, "optimize.gpo").k == 2
     for bad, where in [
-        ({"stepz": 3}, "optimize.gpo"),
+        ({"stepz": 3}, "optimize.gpo.stepz"),
         ({"retrieval": "random"}, "optimize.gpo.retrieval"),
         ({"k": 0}, "optimize.gpo.k"),
         ({"schedule": "step"}, "optimize.gpo.schedule"),

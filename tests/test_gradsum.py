@@ -22,7 +22,8 @@ from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError, ModelError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.models.session import Session
-from gradgate.optimizers.gradsum.method import GradSum, GradSumSettings
+from gradgate.core.method_settings import GradSumSettings
+from gradgate.optimizers.gradsum.method import GradSum
 from gradgate.optimizers.gradsum.prompts import (
     EDIT_SYSTEM,
     GRADIENT_SYSTEM,

@@ -13,7 +13,8 @@ from gradgate.core.discovery import discover
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
 from gradgate.optimizers.base import OptimizeContext, RunState, Trajectory
-from gradgate.optimizers.halving import HalvingSettings, Proposal, evaluate_pool, plan_calls, rungs
+from gradgate.core.method_settings import HalvingSettings, option
+from gradgate.optimizers.halving import Proposal, evaluate_pool, plan_calls, rungs
 from gradgate.optimizers.runner import check_split
 from gradgate.scoring.scorer import Scorer
 from tests.test_gradsum import Script, make_repo, open_session
@@ -25,9 +26,9 @@ def test_rungs_and_planned_calls() -> None:
     # 12 candidates: 12·4 + 4·8 + 2·8 = 96 item scorings instead of 240
     assert plan_calls(12, 20, settings) == 96 and plan_calls(12, 20, None) == 240
     assert plan_calls(1, 20, settings) == 20 and plan_calls(12, 20, settings, per_item=3) == 288
-    assert HalvingSettings.parse(True, "x") == HalvingSettings() and HalvingSettings.parse(False, "x") is None
+    assert option(HalvingSettings, True, "x") == HalvingSettings() and option(HalvingSettings, False, "x") is None
     with pytest.raises(ConfigError):
-        HalvingSettings.parse({"eta": 1}, "x")
+        option(HalvingSettings, {"eta": 1}, "x")
 
 
 def quality_task(messages: list[dict[str, str]]) -> str:
@@ -72,7 +73,7 @@ def test_the_best_is_promoted_to_all_of_dev_and_the_calls_are_as_planned(tmp_pat
     levels = [3, 9, 1, 5, 0, 7, 2, 8, 4, 6, 10, 1]  # 11 distinct (the duplicate is scored once), one perfect
     finalists = asyncio.run(evaluate_pool(ctx, proposals(levels), step=1, halving=HalvingSettings(min_items=4, eta=3)))
     # 11·4 + 4·8 + 2·8 = 92 calls, where scoring all 11 on all of dev would take 220
-    assert session.budget.calls == len(script.asked["task"]) == plan_calls(11, 20, HalvingSettings(4, 3)) == 92
+    assert session.budget.calls == len(script.asked["task"]) == plan_calls(11, 20, HalvingSettings(min_items=4, eta=3)) == 92
     assert [c.note for c in finalists] == ["level 9", "level 10"]  # the survivors of the last rung, in pool order
     assert max(finalists, key=lambda c: c.dev_score or 0).note == "level 10" and ctx.trajectory.best().dev_score == 1.0
     dropped = [c for c in ctx.trajectory.candidates if c.dev_items is not None]
@@ -83,9 +84,9 @@ def test_the_best_is_promoted_to_all_of_dev_and_the_calls_are_as_planned(tmp_pat
 
 def test_the_pool_shrinks_to_what_the_budget_can_finish_and_never_exceeds_it(tmp_path: Path) -> None:
     ctx, _script, session = context(tmp_path, max_calls=40)
-    finalists = asyncio.run(evaluate_pool(ctx, proposals([3, 9, 1, 5, 10]), step=1, halving=HalvingSettings(4, 3)))
+    finalists = asyncio.run(evaluate_pool(ctx, proposals([3, 9, 1, 5, 10]), step=1, halving=HalvingSettings(min_items=4, eta=3)))
     # 5 candidates would cost 5·4 + 2·8 + 1·8 = 44 > 40; 4 cost 4·4 + 2·8 + 1·8 = 40
-    assert session.budget.calls == 40 == plan_calls(4, 20, HalvingSettings(4, 3))
+    assert session.budget.calls == 40 == plan_calls(4, 20, HalvingSettings(min_items=4, eta=3))
     assert len(ctx.trajectory.candidates) == 4 and [c.note for c in finalists] == ["level 9"]
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gradgate.core.files import has_control_chars, parse_yaml, read_text, resolve_inside
+from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings
 from gradgate.core.secrets import register_env_secret
 from gradgate.errors import ConfigError
 
@@ -134,6 +135,13 @@ class JudgeConfig(_Strict):
         description="reasoning: explain, then a verdict line; loglik: rank the verdicts by log-likelihood (embedded "
         "models, which cannot hold the verdict format); auto: loglik for local/ judges, else reasoning.",
     )
+    min_agreement: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Least share of a suite's labeled judge examples (`judge_examples`) the judge must agree with; "
+        "below it, verdicts that rest on this judge are 'inconclusive'.",
+    )
 
 
 class GateConfig(_Strict):
@@ -170,10 +178,10 @@ class OptimizeConfig(_Strict):
         description="Repair a candidate that lost a {{variable}} by re-attaching the original's line that holds it, "
         "instead of rejecting it (small rewriters often drop that line).",
     )
-    gradsum: dict[str, Any] = Field(default_factory=dict, description="GRAD-SUM settings (see docs).")
-    gpo: dict[str, Any] = Field(default_factory=dict, description="GPO settings (see docs).")
+    gradsum: GradSumSettings = Field(default_factory=GradSumSettings, description="GRAD-SUM settings.")
+    gpo: GPOSettings = Field(default_factory=GPOSettings, description="GPO settings.")
     greater: dict[str, Any] = Field(default_factory=dict, description="GReaTer settings (see docs).")
-    demos: dict[str, Any] = Field(default_factory=dict, description="Demonstrations settings (see docs).")
+    demos: DemosSettings = Field(default_factory=DemosSettings, description="Demonstrations settings.")
 
 
 class Config(_Strict):

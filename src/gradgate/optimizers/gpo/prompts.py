@@ -13,11 +13,9 @@ meta-prompt's own words.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from gradgate.core.fence import fence, make_nonce
-
-ScoreScale = Literal["0-100", "0-1"]
+from gradgate.core.method_settings import ScoreScale
 
 OPEN_TAG = "<prompt>"
 CLOSE_TAG = "</prompt>"

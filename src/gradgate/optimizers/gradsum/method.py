@@ -27,14 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
+from gradgate.core.method_settings import GradSumSettings, parse_settings
 from gradgate.core.prompts import template_variables
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.optimizers import mutations
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
-from gradgate.optimizers.demos.method import DemosSettings, parse_option, then_demos
+from gradgate.optimizers.demos.method import then_demos
 from gradgate.optimizers.gradsum.prompts import (
     NO_EXPLANATION,
     NO_VARIABLES,
@@ -42,66 +43,11 @@ from gradgate.optimizers.gradsum.prompts import (
     build_messages,
     feedback_list,
 )
-from gradgate.optimizers.halving import DEFAULT_HALVING, HalvingSettings, Proposal, evaluate_pool
+from gradgate.optimizers.halving import Proposal, evaluate_pool
 from gradgate.optimizers.hygiene import parse_prompt_reply
 from gradgate.scoring.scorer import ItemResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GradSumSettings:
-    """`optimize.gradsum` in gradgate.yaml. Defaults follow the paper where it gives one."""
-
-    beam_width: int = 3  # prompts kept after each iteration (paper: 3)
-    iterations: int = 10  # paper: 10
-    train_batch: int = 30  # training items generated and judged per prompt and iteration (paper: 30)
-    candidates_per_prompt: int = 4  # editor samples per beam prompt; one editor call each
-    summarize: bool = True  # off: per-item gradients go straight to the editor (ablation)
-    # Dev items used to score candidates; None = all. A subset is cheaper but noisier; the test
-    # confirmation in the runner still guards the final choice.
-    dev_size: int | None = None
-    max_gradient_items: int = 10  # failing items that get a gradient, per prompt and iteration
-    editor_temperature: float = 0.7  # > 0 so the N samples differ; `sample` indices keep them cacheable
-    gradient_max_tokens: int = 200
-    edit_max_tokens: int = 400
-    mutations: int = 2  # mutation-library candidates per beam prompt and iteration (0: off)
-    halving: HalvingSettings | None = DEFAULT_HALVING  # successive halving on dev (false: every candidate on all)
-    demos: DemosSettings | None = None  # true: demonstration sets on the best instructions (half the calls)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GradSumSettings:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown GRAD-SUM setting(s): {', '.join(unknown)}",
-                where="optimize.gradsum",
-                hint=f"known: {', '.join(known)}",
-            )
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            default = getattr(cls, name)
-            if name == "halving":
-                value = HalvingSettings.parse(value, "optimize.gradsum")
-            elif name == "demos":
-                value = parse_option(value, "optimize.gradsum")
-            elif name == "mutations":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"{name} must be a whole number ≥ 0, not {value!r}", where=f"optimize.gradsum.{name}")
-            elif name == "summarize":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"{name} must be true or false", where=f"optimize.gradsum.{name}")
-            elif name == "dev_size" and value is None:
-                pass
-            elif isinstance(default, float):
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                    raise ConfigError(f"{name} must be a number ≥ 0", where=f"optimize.gradsum.{name}")
-                value = float(value)
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number ≥ 1, not {value!r}", where=f"optimize.gradsum.{name}")
-            values[name] = value
-        return cls(**values)
 
 
 class GradSum(Optimizer):
@@ -110,7 +56,7 @@ class GradSum(Optimizer):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.config = GradSumSettings.from_dict(self.settings)
+        self.config = parse_settings(GradSumSettings, self.settings, "optimize.gradsum")
 
     # -- the search -------------------------------------------------------------------------------
     async def optimize(self, ctx: OptimizeContext) -> None:
