@@ -12,6 +12,7 @@ __all__ = [
     "files",
     "git",
     "interrupts",
+    "method_settings",
     "prompts",
     "secrets",
     "stats",

@@ -7,6 +7,7 @@ hostile input ends as a `ConfigError` (exit 2, with the file and a hint), never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -248,3 +249,10 @@ def atomic_write_text(path: Path, text: str, *, redact_secrets: bool = True) -> 
     """Atomic UTF-8 write. Reports, results and caches go through here, so secrets are masked on the way
     out (`gradgate.core.secrets.redact`) unless the caller writes exact bytes it must keep."""
     atomic_write_bytes(path, (redact(text) if redact_secrets else text).encode("utf-8"))
+
+
+def digest(payload: Any) -> str:
+    """SHA-256 of `payload` as canonical JSON (sorted keys, no spaces, non-JSON values as text): the one content
+    hash behind cache keys, base-score keys, run fingerprints and suite hashes."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

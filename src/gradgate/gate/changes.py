@@ -17,9 +17,7 @@ head ref the working tree is the head (what a CI checkout of the pull request ho
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import tarfile
 import tempfile
@@ -30,6 +28,7 @@ from typing import Any, Literal
 
 from gradgate.core.config import Config, load_config
 from gradgate.core.discovery import Target, find_prompt_files, suite_path_for
+from gradgate.core.files import digest
 from gradgate.core.git import Git
 from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import load_suite
@@ -171,9 +170,6 @@ def config_sections(config: Config) -> dict[str, Any]:
     }
 
 
-def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _parts(target: Target, config: Config) -> dict[str, Any]:
@@ -186,12 +182,12 @@ def _parts(target: Target, config: Config) -> dict[str, Any]:
 
 
 def effective_hash(target: Target, config: Config) -> str:
-    return _digest(_parts(target, config))
+    return digest(_parts(target, config))
 
 
 def _reasons(base: Target, base_config: Config, head: Target, head_config: Config) -> tuple[str, ...]:
     old, new = _parts(base, base_config), _parts(head, head_config)
-    reasons = [key for key in new if _digest(old[key]) != _digest(new[key])]
+    reasons = [key for key in new if digest(old[key]) != digest(new[key])]
     if "prompt text" in reasons and base.prompt.body == head.prompt.body:
         reasons[reasons.index("prompt text")] = "included file"
     return tuple(reasons)

@@ -16,7 +16,6 @@ pass a scripted backend instead (see `gradgate.models.scripted`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec
-from gradgate.core.files import atomic_write_text
+from gradgate.core.files import atomic_write_text, digest
 from gradgate.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -97,8 +96,7 @@ class ResponseCache:
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
-        canonical = json.dumps({"v": CACHE_VERSION, **request}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return digest({"v": CACHE_VERSION, **request})
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from gradgate.core.budget import BudgetTracker, Holdback
 from gradgate.core.discovery import Target
-from gradgate.core.files import atomic_write_text
+from gradgate.core.files import atomic_write_text, digest
 from gradgate.core.suites import Item, Splits, split_items
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.session import Session
@@ -98,7 +98,7 @@ def fingerprint(target: Target, method: str, seed: int, settings: dict[str, Any]
         "split": session.config.optimize.split.model_dump(),
         "models": {r: session.config.models.for_role(r).model for r in ("task", "judge", "optimizer", "editor")},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(payload)
 
 
 def check_suite(target: Target, method: str, cls: type[Optimizer]) -> None:
