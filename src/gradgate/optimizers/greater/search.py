@@ -442,10 +442,11 @@ class GreaterSearch:
         phases["gradient"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        # "always" (the paper): the current token competes only if its gradient ranks it among the best few.
+        # "always" (the paper): the current token competes only if its gradient ranks it among the best few;
+        # "if_better": the best few others, then the winner must beat it. At an extension, index 0 is a real candidate.
         ranked = torch.argsort(grad).tolist()
-        if cfg.accept == "if_better" or insert:
-            ranked = [i for i in ranked if insert or i != 0]
+        if cfg.accept == "if_better" and not insert:
+            ranked = [i for i in ranked if i != 0]
         order = ranked[: cfg.num_eval_candidates]
         trials = []
         for i in (i for i in order if insert or i != 0):

@@ -20,7 +20,7 @@ Accept = Literal["always", "if_better"]
 Preset = Literal["auto", "cpu", "gpu"]
 
 # The paper's scale (Das et al., run_llama3_all.sh: 50 training items; reasoning of a few hundred tokens).
-GPU_PRESET: dict[str, Any] = {"max_items": 50, "max_new_tokens": 384, "batch_size": 50, "grad_batch_size": 10}
+GPU_PRESET: dict[str, Any] = {"max_items": 50, "max_new_tokens": 384, "batch_size": 150, "grad_batch_size": 10}
 WHERE = "gradgate.yaml:optimize.greater"
 
 
@@ -49,7 +49,7 @@ class GreaterConfig:
     # the suite's `scoring.answer_phrase` overrides the built one, this setting overrides both. Never empty.
     extraction_phrase: str | None = None
     ban_labels: bool = True  # answer labels ("True", "A") never become instruction tokens: no answer leaks in
-    batch_size: int = 16  # rows per batched generation (KV cache memory)
+    batch_size: int = 48  # rows per batched generation: the 3 candidates x 16 items in one batch (KV cache memory)
     grad_batch_size: int = 16  # rows per gradient pass (activation memory: keep small for large models)
     seed: int = 0  # item order and subset sampling; greedy decoding is otherwise deterministic
     device: str | None = None  # None: cuda when present, else cpu (gradgate.models.local.choose_device)
