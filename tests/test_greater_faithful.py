@@ -350,6 +350,8 @@ def test_transfer_optimizes_on_another_model_and_confirms_on_the_task_model(
     task = config.models.task.model
     assert backend.calls and {model for model, _ in backend.calls} == {task}  # dev and test: the task model
     assert all("transfer to the task model" in g.summary for g in result.gradients)
+    state = json.loads(next((tmp_path / "out").rglob("state.json")).read_text())["data"]
+    assert state["config"]["extraction_phrase"].endswith("(False or True) is") and state["config"]["steps"] == 2
 
 
 @needs_smol

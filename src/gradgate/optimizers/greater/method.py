@@ -100,6 +100,8 @@ class Greater(Optimizer):
             state=ctx.state.get("greater"),
             answers=answer_spec(ctx),
         )
+        saved["config"] = dict(result.config)  # the resolved configuration (steps, phrase, labels), kept with the run
+        ctx.save_state(dict(saved))
         # Score the train-best prompts and the last one on dev with the shared scorer on the task model (cached ones
         # cost nothing); on resume the state's prompts include those of the earlier run.
         last = [saved["last"]] if saved.get("last") else []
