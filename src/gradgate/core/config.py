@@ -25,7 +25,8 @@ from gradgate.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_FILENAMES = ("gradgate.yaml", "gradgate.yml")
-DEFAULT_MODEL = "local/smollm2-135m-instruct"
+LOCAL_PREFIX = "local/"  # models gradgate runs in process (gradgate.models.local)
+DEFAULT_MODEL = f"{LOCAL_PREFIX}smollm2-135m-instruct"
 ROLES = ("task", "judge", "optimizer", "editor")
 
 
@@ -67,6 +68,11 @@ class ModelSpec(_Strict):
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=32768)
+
+    @property
+    def is_local(self) -> bool:
+        """An embedded model run in process (`local/<name>`), not a provider reached over HTTP."""
+        return self.model.startswith(LOCAL_PREFIX)
 
     @field_validator("model")
     @classmethod

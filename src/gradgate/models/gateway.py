@@ -231,7 +231,7 @@ class Gateway:
                 if left is not None:
                     timeout = min(timeout, left)
                 try:
-                    if spec.model.startswith("local/"):
+                    if spec.is_local:
                         # In-process models run in a worker thread that cannot be cancelled, and wait
                         # their turn for the CPU: a timer would only abandon (and re-run) work already
                         # paid for. The provider receives `timeout` and stops generating by then.
@@ -287,7 +287,7 @@ class Gateway:
             usd == 0.0
             and self.budget.limits.max_usd is not None
             and spec.model not in self._warned_unpriced
-            and not spec.model.startswith("local/")
+            and not spec.is_local
             and not spec.api_base
         ):
             self._warned_unpriced.add(spec.model)

@@ -18,7 +18,7 @@ import math
 import os
 from typing import Any
 
-from gradgate.core.config import ModelSpec
+from gradgate.core.config import LOCAL_PREFIX, ModelSpec
 from gradgate.core.environment import prepare_process_env
 from gradgate.core.secrets import redact
 from gradgate.errors import ModelError, UnknownModelError
@@ -74,10 +74,10 @@ class LiteLLMBackend:
             self._local_registered = True
 
     def validate(self, spec: ModelSpec) -> None:
-        if spec.model.startswith("local/"):
+        if spec.is_local:
             from gradgate.models.local import EMBEDDED_MODELS
 
-            name = spec.model.removeprefix("local/")
+            name = spec.model.removeprefix(LOCAL_PREFIX)
             if name not in EMBEDDED_MODELS:
                 raise UnknownModelError(
                     f"unknown embedded model {spec.model!r}",
@@ -94,7 +94,7 @@ class LiteLLMBackend:
             ) from None
 
     def estimate_usd(self, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
-        if spec.model.startswith("local/") or spec.api_base:
+        if spec.is_local or spec.api_base:
             return 0.0
         try:
             prompt_cost, completion_cost = self._litellm.cost_per_token(
@@ -130,7 +130,7 @@ class LiteLLMBackend:
         stop: list[str] | None,
         timeout: float,
     ) -> BackendReply:
-        if spec.model.startswith("local/"):
+        if spec.is_local:
             self._ensure_local()
         kwargs = self._kwargs(spec)
         response = await self._acompletion(
@@ -150,7 +150,7 @@ class LiteLLMBackend:
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = 0.0
-        if not spec.model.startswith("local/") and not spec.api_base:
+        if not spec.is_local and not spec.api_base:
             try:
                 cost = float(self._litellm.completion_cost(completion_response=response) or 0.0)
             except Exception:
@@ -191,7 +191,7 @@ class LiteLLMBackend:
             raise ModelError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
 
     async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
-        if not spec.model.startswith("local/"):
+        if not spec.is_local:
             raise ModelError(
                 f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
                 hint="set the suite's `scoring.mode: generate` or use a local/ task model",

@@ -110,7 +110,7 @@ async def judge_output(
     )
     method = config.method
     if method == "auto":
-        method = "loglik" if gateway.spec("judge").model.startswith("local/") else "reasoning"
+        method = "loglik" if gateway.spec("judge").is_local else "reasoning"
     if method == "loglik":
         return await _judge_by_loglik(gateway, config, messages)
     reply = await gateway.complete("judge", messages, sample=sample)

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradgate.core.config import LOCAL_PREFIX
 from gradgate.errors import ModelError, UnknownModelError
 
-LOCAL_PREFIX = "local/"
 """litellm provider prefix: ``local/smollm2-135m-instruct`` runs in this process."""
 
 
