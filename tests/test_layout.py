@@ -123,3 +123,13 @@ def test_every_package_declares_its_modules_in_all() -> None:
         if package in ("gradgate", "gradgate.optimizers", "gradgate.models.local"):
             continue  # these export names, not modules
         assert sorted(exported) == modules, f"{package}.__all__ does not list its modules"
+
+
+def test_the_optimizer_interface_example_runs() -> None:
+    """optimizers/base.py's module docstring is a working example of a whole method (a doctest)."""
+    import doctest
+
+    from gradgate.optimizers import base
+
+    outcome = doctest.testmod(base, optionflags=doctest.ELLIPSIS)
+    assert outcome.attempted > 10 and outcome.failed == 0

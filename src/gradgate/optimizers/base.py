@@ -1,17 +1,43 @@
-"""The shared optimizer interface: a candidate, a trajectory, a context, an optimizer.
-
-    class MyMethod(Optimizer):
-        name = "mine"
-        async def optimize(self, ctx: OptimizeContext) -> None:
-            for step in ctx.steps(start=ctx.state.get("step", 0)):
-                ...
-                scored = await ctx.evaluate(text, ctx.splits.dev, step=step, parent=..., origin="edit")
-                ctx.save_state({"step": step + 1, ...})
+r"""The shared optimizer interface: a candidate, a trajectory, a context, an optimizer.
 
 An optimizer never changes its input: it proposes candidate bodies, scores them through
 `ctx.evaluate` (one scorer, one budget, every candidate recorded in the trajectory) and keeps its
 own resumable state. The runner (`optimizers.runner`) splits the suite, confirms the best candidate
-on the held-out test split, writes the artifacts and opens the pull request.
+on the held-out test split, writes the artifacts and opens the pull request. A whole method, run
+for real on a scripted model (this example runs as a test):
+
+>>> import asyncio, tempfile
+>>> from pathlib import Path
+>>> from gradgate.core.config import Config
+>>> from gradgate.core.discovery import discover
+>>> from gradgate.models.scripted import ScriptedBackend
+>>> from gradgate.models.session import Session
+>>> from gradgate.optimizers.registry import register
+>>> from gradgate.optimizers.runner import run_optimization
+>>> @register
+... class AskForDigits(Optimizer):
+...     name = "ask-for-digits"
+...     async def optimize(self, ctx: OptimizeContext) -> None:
+...         for step in ctx.steps(1, start=ctx.state.get("step", 0)):  # resumes after the last saved step
+...             await ctx.evaluate(ctx.original + "Reply with digits only.\n", step=step + 1, parent="c0000", origin="edit")
+...             ctx.save_state({"step": step + 1})
+>>> repo = Path(tempfile.mkdtemp())
+>>> (repo / "prompts").mkdir(); (repo / "evals").mkdir()
+>>> _ = (repo / "prompts" / "add.md").write_text("What is {{n}} + 1?\n")
+>>> rows = "".join(f"  - {{id: i{n}, vars: {{n: {n}}}, expected: '{n + 1}'}}\n" for n in range(80))
+>>> _ = (repo / "evals" / "add.yaml").write_text("metrics: [exact]\nitems:\n" + rows)
+>>> def model(spec, messages):  # answers in digits only when asked to
+...     n = int(messages[-1]["content"].split()[2])
+...     return str(n + 1) if "digits only" in messages[-1]["content"] else f"It is {n + 1}."
+>>> session = Session.open(repo, Config(), backend=ScriptedBackend(model), use_cache=False)
+>>> target = discover(repo, session.config)[0]
+>>> result = asyncio.run(run_optimization(session, target, "ask-for-digits", out_dir=repo / "out", seed=0))
+>>> result.improved, result.test_original.mean, result.test_best.mean
+(True, 0.0, 1.0)
+>>> print(result.best.text)
+What is {{n}} + 1?
+Reply with digits only.
+<BLANKLINE>
 """
 
 from __future__ import annotations

@@ -25,8 +25,20 @@ METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 NEEDS_EXTRA = {"greater": "GReaTer needs torch and transformers: pip install 'gradgate[local]'"}
 
 
+_REGISTERED: dict[str, type[Optimizer]] = {}
+
+
+def register(cls: type[Optimizer]) -> type[Optimizer]:
+    """Make `cls` (an Optimizer subclass) available under `cls.name` in this process (plug-ins, examples).
+    The shipped methods are listed in METHODS instead, so the CLI and the action know them without importing."""
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
 def method_class(name: str) -> type[Optimizer]:
     """The optimizer class for a method name; UsageError naming the known ones otherwise."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if name not in METHODS:
         raise UsageError(f"unknown optimization method {name!r}", hint=f"known: {', '.join(METHOD_NAMES)}")
     module, _, cls = METHODS[name].partition(":")
