@@ -11,7 +11,6 @@ The run's context (repository, pull request, token) is `gradgate.github.context`
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -86,17 +85,6 @@ def truncate_body(text: str, limit: int = MAX_BODY_CHARS, note: str = TRUNCATION
     return cut + note
 
 
-def _redactor(secret: str) -> Callable[[str], str]:
-    """Mask the token (core.secrets' rules) and credentials embedded in URLs (``https://user:pw@host``)."""
-    extra = (secret,) if secret else ()
-
-    def scrub(text: str) -> str:
-        # TODO(secrets): URL credentials are masked here only; move this rule into core/secrets.redact.
-        return re.sub(r"://[^/@\s]+@", "://***@", redact(text, extra))
-
-    return scrub
-
-
 class GitHubClient:
     """REST client for one repository (``owner/name``), public GitHub or GitHub Enterprise Server."""
 
@@ -129,7 +117,7 @@ class GitHubClient:
         self._login: str | None = None  # whom the token acts as (GET /user); None for installation tokens
         self._login_asked = False
         self._has_token = bool(token)
-        self._redact = _redactor(token)
+        self._redact: Callable[[str], str] = lambda text: redact(text, (token,) if token else ())
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
