@@ -61,6 +61,11 @@ def parse_prompt_reply(reply: str) -> list[str]:
     return out
 
 
+def keep_layout(text: str, original: str) -> str:
+    """A model-written body with the original's trailing newline(s): the prompt file keeps its layout."""
+    return text.rstrip() + original[len(original.rstrip()) :] if text else text
+
+
 def length_cap(original: str) -> int:
     return max(MIN_LENGTH_CAP, LENGTH_FACTOR * len(without_slot(original)))
 

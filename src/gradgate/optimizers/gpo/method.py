@@ -42,7 +42,7 @@ from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, O
 from gradgate.optimizers.demos.method import then_demos
 from gradgate.optimizers.gpo.prompts import build_meta_prompt, format_score
 from gradgate.optimizers.halving import Proposal, evaluate_pool
-from gradgate.optimizers.hygiene import parse_prompt_reply
+from gradgate.optimizers.hygiene import keep_layout, parse_prompt_reply
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +290,7 @@ class GPO(Optimizer):
             )
             retry = []
             for slot, reply in zip(pending, replies, strict=True):
-                text = parse_candidate(reply.text)
-                if text:  # keep the original's trailing newline(s): the file's layout stays as it was
-                    text += ctx.original[len(ctx.original.rstrip()) :]
+                text = keep_layout(parse_candidate(reply.text), ctx.original)
                 distance = word_edit_distance(current.text, text)
                 if not text:
                     reason = "no prompt in the optimizer's reply"

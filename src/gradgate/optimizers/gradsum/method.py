@@ -44,7 +44,7 @@ from gradgate.optimizers.gradsum.prompts import (
     feedback_list,
 )
 from gradgate.optimizers.halving import Proposal, evaluate_pool
-from gradgate.optimizers.hygiene import parse_prompt_reply
+from gradgate.optimizers.hygiene import keep_layout, parse_prompt_reply
 from gradgate.scoring.scorer import ItemResult
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,8 @@ class GradSum(Optimizer):
             max_tokens=self.config.edit_max_tokens,
             sample=sample,
         )
-        trailing = ctx.original[len(ctx.original.rstrip()) :]  # keep the file's trailing newline habit
         # One editor call asks for one prompt; extra blocks a model adds anyway are kept as candidates.
-        return [text + trailing for text in parse_prompt_reply(reply.text)]
+        return [keep_layout(text, ctx.original) for text in parse_prompt_reply(reply.text)]
 
 
 def _metric_criteria(ctx: OptimizeContext) -> str:
