@@ -7,8 +7,10 @@ drops VAGUE really scores better.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scipy.stats import binomtest
 
 from gradgate.app.check_job import run_check
 from gradgate.core.config import GateConfig, ModelSpec
@@ -31,8 +34,7 @@ prompts: ['prompts/**/*.md']
 gate: {min_items: 6, batch_size: 4, max_drop: 0.05, alpha: 0.05}
 """
 SUITE = "metrics: [final_number]\nitems:\n" + "".join(
-    f"  - {{id: q{n}, vars: {{q: 'What is {n} + {n + 3}?'}}, expected: '{2 * n + 3}'}}\n"
-    for n in range(N_ITEMS)
+    f"  - {{id: q{n}, vars: {{q: 'What is {n} + {n + 3}?'}}, expected: '{2 * n + 3}'}}\n" for n in range(N_ITEMS)
 )
 
 
@@ -141,10 +143,7 @@ def test_verdicts_report_outputs_and_annotations(tmp_path: Path, capsys: pytest.
         "report-path": str(tmp_path / "out" / "report.md"),
     }
     stdout = capsys.readouterr().out
-    assert (
-        "::error file=prompts/worse.md,line=5,title=gradgate%3A prompt regressed::prompt worse regressed"
-        in stdout
-    )
+    assert "::error file=prompts/worse.md,line=5,title=gradgate%3A prompt regressed::prompt worse regressed" in stdout
     assert "better" not in stdout.split("::error")[1]
     saved = json.loads((tmp_path / "out" / "check.json").read_text())
     assert saved["overall"] == "regressed" and len(saved["prompts"]) == 3
@@ -159,20 +158,81 @@ def test_base_scores_are_cached_so_a_rerun_pays_only_for_head(tmp_path: Path) ->
         "better": 10,
         "reworded": 6,
     }
+    assert "Score cache: 0 of 26 base item scores came from the cache" in first.markdown
     # A warm rerun: nothing is called at all (the response cache answers).
     be = backend()
     again = check(repo, tmp_path / "out2", env, be=be)
     assert be.calls == [] and again.verdicts == first.verdicts
-    # Without the response cache, the base still costs nothing: its per-item scores are kept by content hash.
+    # Without the response cache, neither side costs anything: per-item scores are kept by content hash.
     for entry in (repo / ".gradgate" / "cache").iterdir():
-        if entry.name != "gate-base":
+        if entry.name != "gate-scores":
             shutil.rmtree(entry)
     be = backend()
     third = check(repo, tmp_path / "out3", env, be=be)
-    assert all(p.base_calls == 0 and p.base_from_score_cache == p.items_scored for p in third.summary.prompts)
-    assert len(be.calls) == sum(p.items_scored for p in third.summary.prompts)  # head only
-    assert "VAGUE" not in "".join(last_user_text(m) for _, m in be.calls)
-    assert third.verdicts == first.verdicts
+    assert be.calls == [] and third.verdicts == first.verdicts
+    assert all(p.base_from_score_cache == p.head_from_score_cache == p.items_scored for p in third.summary.prompts)
+    assert "Score cache: 26 of 26 base item scores came from the cache (and 26 head item scores)" in third.markdown
+
+
+def test_after_a_merge_the_next_pull_request_pays_only_for_its_head(tmp_path: Path) -> None:
+    """The head scores of one run are the base scores of the next: a later commit on top costs its head only."""
+    repo = make_repo(tmp_path / "repo")
+    check(repo, tmp_path / "out1", {})  # e.g. the push run on main after the merge
+    shutil.rmtree(repo / ".gradgate" / "cache" / "responses", ignore_errors=True)
+    for entry in (repo / ".gradgate" / "cache").iterdir():
+        if entry.name != "gate-scores":
+            shutil.rmtree(entry)
+    write(repo, {"prompts/reworded.md": prompt("reworded", "Kindly add {{q}}")})
+    commit(repo, "next pull request")
+    be = backend()
+    outcome = check(repo, tmp_path / "out2", {}, be=be)
+    reworded = outcome.summary.prompts[0]
+    assert outcome.verdicts == {"reworded": "unchanged"}
+    assert reworded.base_calls == 0 and reworded.base_from_score_cache == reworded.items_scored == 6
+    assert len(be.calls) == 6 and all("Kindly" in last_user_text(m) for _, m in be.calls)
+
+
+def test_base_and_head_are_scored_at_once_and_stay_paired_item_by_item(tmp_path: Path) -> None:
+    """Calls of both versions overlap (within the concurrency limit); each finishes after a random delay, so
+    a pairing by arrival order would mix items up. Base is right on even items, head where n % 3 != 0."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    config = CONFIG.replace("alpha: 0.05}", "alpha: 0.05, sequential: false}") + "models: {concurrency: 3}\n"
+    write(root, {"gradgate.yaml": config, "prompts/p.md": prompt("p", "BASE {{q}}"), "evals/p.yaml": SUITE})
+    commit(root, "base")
+    write(root, {"prompts/p.md": prompt("p", "HEAD {{q}}")})
+    commit(root, "head")
+    rng = random.Random(7)
+    in_flight: list[str] = []
+    overlaps: list[tuple[int, bool]] = []
+
+    class Slow(ScriptedBackend):
+        async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+            text = last_user_text(messages)
+            side = "base" if text.startswith("BASE") else "head"
+            in_flight.append(side)
+            overlaps.append((len(in_flight), len(set(in_flight)) == 2))
+            await asyncio.sleep(rng.random() / 200)
+            in_flight.remove(side)
+            return await super().complete(spec, messages, **kwargs)
+
+    def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+        text = last_user_text(messages)
+        n = int(re.findall(r"What is (\d+) \+", text)[0])
+        right = n % 2 == 0 if text.startswith("BASE") else n % 3 != 0
+        return f"The answer is {2 * n + 3 if right else -1}"
+
+    outcome = check(root, tmp_path / "out", {}, be=Slow(script=script))
+    p = outcome.summary.prompts[0]
+    assert max(size for size, _ in overlaps) == 3  # never above models.concurrency
+    assert any(both for _, both in overlaps)  # base and head calls were in flight together
+    regressions = sum(1 for n in range(N_ITEMS) if n % 2 == 0 and n % 3 == 0)
+    improvements = sum(1 for n in range(N_ITEMS) if n % 2 == 1 and n % 3 != 0)
+    assert p.decision is not None and p.decision.n == N_ITEMS
+    assert p.decision.p_value == pytest.approx(binomtest(regressions, regressions + improvements, 0.5).pvalue)
+    assert p.decision.mean_diff == pytest.approx((improvements - regressions) / N_ITEMS)
+    assert (p.base_calls, p.calls) == (N_ITEMS, 2 * N_ITEMS)
 
 
 def test_no_fail_on_regression_and_no_sequential(tmp_path: Path) -> None:
@@ -180,9 +240,7 @@ def test_no_fail_on_regression_and_no_sequential(tmp_path: Path) -> None:
     (repo / "gradgate.yaml").write_text(CONFIG.replace("alpha: 0.05}", "alpha: 0.05, sequential: false}"))
     outcome = check(repo, tmp_path / "out", {}, head_ref=None, fail_on_regression=False)
     assert outcome.exit_code == 0 and outcome.overall == "regressed"
-    assert all(
-        p.items_scored == N_ITEMS and not p.stopped_early and p.looks == 1 for p in outcome.summary.prompts
-    )
+    assert all(p.items_scored == N_ITEMS and not p.stopped_early and p.looks == 1 for p in outcome.summary.prompts)
 
 
 def test_no_changes_costs_nothing(tmp_path: Path) -> None:
@@ -242,6 +300,52 @@ def test_repeats_score_distinct_samples(tmp_path: Path) -> None:
     better = outcome.summary.prompts[0]
     # The config change re-runs the prompt; each item is scored 3 times in each version.
     assert better.calls == 3 * 2 * better.items_scored
+    assert better.noise is not None and better.noise.base_flip_rate == better.noise.head_flip_rate == 0.0
+
+
+def test_flip_rates_per_item_and_per_side(tmp_path: Path) -> None:
+    """A model that answers q3 and q5 right only on every other call of the head: those items flip."""
+    repo = make_repo(tmp_path / "repo", regress=False)
+    (repo / "gradgate.yaml").write_text(CONFIG.replace("alpha: 0.05}", "alpha: 0.05, repeats: 2, sequential: false}"))
+    seen: dict[str, int] = {}
+
+    def flaky(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+        text = last_user_text(messages)
+        seen[text] = seen.get(text, 0) + 1
+        if text.startswith("Compute exactly") and re.search(r"What is (3|5) \+", text) and seen[text] % 2 == 0:
+            return "The answer is 0"
+        return adder(spec, messages)
+
+    outcome = check(repo, tmp_path / "out", {}, head_ref=None, prompt_ids=("better",), be=backend(flaky))
+    noise = outcome.summary.prompts[0].noise
+    assert noise is not None and noise.repeats == 2
+    # Base: VAGUE answers 0 every time, no flips; head: 2 of 16 items flip on every pair of repeats.
+    assert noise.base_flip_rate == 0.0 and noise.head_flip_rate == pytest.approx(2 / N_ITEMS)
+    assert {item for item, _, _ in noise.flaky} == {"q3", "q5"} and noise.flaky_items == 2
+    assert all(head == 1.0 and base == 0.0 for _, base, head in noise.flaky)
+    assert "flip rate over 2 repeats: base 0.000, head 0.125; flaky items (base/head): q" in outcome.markdown
+
+
+def test_inconclusive_says_how_many_items_would_decide(tmp_path: Path) -> None:
+    """A head worse on 3 of 16 items: not enough to decide; the report says what would be."""
+    repo = make_repo(tmp_path / "repo", regress=False)
+
+    def slightly_worse(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+        text = last_user_text(messages)
+        if text.startswith("Please add") and re.search(r"What is (1|2|4) \+", text):
+            return "The answer is 0"
+        return adder(spec, messages)
+
+    outcome = check(repo, tmp_path / "out", {}, prompt_ids=("reworded",), be=backend(slightly_worse))
+    reworded = outcome.summary.prompts[0]
+    assert reworded.verdict == "inconclusive" and reworded.items_scored == N_ITEMS
+    power = reworded.power
+    assert power is not None and power.needed_items is not None and power.needed_items > N_ITEMS
+    needed = power.needed_items
+    assert f"undecided: about {needed} paired items would decide the observed change (the suite has 16: add {needed - 16})" in (
+        outcome.markdown
+    )
+    assert "this suite can detect a drop of 0.500 or more (exact McNemar, 16 items" in outcome.markdown
 
 
 def test_spending_function() -> None:
@@ -294,9 +398,7 @@ def test_real_run_on_the_embedded_model(tmp_path: Path) -> None:
         root,
         {
             ".gitignore": ".gradgate/\n",
-            "gradgate.yaml": CONFIG.replace("min_items: 6", "min_items: 4").replace(
-                "batch_size: 4", "batch_size: 6"
-            )
+            "gradgate.yaml": CONFIG.replace("min_items: 6", "min_items: 4").replace("batch_size: 4", "batch_size: 6")
             + "models: {task: local/smollm2-135m-instruct, concurrency: 1}\n",
             "prompts/triage.md": prompt("triage", TRIAGE_GOOD),
             "evals/triage.yaml": TRIAGE_SUITE,

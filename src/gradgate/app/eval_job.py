@@ -21,6 +21,7 @@ from gradgate.core.interrupts import interrupted_error
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError
 from gradgate.models.session import Session
+from gradgate.scoring.calibration import calibrate_judge, validate_examples
 from gradgate.scoring.results import EvalResults, build_results, prompt_out, write_results
 from gradgate.scoring.scorer import ItemResult, PromptEval, Scorer
 
@@ -65,6 +66,8 @@ async def run_eval(
     every = [t.prompt.id for t in targets]
     targets = select_targets(targets, shard) if shard else targets
     scorers = [Scorer(session.gateway, session.config, t) for t in targets]  # validates every suite before any call
+    for scorer in scorers:
+        validate_examples(scorer)  # labeled judge examples too
     outs = []
     error: GradgateError | None = None
     for target, scorer in zip(targets, scorers, strict=True):
@@ -86,7 +89,23 @@ async def run_eval(
                 error = interrupted_error()
         if error is not None:
             evaluation = _partial(target, done, f"not scored: {redact(error.message)}")
-        outs.append(prompt_out(evaluation, path=target.prompt.rel_path, suite=target.suite.rel_path))
+        calibration = None
+        if error is None:
+            try:
+                calibration = await calibrate_judge(scorer)  # the judge on the suite's labeled examples, if any
+            except GradgateError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                error = interrupted_error()
+        outs.append(
+            prompt_out(
+                evaluation,
+                path=target.prompt.rel_path,
+                suite=target.suite.rel_path,
+                gate=session.config.gate,
+                calibration=calibration,
+            )
+        )
     results = build_results(
         outs,
         models=session.models(),

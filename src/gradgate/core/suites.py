@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gradgate.core.config import JudgeConfig, check_metric_entries, format_validation_error
 from gradgate.core.files import check_tree, parse_json, parse_yaml, read_text, resolve_inside
@@ -59,6 +59,28 @@ class ScoringSpec(BaseModel):
     )
 
 
+class JudgeExample(BaseModel):
+    """A judge output labeled by a person: the judge is checked against these (`gradgate.scoring.calibration`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str | None = None
+    item: str | None = Field(None, description="Id of a suite item: the judge sees its variables and expected answer.")
+    vars: dict[str, Any] | None = Field(None, description="Template variables for the input the judge sees.")
+    input: str | None = Field(None, description="The input the judge sees, verbatim (instead of rendering the prompt).")
+    expected: str | None = None
+    output: str = Field(description="The output under judgment.")
+    verdict: Literal["pass", "fail"] | None = Field(None, description="The person's verdict (binary judges).")
+    score: int | None = Field(None, ge=1, le=10, description="The person's score, 1-10 (passes at judge.pass_threshold).")
+
+    @model_validator(mode="after")
+    def _one_label(self) -> JudgeExample:
+        if (self.verdict is None) == (self.score is None):
+            raise ValueError("give exactly one of `verdict` (pass/fail) or `score` (1-10)")
+        if sum(x is not None for x in (self.item, self.vars, self.input)) > 1:
+            raise ValueError("give at most one of `item`, `vars` or `input`")
+        return self
+
+
 class SuiteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str | None = Field(None, description="What the task is; shown to the judge and the optimizers.")
@@ -69,6 +91,9 @@ class SuiteSpec(BaseModel):
     system: str | None = Field(None, description="Optional system message sent before the rendered prompt.")
     items: list[dict[str, Any]] | None = None
     dataset: DatasetSpec | None = None
+    judge_examples: list[JudgeExample] = Field(
+        default_factory=list, description="Outputs labeled by a person; eval and check report the judge's agreement."
+    )
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,3 @@
-"""The regression gate: which prompts changed, the paired decision, the base-score cache, the report."""
+"""The regression gate: what changed, per-item scores and their cache, the paired decision, its power, the report."""
 
-__all__ = ["changes", "check", "report"]
+__all__ = ["changes", "check", "power", "report", "scores"]

@@ -170,8 +170,6 @@ def config_sections(config: Config) -> dict[str, Any]:
     }
 
 
-
-
 def _parts(target: Target, config: Config) -> dict[str, Any]:
     return {
         "prompt text": target.prompt.expanded,

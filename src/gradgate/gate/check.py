@@ -2,58 +2,50 @@
 
     await gate_changes(session, changes, done)   # appends one PromptVerdict per changed or new prompt
 
-Each changed prompt's base and head are scored on the paired items in batches, deciding after each batch
-with a paired test (`decide`, alpha spent by `spending`). Base scores are cached by effective-content hash
-(`BaseScoreCache`), so a pull request pays only for its head. The job around it (reports, comment, exit
-code) is `gradgate.app.check_job`.
+Each changed prompt's base and head are scored at the same time (one concurrency limit) on the paired items,
+in batches, deciding after each batch with a paired test (`decide`, alpha spent by `spending`). Steps:
+`_prepare` (paired items, one `Side` per version), `_sequential` (the looks), then `_verdict` with what the
+suite can detect (`gradgate.gate.power`), the flip rates when items are repeated, and the judge's agreement
+with the suite's labeled examples (`gradgate.scoring.calibration`: an untrusted judge makes the verdict
+inconclusive). Scores are cached per item by content (`gradgate.gate.scores.ScoreCache`), so a pull request
+pays only for its head. The job around it (reports, comment, exit code) is `gradgate.app.check_job`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
-import math
+import statistics
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from scipy.stats import norm
-
 from gradgate.core.budget import BudgetTracker
-from gradgate.core.config import Config, GateConfig
+from gradgate.core.config import GateConfig
 from gradgate.core.discovery import Target
-from gradgate.core.files import atomic_write_text
+from gradgate.core.prompts import Prompt
+from gradgate.core.stats import is_binary, spending
 from gradgate.core.suites import Item
-from gradgate.errors import BudgetExhausted, GradgateError
-from gradgate.gate.changes import ChangeSet, PromptChange, config_sections
-from gradgate.gate.report import (
-    Decision,
-    PromptVerdict,
-)
+from gradgate.errors import GradgateError
+from gradgate.gate.changes import ChangeSet, PromptChange
+from gradgate.gate.power import detectable, with_advice
+from gradgate.gate.report import Decision, Noise, Power, PromptVerdict
+from gradgate.gate.scores import ItemScore, ScoreCache, Side, score_cache_for
 from gradgate.models.session import Session
+from gradgate.scoring.calibration import JudgeCalibration, calibrate_judge, has_examples, validate_examples
 from gradgate.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-BASE_CACHE_VERSION = 1
 BOOTSTRAP_SEED = 0
+FLAKY_SHOWN = 10  # flaky items listed per prompt
+
+__all__ = ["decide", "gate_changes", "spending"]
 
 
 # -- the decision --------------------------------------------------------------------------------------
-
-
-def spending(fraction: float, alpha: float) -> float:
-    """Cumulative alpha an O'Brien-Fleming-type (Lan-DeMets) spending function allows at `fraction`."""
-    if fraction <= 0:
-        return 0.0
-    if fraction >= 1:
-        return alpha
-    z = float(norm.ppf(1 - alpha / 2))
-    return float(min(alpha, 2 * (1 - norm.cdf(z / math.sqrt(fraction)))))
 
 
 def decide(
@@ -65,7 +57,7 @@ def decide(
     seed: int = BOOTSTRAP_SEED,
 ) -> Decision:
     """The verdict for paired per-item scores at significance `level` (see gate_report.DECISION_RULE)."""
-    from gradgate.core.stats import is_binary, mcnemar_exact, paired_difference
+    from gradgate.core.stats import mcnemar_exact, paired_difference
 
     n = len(base)
     if n == 0:
@@ -91,72 +83,12 @@ def decide(
     else:
         verdict, reason = (
             "inconclusive",
-            f"not decided at level {level:.3g}: more items or repeats would tell",
+            f"not decided at level {level:.3g}",
         )
     return Decision(verdict, n, mean, low, high, level, p_value, reason)  # type: ignore[arg-type]
 
 
-# -- base score cache ----------------------------------------------------------------------------------
-
-
-def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _item_key(item: Item) -> str:
-    return _digest([item.id, item.vars, item.expected, list(item.assertions)])
-
-
-class BaseScoreCache:
-    """Per-item scores of base prompt versions, so a pull request pays only for its head.
-
-    One JSON file per (base prompt text, suite settings, scoring config, repeats); inside, one score per item
-    content hash, so an early-stopped run's scores are reused and later runs add to them.
-    """
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-
-    @staticmethod
-    def key(target: Target, config: Config) -> str:
-        sections = {k: v for k, v in config_sections(config).items() if k != "gate"}
-        return _digest(
-            {
-                "v": BASE_CACHE_VERSION,
-                "prompt": target.prompt.expanded,
-                "description": target.prompt.description,
-                "suite": target.suite.spec.model_dump(exclude={"items", "dataset"}),
-                "config": sections,
-                "repeats": config.gate.repeats,
-            }
-        )
-
-    def _path(self, key: str) -> Path | None:
-        return None if self.directory is None else self.directory / f"{key}.json"
-
-    def load(self, key: str) -> dict[str, float]:
-        path = self._path(key)
-        if path is None:
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        scores = data.get("scores") if isinstance(data, dict) else None
-        return {str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
-
-    def save(self, key: str, scores: Mapping[str, float]) -> None:
-        path = self._path(key)
-        if path is None or not scores:
-            return
-        try:
-            atomic_write_text(path, json.dumps({"scores": dict(scores)}, sort_keys=True))
-        except OSError as exc:  # a read-only cache must not fail the gate
-            log.warning("could not write the gate's base score cache: %s", exc)
-
-
-# -- scoring -------------------------------------------------------------------------------------------
+# -- one changed prompt, in named steps ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -177,20 +109,6 @@ def _item_order(items: Sequence[Item]) -> list[Item]:
     return sorted(items, key=lambda i: hashlib.sha256(f"gradgate-gate:{i.id}".encode()).hexdigest())
 
 
-async def _score_items(scorer: Scorer, target: Target, items: Sequence[Item], repeats: int) -> dict[str, float]:
-    """Mean score over `repeats` samples per item; items the budget cut short are left out."""
-
-    async def one(item: Item) -> tuple[str, float | None]:
-        try:
-            samples = [await scorer.score_item(target.prompt, item, sample=r) for r in range(repeats)]
-        except BudgetExhausted:
-            return item.id, None
-        return item.id, sum(s.score for s in samples) / len(samples)
-
-    results = await asyncio.gather(*(one(item) for item in items))
-    return {item_id: score for item_id, score in results if score is not None}
-
-
 def _location(change: PromptChange, prefix: str) -> tuple[str, int]:
     target = change.head or change.base
     if target is None:  # pragma: no cover - a change always has one side
@@ -198,9 +116,29 @@ def _location(change: PromptChange, prefix: str) -> tuple[str, int]:
     return prefix + target.prompt.rel_path, target.prompt.body_line
 
 
-async def _gate_changed(session: Session, change: PromptChange, base_cache: BaseScoreCache, prefix: str) -> PromptVerdict:
+@dataclass
+class _Pairing:
+    """A changed prompt ready to be scored: the paired items in look order and one Side per version."""
+
+    items: list[Item]
+    base: Side
+    head: Side
+    common: dict[str, Any]
+    start: _Usage
+
+
+@dataclass(frozen=True)
+class _Run:
+    decision: Decision | None
+    looks: int
+    scored_upto: int
+    out_of_budget: bool
+
+
+def _prepare(session: Session, change: PromptChange, cache: ScoreCache, prefix: str) -> _Pairing | PromptVerdict:
+    """The paired items (ids both suites share) and both versions set up on the head's suite and config;
+    an inconclusive verdict when there is nothing comparable."""
     assert change.base is not None and change.head is not None  # status "changed" has both sides
-    config, budget, gate = session.config, session.budget, session.config.gate
     path, line = _location(change, prefix)
     base_ids = {i.id for i in change.base.suite.items}
     items = _item_order([i for i in change.head.suite.items if i.id in base_ids])
@@ -208,27 +146,26 @@ async def _gate_changed(session: Session, change: PromptChange, base_cache: Base
         prompt_id=change.prompt_id, path=path, line=line, reasons=change.reasons, items_total=len(items)
     )
     if not items:
-        return PromptVerdict(verdict="inconclusive", note="base and head suites share no item ids", **common)  # type: ignore[arg-type]
+        return PromptVerdict(verdict="inconclusive", note="base and head suites share no item ids", **common)
     suite = replace(change.head.suite, items=tuple(items))
-    head_target = Target(prompt=change.head.prompt, suite=suite)
-    base_target = Target(prompt=change.base.prompt, suite=suite)
-    head_scorer = Scorer(session.gateway, config, head_target)
+    head = Side.open(session, Target(prompt=change.head.prompt, suite=suite), cache)
     try:
-        base_scorer = Scorer(session.gateway, config, base_target)
+        base = Side.open(session, Target(prompt=change.base.prompt, suite=suite), cache)
     except GradgateError as exc:
-        return PromptVerdict(
-            verdict="inconclusive",
-            note=f"the base version cannot be scored on the head suite: {exc.message}",
-            **common,
-        )  # type: ignore[arg-type]
+        note = f"the base version cannot be scored on the head suite: {exc.message}"
+        return PromptVerdict(verdict="inconclusive", note=note, **common)
+    return _Pairing(items, base, head, common, _usage(session.budget))
 
-    cache_key = base_cache.key(base_target, config)
-    stored = base_cache.load(cache_key)
-    base_scores: dict[str, float] = {}
-    head_scores: dict[str, float] = {}
-    from_cache = 0
-    start = _usage(budget)
-    base_calls = 0
+
+def _paired(pairing: _Pairing, upto: int | None = None) -> list[str]:
+    base, head = pairing.base.scores, pairing.head.scores
+    return [i.id for i in pairing.items[:upto] if i.id in base and i.id in head]
+
+
+async def _sequential(session: Session, pairing: _Pairing) -> _Run:
+    """Score batches of base and head together; test after each batch at the level alpha-spending allows;
+    stop at the first verdict, at the last item, or when the budget runs out."""
+    gate, items = session.config.gate, pairing.items
     first = max(gate.min_items, gate.batch_size) if gate.sequential else len(items)
     scored_upto, spent, looks = 0, 0.0, 0
     decision: Decision | None = None
@@ -236,97 +173,199 @@ async def _gate_changed(session: Session, change: PromptChange, base_cache: Base
     while scored_upto < len(items):
         upto = min(len(items), first if scored_upto == 0 else scored_upto + gate.batch_size)
         batch = items[scored_upto:upto]
-        todo = []
-        for item in batch:
-            key = _item_key(item)
-            if key in stored:
-                base_scores[item.id] = stored[key]
-                from_cache += 1
-            else:
-                todo.append(item)
-        before = _usage(budget).calls
-        fresh = await _score_items(base_scorer, base_target, todo, gate.repeats)
-        base_calls += _usage(budget).calls - before
-        base_scores.update(fresh)
-        stored.update({_item_key(i): fresh[i.id] for i in todo if i.id in fresh})
-        base_cache.save(cache_key, stored)
-        head_scores.update(await _score_items(head_scorer, head_target, batch, gate.repeats))
+        await asyncio.gather(pairing.base.score(batch, gate.repeats), pairing.head.score(batch, gate.repeats))
         scored_upto = upto
-        out_of_budget = any(i.id not in base_scores or i.id not in head_scores for i in batch)
-        paired = [i.id for i in items[:scored_upto] if i.id in base_scores and i.id in head_scores]
+        out_of_budget = bool(pairing.base.missing or pairing.head.missing)
+        paired = _paired(pairing, scored_upto)
         last = scored_upto >= len(items) or out_of_budget
         if len(paired) < gate.min_items and not last:
             continue
         looks += 1
-        cumulative = spending(len(paired) / len(items), gate.alpha) if gate.sequential and not last else gate.alpha
+        cumulative = spending(scored_upto / len(items), gate.alpha) if gate.sequential and not last else gate.alpha
         level = max(cumulative - spent, 1e-12)
         spent = cumulative
-        decision = decide([base_scores[i] for i in paired], [head_scores[i] for i in paired], gate=gate, level=level)
-        log.info("%s look %d: n=%d level=%.4g -> %s", change.prompt_id, looks, len(paired), level, decision.verdict)
+        base = [pairing.base.scores[i].mean for i in paired]
+        head = [pairing.head.scores[i].mean for i in paired]
+        decision = decide(base, head, gate=gate, level=level)
+        log.info("%s look %d: n=%d level=%.4g -> %s", pairing.common["prompt_id"], looks, len(paired), level, decision.verdict)
         if decision.verdict != "inconclusive" or last:
             break
-    end = _usage(budget)
-    paired = [i.id for i in items if i.id in base_scores and i.id in head_scores]
-    requests = (end.calls - start.calls) + (end.cached - start.cached)
-    remaining = len(items) - scored_upto
-    stopped_early = remaining > 0 and not out_of_budget
-    saved = round(remaining * requests / scored_upto) if stopped_early and scored_upto else 0
-    undecided = decision is None or decision.verdict == "inconclusive"
-    note = None
-    if out_of_budget:
-        note = f"the budget ran out after {len(paired)} of {len(items)} items" + (" before a decision" if undecided else "")
-    return PromptVerdict(
-        verdict=decision.verdict if decision else "inconclusive",
-        base_mean=sum(base_scores[i] for i in paired) / len(paired) if paired else None,
-        head_mean=sum(head_scores[i] for i in paired) / len(paired) if paired else None,
-        decision=decision,
-        items_scored=len(paired),
-        calls=end.calls - start.calls,
-        base_calls=base_calls,
-        cached_calls=end.cached - start.cached,
-        base_from_score_cache=from_cache,
-        cost_usd=end.cost - start.cost,
-        looks=looks,
-        stopped_early=stopped_early,
-        calls_saved=saved,
-        note=note,
-        infra_failure=out_of_budget and undecided,
-        **common,  # type: ignore[arg-type]
+    return _Run(decision, looks, scored_upto, out_of_budget)
+
+
+def _noise(pairing: _Pairing, paired: list[str], repeats: int) -> Noise | None:
+    """Flip rates (chance that two repeats of an item disagree on pass/fail), per item and per side."""
+    if repeats < 2 or not paired:
+        return None
+    base = {i: pairing.base.scores[i].flip_rate or 0.0 for i in paired}
+    head = {i: pairing.head.scores[i].flip_rate or 0.0 for i in paired}
+    flaky = sorted((i for i in paired if base[i] or head[i]), key=lambda i: -(base[i] + head[i]))
+    return Noise(
+        repeats=repeats,
+        base_flip_rate=sum(base.values()) / len(paired),
+        head_flip_rate=sum(head.values()) / len(paired),
+        flaky=tuple((i, base[i], head[i]) for i in flaky[:FLAKY_SHOWN]),
+        flaky_items=len(flaky),
     )
 
 
-async def _score_new(session: Session, change: PromptChange, prefix: str) -> PromptVerdict:
+def _within_variance(scores: list[tuple[ItemScore, ItemScore]]) -> float | None:
+    """Mean variance of one sample's difference within an item (pass/fail samples), base plus head."""
+
+    def var(s: ItemScore) -> float:
+        p = s.passes / s.samples
+        return p * (1 - p) * s.samples / (s.samples - 1) if s.samples > 1 else 0.0
+
+    if not scores or scores[0][0].samples < 2:
+        return None
+    return sum(var(b) + var(h) for b, h in scores) / len(scores)
+
+
+def _power(pairing: _Pairing, decision: Decision | None, paired: list[str], gate: GateConfig) -> Power:
+    base = [pairing.base.scores[i].mean for i in paired]
+    head = [pairing.head.scores[i].mean for i in paired]
+    binary = is_binary(base) and is_binary(head) if paired else gate.repeats == 1
+    diffs = [h - b for b, h in zip(base, head, strict=True)]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+    power = detectable(len(pairing.items), gate, binary=binary, sd=sd)
+    if decision is None:
+        return power
+    within = _within_variance([(pairing.base.scores[i], pairing.head.scores[i]) for i in paired])
+    return with_advice(power, decision, base, head, len(pairing.items), gate, within=within)
+
+
+def _untrusted(verdict: str, decision: Decision | None, calibration: JudgeCalibration | None) -> tuple[str, str | None]:
+    """An untrusted judge turns a decided verdict into inconclusive (and says what it would have been)."""
+    if calibration is None or calibration.trusted or decision is None:
+        return verdict, None
+    note = calibration.verdict_note()
+    if verdict in ("regressed", "improved", "unchanged"):
+        note += f" (the scores alone say {verdict})"
+        return "inconclusive", note
+    return verdict, note
+
+
+async def _calibrate(scorer: Scorer, render_with: Prompt | None) -> JudgeCalibration | None:
+    """The head judge on the suite's labeled examples, their inputs rendered with the base version (the one
+    the labels were written against) when it can render them, else with the head's."""
+    if not has_examples(scorer):
+        return None
+    prompt = render_with
+    if prompt is not None:
+        try:
+            validate_examples(scorer, prompt)
+        except GradgateError:
+            prompt = None
+    return await calibrate_judge(scorer, prompt)
+
+
+async def _gate_changed(session: Session, change: PromptChange, cache: ScoreCache, prefix: str) -> PromptVerdict:
+    prepared = _prepare(session, change, cache, prefix)
+    if isinstance(prepared, PromptVerdict):
+        return prepared
+    if has_examples(prepared.head.scorer):
+        validate_examples(prepared.head.scorer)  # a bad reference is exit 2, before any call
+    calibration_task = asyncio.ensure_future(_calibrate(prepared.head.scorer, prepared.base.target.prompt))
+    try:
+        run = await _sequential(session, prepared)
+        calibration = await calibration_task
+    finally:
+        if not calibration_task.done():
+            calibration_task.cancel()
+            await asyncio.gather(calibration_task, return_exceptions=True)
+    return _verdict(session, prepared, run, calibration)
+
+
+def _verdict(session: Session, pairing: _Pairing, run: _Run, calibration: JudgeCalibration | None) -> PromptVerdict:
+    gate, items, end = session.config.gate, pairing.items, _usage(session.budget)
+    start, decision = pairing.start, run.decision
+    paired = _paired(pairing)
+    requests = (end.calls - start.calls) + (end.cached - start.cached)
+    remaining = len(items) - run.scored_upto
+    stopped_early = remaining > 0 and not run.out_of_budget
+    undecided = decision is None or decision.verdict == "inconclusive"
+    notes = []
+    if run.out_of_budget:
+        notes.append(
+            f"the budget ran out after {len(paired)} of {len(items)} items" + (" before a decision" if undecided else "")
+        )
+    unjudged = pairing.base.unjudged | pairing.head.unjudged
+    if unjudged:
+        notes.append(f"{len(unjudged)} items left out: the judge gave no verdict ({', '.join(sorted(unjudged)[:5])})")
+    verdict, judge_note = _untrusted(decision.verdict if decision else "inconclusive", decision, calibration)
+    if judge_note:
+        notes.append(judge_note)
+    return PromptVerdict(
+        verdict=verdict,  # type: ignore[arg-type]
+        base_mean=sum(pairing.base.scores[i].mean for i in paired) / len(paired) if paired else None,
+        head_mean=sum(pairing.head.scores[i].mean for i in paired) / len(paired) if paired else None,
+        decision=decision,
+        items_scored=len(paired),
+        calls=end.calls - start.calls,
+        base_calls=pairing.base.calls,
+        cached_calls=end.cached - start.cached,
+        base_from_score_cache=pairing.base.from_cache,
+        head_from_score_cache=pairing.head.from_cache,
+        cost_usd=end.cost - start.cost,
+        looks=run.looks,
+        stopped_early=stopped_early,
+        calls_saved=round(remaining * requests / run.scored_upto) if stopped_early and run.scored_upto else 0,
+        note="; ".join(notes) or None,
+        infra_failure=run.out_of_budget and undecided,
+        power=_power(pairing, decision, paired, gate),
+        noise=_noise(pairing, paired, gate.repeats),
+        judge=calibration,
+        unjudged=len(unjudged),
+        **pairing.common,
+    )
+
+
+# -- new prompts and the whole change set ----------------------------------------------------------------
+
+
+async def _score_new(session: Session, change: PromptChange, cache: ScoreCache, prefix: str) -> PromptVerdict:
     assert change.head is not None
     path, line = _location(change, prefix)
     start = _usage(session.budget)
     items = list(change.head.suite.items)
-    scores = await _score_items(
-        Scorer(session.gateway, session.config, change.head), change.head, items, session.config.gate.repeats
-    )
+    side = Side.open(session, change.head, cache)
+    if has_examples(side.scorer):
+        validate_examples(side.scorer)
+    _, calibration = await asyncio.gather(side.score(items, session.config.gate.repeats), _calibrate(side.scorer, None))
     end = _usage(session.budget)
-    note = None if len(scores) == len(items) else f"the budget ran out after {len(scores)} of {len(items)} items"
+    scores = side.scores
+    note = None if not side.missing else f"the budget ran out after {len(scores)} of {len(items)} items"
+    binary = is_binary([s.mean for s in scores.values()])
     return PromptVerdict(
         prompt_id=change.prompt_id,
         verdict="new",
         path=path,
         line=line,
         reasons=change.reasons,
-        head_mean=sum(scores.values()) / len(scores) if scores else None,
+        head_mean=sum(s.mean for s in scores.values()) / len(scores) if scores else None,
         items_scored=len(scores),
         items_total=len(items),
         calls=end.calls - start.calls,
         cached_calls=end.cached - start.cached,
+        head_from_score_cache=side.from_cache,
         cost_usd=end.cost - start.cost,
         note=note,
+        power=detectable(len(items), session.config.gate, binary=binary, sd=_eval_sd([s.mean for s in scores.values()])),
+        judge=calibration,
+        unjudged=len(side.unjudged),
     )
+
+
+def _eval_sd(scores: list[float]) -> float | None:
+    """For one version only: the paired differences' spread as if base and head were independent (√2 s)."""
+    return 2**0.5 * statistics.stdev(scores) if len(scores) > 1 else None
 
 
 async def gate_changes(session: Session, changes: ChangeSet, done: list[PromptVerdict]) -> None:
     """Score every changed and new prompt, appending each verdict to `done` as it is reached."""
-    cache_dir = session.repo / session.config.cache_dir / "gate-base" if session.config.cache_dir else None
-    base_cache = BaseScoreCache(cache_dir)
+    cache = score_cache_for(session)
     for change in changes.changes:
         if change.status == "changed":
-            done.append(await _gate_changed(session, change, base_cache, changes.git_prefix))
+            done.append(await _gate_changed(session, change, cache, changes.git_prefix))
         elif change.status == "new":
-            done.append(await _score_new(session, change, changes.git_prefix))
+            done.append(await _score_new(session, change, cache, changes.git_prefix))

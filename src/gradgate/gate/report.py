@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from gradgate.core.stats import detectable_line
+from gradgate.scoring.calibration import JudgeCalibration
 from gradgate.scoring.results import fmt_usd
 
 Verdict = Literal["regressed", "improved", "unchanged", "inconclusive", "new", "error"]
@@ -42,6 +44,16 @@ max(min_items, batch_size) items, and each look tests at the level given by an O
 alpha-spending function (Lan-DeMets), spent only at looks that are tested, so over all looks the error
 rate stays within alpha (union bound). The run stops at the first look with a verdict other than
 inconclusive. Only **regressed** fails the check (exit 1).
+
+**The judge.** When a suite carries labeled judge examples (`judge_examples:` in the suite), the judge
+judges them too; if it agrees with fewer than `judge.min_agreement` of them, a verdict that rests on it is
+**inconclusive**, whatever the scores say.
+
+**What a suite can detect.** Each verdict states the smallest drop of the mean score the gate can flag on
+that suite: for binary scores exactly (k of n discordant pairs all going one way, the McNemar p-value below
+the look's level and k/n above max_drop), otherwise approximately (max_drop + z·s/√n, with s the standard
+deviation of the paired differences). An inconclusive verdict says how many paired items (at the observed
+rates), or with repeats how many repeats, would decide the change observed.
 """
 
 
@@ -55,6 +67,45 @@ class Decision:
     level: float  # significance level this look was tested at
     p_value: float | None  # exact McNemar, binary scores only
     reason: str
+
+
+@dataclass(frozen=True)
+class Power:
+    """What the suite can detect at its size, alpha and max_drop (see gradgate.gate.power)."""
+
+    detectable_drop: float | None  # the smallest drop of the mean score the gate can flag; None: none can be
+    exact: bool  # exact (binary scores, McNemar) or a normal approximation
+    n: int  # paired items in the suite
+    level: float  # the level of the look that detects it
+    basis: str  # how it was computed, in words
+    needed_items: int | None = None  # inconclusive: paired items at which the observed change would be decided
+    needed_repeats: int | None = None  # inconclusive: repeats at which it would be, on the items at hand
+    advice: str | None = None  # the two above in words
+
+    def line(self) -> str:
+        return detectable_line(self.detectable_drop, self.exact, self.basis)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Flip rates with repeats > 1: the chance that two repeats of an item disagree on pass/fail."""
+
+    repeats: int
+    base_flip_rate: float | None
+    head_flip_rate: float | None
+    flaky: tuple[tuple[str, float, float], ...] = ()  # (item id, base, head), the flakiest first
+    flaky_items: int = 0
+
+    def line(self) -> str:
+        def rate(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        text = f"flip rate over {self.repeats} repeats: base {rate(self.base_flip_rate)}, head {rate(self.head_flip_rate)}"
+        if self.flaky:
+            shown = ", ".join(f"{i} ({b:.2f}/{h:.2f})" for i, b, h in self.flaky)
+            more = f" and {self.flaky_items - len(self.flaky)} more" if self.flaky_items > len(self.flaky) else ""
+            text += f"; flaky items (base/head): {shown}{more}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -72,13 +123,18 @@ class PromptVerdict:
     calls: int = 0  # real LLM calls for this prompt (base + head)
     base_calls: int = 0
     cached_calls: int = 0  # answered by the response cache
-    base_from_score_cache: int = 0  # base items whose scores came from the gate's base score cache
+    base_from_score_cache: int = 0  # base items whose scores came from the gate's score cache
+    head_from_score_cache: int = 0
     cost_usd: float = 0.0
     looks: int = 0
     stopped_early: bool = False
     calls_saved: int = 0  # estimate: remaining items × calls per item so far
     note: str | None = None  # budget ran out, not comparable, ...
     infra_failure: bool = False  # no decision because the budget or the model gave out
+    power: Power | None = None
+    noise: Noise | None = None  # repeats > 1
+    judge: JudgeCalibration | None = None  # the judge on the suite's labeled examples
+    unjudged: int = 0  # items left out: the judge gave no verdict
 
 
 @dataclass(frozen=True)
@@ -143,6 +199,40 @@ def _calls(p: PromptVerdict) -> str:
     return text
 
 
+def _prompt_notes(p: PromptVerdict) -> list[str]:
+    """One bullet per prompt (what changed, why the verdict) and sub-bullets: power, judge, noise."""
+    bits = []
+    if p.reasons:
+        bits.append("changed: " + ", ".join(p.reasons))
+    if p.decision is not None:
+        bits.append(p.decision.reason)
+    if p.note:
+        bits.append(p.note)
+    lines = [f"- `{p.prompt_id}`: " + _cell("; ".join(bits))] if bits else [f"- `{p.prompt_id}`"]
+    if p.power is not None:
+        lines.append("  - " + _cell(p.power.line()))
+        if p.power.advice and p.verdict == "inconclusive":
+            lines.append("  - undecided: " + _cell(p.power.advice))
+    if p.judge is not None:
+        mark = "" if p.judge.trusted else "⚠️ "
+        lines.append(f"  - {mark}judge: " + _cell(p.judge.summary()))
+    if p.noise is not None:
+        lines.append("  - " + _cell(p.noise.line()))
+    return lines
+
+
+def _score_cache_line(prompts: tuple[PromptVerdict, ...]) -> str | None:
+    compared = [p for p in prompts if p.verdict != "new" and p.items_scored]
+    if not compared:
+        return None
+    reused = sum(p.base_from_score_cache for p in compared)
+    total = sum(p.items_scored for p in compared)
+    head = sum(p.head_from_score_cache for p in prompts)
+    text = f"Score cache: {reused} of {total} base item scores came from the cache"
+    text += f" (and {head} head item scores)" if head else ""
+    return text + "; keep `.gradgate/` between runs (actions/cache) so a pull request pays only for its head."
+
+
 def headline(summary: CheckSummary) -> str:
     if summary.error and not summary.prompts:
         return f"{ICONS['error']} could not run"
@@ -152,6 +242,20 @@ def headline(summary: CheckSummary) -> str:
         if summary.count(v)
     ]
     return " · ".join(counts) if counts else "no prompt changed"
+
+
+def _alerts(summary: CheckSummary) -> list[str]:
+    """What must be seen first: the run's error, and every judge that disagrees with its labeled examples."""
+    lines = [f"> [!CAUTION]\n> {_cell(summary.error)}", ""] if summary.error else []
+    for p in summary.prompts:
+        if p.judge is not None and not p.judge.trusted:
+            lines += [
+                f"> [!WARNING]\n> **The judge of `{p.prompt_id}` disagrees with {p.judge.disagree} of {p.judge.n} labeled "
+                f"examples** (agreement {p.judge.accuracy:.2f}, min_agreement {p.judge.min_agreement:g}): its verdicts "
+                "are inconclusive until the judge (model or criteria) agrees with the labels.",
+                "",
+            ]
+    return lines
 
 
 def render_markdown(summary: CheckSummary) -> str:
@@ -164,8 +268,7 @@ def render_markdown(summary: CheckSummary) -> str:
         f"{' · sequential' if gate.get('sequential') else ''}",
         "",
     ]
-    if summary.error:
-        lines += [f"> [!CAUTION]\n> {_cell(summary.error)}", ""]
+    lines += _alerts(summary)
     if summary.prompts:
         lines += [
             "| prompt | base | head | Δ head − base [CI] | verdict | items | calls | cost |",
@@ -188,24 +291,15 @@ def render_markdown(summary: CheckSummary) -> str:
             "",
         ]
     for p in summary.prompts:
-        bits = []
-        if p.reasons:
-            bits.append("changed: " + ", ".join(p.reasons))
-        if p.decision is not None:
-            bits.append(p.decision.reason)
-        if p.base_from_score_cache:
-            bits.append(f"{p.base_from_score_cache} base item scores reused from the gate's score cache")
-        if p.note:
-            bits.append(p.note)
-        if bits:
-            lines.append(f"- `{p.prompt_id}`: " + _cell("; ".join(bits)))
+        lines += _prompt_notes(p)
     if summary.prompts:
         lines.append("")
+    cache_line = _score_cache_line(summary.prompts)
+    if cache_line:
+        lines += [cache_line, ""]
     if summary.unchanged:
         lines += [
-            "Not re-run (effective content unchanged): "
-            + ", ".join(f"`{i}`" for i in summary.unchanged)
-            + ".",
+            "Not re-run (effective content unchanged): " + ", ".join(f"`{i}`" for i in summary.unchanged) + ".",
             "",
         ]
     if summary.removed:

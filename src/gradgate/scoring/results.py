@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gradgate import __version__
+from gradgate.core.config import GateConfig
 from gradgate.core.files import atomic_write_text
-from gradgate.core.stats import mean_interval
+from gradgate.core.stats import detectable_drop, detectable_line, is_binary, mean_interval
+from gradgate.scoring.calibration import JudgeCalibration
 from gradgate.scoring.scorer import PromptEval
 
 RESULTS_SCHEMA_VERSION = 1
@@ -41,6 +44,28 @@ class ItemOut(BaseModel):
     )
 
 
+class PowerOut(BaseModel):
+    detectable_drop: float | None = Field(description="Smallest drop of the mean score `gradgate check` can flag on this suite.")
+    exact: bool = Field(description="Exact (binary scores, McNemar) or a normal approximation.")
+    basis: str
+    line: str
+
+
+class JudgeAgreementOut(BaseModel):
+    n: int = Field(description="Labeled judge examples judged.")
+    agree: int
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    kappa: float | None = Field(description="Cohen's kappa (None when undefined: one class only).")
+    kappa_low: float | None
+    kappa_high: float | None
+    min_agreement: float
+    trusted: bool = Field(description="accuracy >= min_agreement (else check's verdicts on this suite are inconclusive).")
+    disagreements: list[str] = Field(description="Ids of the examples the judge got wrong.")
+    summary: str
+
+
 class PromptOut(BaseModel):
     id: str
     path: str
@@ -55,6 +80,8 @@ class PromptOut(BaseModel):
     pass_rate: float
     complete: bool
     stopped_reason: str | None = None
+    power: PowerOut | None = None
+    judge_agreement: JudgeAgreementOut | None = None
     items: list[ItemOut]
 
 
@@ -71,9 +98,54 @@ class EvalResults(BaseModel):
     prompts: list[PromptOut]
 
 
-def prompt_out(evaluation: PromptEval, *, path: str, suite: str) -> PromptOut:
+def power_out(scores: list[float], gate: GateConfig) -> PowerOut:
+    """What `gradgate check` can detect on this suite: exact for 0/1 scores, else approximate with √2 times the
+    scores' standard deviation as the paired differences' (as if base and head were independent)."""
+    binary = is_binary(scores) and gate.repeats == 1
+    sd = 2**0.5 * statistics.stdev(scores) if len(scores) > 1 and not binary else 0.5
+    found = detectable_drop(
+        len(scores),
+        alpha=gate.alpha,
+        min_items=gate.min_items,
+        batch_size=gate.batch_size,
+        sequential=gate.sequential,
+        max_drop=gate.max_drop,
+        binary=binary,
+        sd=sd,
+    )
+    basis = found.basis()
+    return PowerOut(detectable_drop=found.drop, exact=binary, basis=basis, line=detectable_line(found.drop, binary, basis))
+
+
+def agreement_out(c: JudgeCalibration) -> JudgeAgreementOut:
+    return JudgeAgreementOut(
+        n=c.n,
+        agree=c.agree,
+        accuracy=c.accuracy,
+        accuracy_low=c.accuracy_low,
+        accuracy_high=c.accuracy_high,
+        kappa=c.kappa,
+        kappa_low=c.kappa_low,
+        kappa_high=c.kappa_high,
+        min_agreement=c.min_agreement,
+        trusted=c.trusted,
+        disagreements=[e.id for e in c.examples if e.label != e.judged],
+        summary=c.summary(),
+    )
+
+
+def prompt_out(
+    evaluation: PromptEval,
+    *,
+    path: str,
+    suite: str,
+    gate: GateConfig | None = None,
+    calibration: JudgeCalibration | None = None,
+) -> PromptOut:
     interval = mean_interval([i.score for i in evaluation.scored])
     return PromptOut(
+        power=power_out([i.score for i in evaluation.scored], gate) if gate is not None and evaluation.scored else None,
+        judge_agreement=agreement_out(calibration) if calibration is not None else None,
         id=evaluation.prompt_id,
         path=path,
         suite=suite,
@@ -153,6 +225,14 @@ def render_markdown(results: EvalResults) -> str:
         "",
     ]
     for p in results.prompts:
+        if p.power is not None:
+            lines.append(f"- `{p.id}`: {p.power.line}")
+        if p.judge_agreement is not None:
+            mark = "" if p.judge_agreement.trusted else "⚠️ below min_agreement: check's verdicts on it are inconclusive; "
+            lines.append(f"- `{p.id}`: {mark}{p.judge_agreement.summary}")
+    if any(p.power is not None or p.judge_agreement is not None for p in results.prompts):
+        lines.append("")
+    for p in results.prompts:
         failing = [i for i in p.items if not i.passed and i.error is None and not i.unjudged][:5]
         if failing:
             lines += [f"## `{p.id}`: failing items (first {len(failing)})", ""]
@@ -182,6 +262,13 @@ def print_table(results: EvalResults, console: Console) -> None:
             _items(p),
         )
     console.print(table)
+    for p in results.prompts:
+        if p.power is not None:
+            console.print(f"{p.id}: {p.power.line}", highlight=False)
+        if p.judge_agreement is not None:
+            console.print(
+                f"{p.id}: {'' if p.judge_agreement.trusted else 'WARNING '}{p.judge_agreement.summary}", highlight=False
+            )
     b = results.budget
     console.print(
         f"calls {b['calls']}, tokens {b['tokens']}, cost {fmt_usd(b['cost_usd'])}, {b['seconds']:.1f} s"

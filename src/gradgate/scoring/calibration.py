@@ -1,0 +1,165 @@
+"""Does the judge agree with a person? The judge scored on a suite's labeled examples.
+
+    calibration = await calibrate_judge(scorer, prompt)   # None when the suite has no labeled examples
+    if calibration and not calibration.trusted: ...         # verdicts that rest on this judge are inconclusive
+
+A suite may carry `judge_examples:`, each an output with the verdict (pass/fail) or score (1-10) a person gave
+it. The judge of the suite (its criteria, scale and method, exactly as items are judged) judges each one; the
+input it sees is the example's `input:` verbatim, or the prompt rendered with the variables of the example's
+`item:` or `vars:`. Agreement is on pass/fail (a score passes at `judge.pass_threshold`): accuracy with its
+Wilson interval and Cohen's kappa with a bootstrap interval (`gradgate.core.stats.agreement`). Below
+`judge.min_agreement` (accuracy) the judge is not trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from gradgate.core.prompts import Prompt
+from gradgate.core.stats import agreement
+from gradgate.core.suites import JudgeExample, Suite
+from gradgate.errors import BudgetExhausted, ConfigError
+from gradgate.scoring.judge import judge_output
+from gradgate.scoring.scorer import Scorer
+
+
+@dataclass(frozen=True)
+class ExampleVerdict:
+    id: str
+    label: bool  # the person's pass/fail
+    judged: bool  # the judge's pass/fail
+    raw: str  # the judge's verdict as given
+
+
+@dataclass(frozen=True)
+class JudgeCalibration:
+    n: int
+    agree: int
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    kappa: float | None
+    kappa_low: float | None
+    kappa_high: float | None
+    min_agreement: float
+    examples: tuple[ExampleVerdict, ...] = ()
+    incomplete: str | None = None  # why some examples were not judged (the budget ran out)
+
+    @property
+    def disagree(self) -> int:
+        return self.n - self.agree
+
+    @property
+    def trusted(self) -> bool:
+        return self.incomplete is None and self.accuracy >= self.min_agreement
+
+    def summary(self) -> str:
+        text = (
+            f"the judge agrees with {self.agree} of {self.n} labeled examples (accuracy {self.accuracy:.2f} "
+            f"[{self.accuracy_low:.2f}, {self.accuracy_high:.2f}]"
+        )
+        if self.kappa is not None and self.kappa_low is not None and self.kappa_high is not None:
+            text += f", Cohen's κ {self.kappa:.2f} [{self.kappa_low:.2f}, {self.kappa_high:.2f}]"
+        text += f"; min_agreement {self.min_agreement:g})"
+        if self.incomplete:
+            text += f"; incomplete: {self.incomplete}"
+        return text
+
+    def verdict_note(self) -> str:
+        """What an untrusted judge does to a verdict, in the report's words."""
+        return f"inconclusive: the judge disagrees with {self.disagree} of {self.n} labeled examples"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    id: str
+    input_text: str
+    expected: str | None
+    output: str
+    label: bool
+
+
+def _label(example: JudgeExample, pass_threshold: float) -> bool:
+    if example.verdict is not None:
+        return example.verdict == "pass"
+    assert example.score is not None  # the model validator wants one of them
+    return (example.score - 1) / 9 >= pass_threshold
+
+
+def prepare_examples(prompt: Prompt, suite: Suite, pass_threshold: float) -> list[_Prepared]:
+    """The judge's input for every labeled example; ConfigError (before any call) for a bad reference."""
+    items = {item.id: item for item in suite.items}
+    prepared = []
+    for index, example in enumerate(suite.spec.judge_examples):
+        where = f"{suite.rel_path}:judge_examples[{index}]"
+        expected = example.expected
+        if example.input is not None:
+            input_text = example.input
+        else:
+            variables: dict[str, Any] = dict(example.vars or {})
+            if example.item is not None:
+                item = items.get(example.item)
+                if item is None:
+                    raise ConfigError(f"item {example.item!r} is not in the suite", where=f"{where}.item")
+                variables, expected = dict(item.vars), expected if expected is not None else item.expected
+            input_text = prompt.render(variables, where=where)
+        prepared.append(
+            _Prepared(
+                id=example.id or example.item or str(index),
+                input_text=input_text,
+                expected=expected,
+                output=example.output,
+                label=_label(example, pass_threshold),
+            )
+        )
+    return prepared
+
+
+def has_examples(scorer: Scorer) -> bool:
+    return scorer.uses_judge and bool(scorer.target.suite.spec.judge_examples)
+
+
+async def calibrate_judge(scorer: Scorer, prompt: Prompt | None = None) -> JudgeCalibration | None:
+    """Judge the suite's labeled examples with the scorer's judge; None when there are none (or no judge).
+
+    `prompt` renders the inputs (default: the scorer's own). Examples the budget cut short are left out and
+    the calibration is marked incomplete (so it is not trusted)."""
+    if not has_examples(scorer):
+        return None
+    judge = scorer.judge
+    prepared = prepare_examples(prompt or scorer.target.prompt, scorer.target.suite, judge.pass_threshold)
+
+    async def one(example: _Prepared) -> ExampleVerdict | str:
+        try:
+            verdict = await judge_output(
+                scorer.gateway, judge, input_text=example.input_text, output=example.output, expected=example.expected
+            )
+        except BudgetExhausted as exc:
+            return exc.message
+        return ExampleVerdict(example.id, example.label, verdict.score >= judge.pass_threshold, verdict.raw)
+
+    results = await asyncio.gather(*(one(e) for e in prepared))
+    done = [r for r in results if isinstance(r, ExampleVerdict)]
+    missing = [r for r in results if isinstance(r, str)]
+    stats = agreement([int(r.label) for r in done], [int(r.judged) for r in done])
+    return JudgeCalibration(
+        n=stats.n,
+        agree=stats.agree,
+        accuracy=stats.accuracy,
+        accuracy_low=stats.accuracy_low,
+        accuracy_high=stats.accuracy_high,
+        kappa=stats.kappa,
+        kappa_low=stats.kappa_low,
+        kappa_high=stats.kappa_high,
+        min_agreement=judge.min_agreement,
+        examples=tuple(done),
+        incomplete=f"{len(missing)} of {len(prepared)} examples not judged: {missing[0]}" if missing else None,
+    )
+
+
+def validate_examples(scorer: Scorer, prompt: Prompt | None = None) -> None:
+    """Raise ConfigError for labeled examples that cannot be rendered (call before any model call)."""
+    if has_examples(scorer):
+        prepare_examples(prompt or scorer.target.prompt, scorer.target.suite, scorer.judge.pass_threshold)
