@@ -99,6 +99,12 @@ def run_check(examples: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def excerpt(markdown: str) -> str:
+    """The report without its "How the verdict is decided" block (the README explains that part)."""
+    start, end = markdown.find("<details>"), markdown.find("</details>")
+    return markdown if start < 0 or end < 0 else markdown[:start] + markdown[end + len("</details>") :].lstrip("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gate-examples.json"))
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--breaks", default="banana-inputs,banana-prepended,banana-only")
     args = parser.parse_args()
     results: dict[str, Any] = {}
-    excerpt = ""
+    caught_report = ""
     with tempfile.TemporaryDirectory(prefix="gradgate-verify-") as tmp_name:
         repo = Path(tmp_name) / "clone"
         examples = repo / "examples"
@@ -126,8 +132,8 @@ def main() -> None:
                 results[how]["exit_code"],
                 flush=True,
             )
-            if not excerpt:
-                excerpt = (out / "report.md").read_text()
+            if not caught_report:
+                caught_report = excerpt((out / "report.md").read_text())
                 first = how
             git(repo, "reset", "-q", "--hard", "HEAD~1")
     report = {
@@ -145,7 +151,7 @@ def main() -> None:
         f"<!-- bench/verify_examples.py: every example prompt's body replaced ({first}: the banana line, then its "
         "inputs), committed, then `gradgate check --base HEAD~1 --repo examples` with the embedded model. -->\n"
     )
-    Path(args.excerpt).write_text(header + excerpt)
+    Path(args.excerpt).write_text(header + caught_report)
     print(json.dumps(report["caught"]))
 
 

@@ -178,3 +178,18 @@ def test_eval_reports_agreement_and_what_the_suite_can_detect(tmp_path: Path) ->
     report = outcome.report_path.read_text()
     assert "- `notes`: this suite can detect a drop of 0.500 or more (exact McNemar, 12 items" in report
     assert "⚠️ below min_agreement" in report and "agrees with 4 of 8 labeled examples" in report
+
+
+def test_check_json_round_trips_for_gradgate_merge(tmp_path: Path) -> None:
+    """`gradgate merge` reads each shard's check.json back into a CheckSummary: the new fields survive it."""
+    from pydantic import TypeAdapter
+
+    from gradgate.gate.report import CheckSummary, render_markdown
+
+    repo = make_repo(tmp_path / "repo", FLIPPED)
+    outcome = check(repo, tmp_path / "out", {}, be=ScriptedBackend(script=script))
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert data["prompts"][0]["judge"]["agree"] == 4 and data["prompts"][0]["power"]["exact"] is True
+    again = TypeAdapter(CheckSummary).validate_python(data)
+    assert again.prompts[0].judge is not None and not again.prompts[0].judge.trusted
+    assert render_markdown(again) == outcome.markdown
