@@ -12,11 +12,11 @@ import pytest
 from gradgate.app.optimize_job import run_optimize_job
 from gradgate.core.demos import CLOSE_MARKER, OPEN_MARKER, find_slot, slot_content, with_slot, without_slot
 from gradgate.core.discovery import discover
+from gradgate.core.method_settings import DemosSettings, parse_settings
 from gradgate.core.prompts import load_prompt, prompt_file_bytes, template_variables
 from gradgate.core.suites import split_items
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
-from gradgate.core.method_settings import DemosSettings, parse_settings
 from gradgate.optimizers.demos.method import demo_sets
 from gradgate.optimizers.demos.prompts import Demo, format_demos, parse_demos
 from gradgate.optimizers.report import pr_body

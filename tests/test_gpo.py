@@ -28,6 +28,7 @@ from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, Config, ModelSpec
 from gradgate.core.discovery import Target
 from gradgate.core.editdistance import word_edit_distance
+from gradgate.core.method_settings import GPOSettings, parse_settings
 from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import Splits, load_suite
 from gradgate.errors import BudgetExhausted, ConfigError
@@ -36,7 +37,6 @@ from gradgate.models.gateway import Gateway, ResponseCache
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.optimizers.base import Candidate, OptimizeContext, RunState, Trajectory
 from gradgate.optimizers.gpo import prompts as gpo_prompts
-from gradgate.core.method_settings import GPOSettings, parse_settings
 from gradgate.optimizers.gpo.method import GPO, edit_budget, parse_candidate, retrieve
 from gradgate.optimizers.gpo.prompts import TEMPLATE_FIELDS, build_meta_prompt, format_score
 from gradgate.scoring.scorer import Scorer

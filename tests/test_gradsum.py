@@ -19,10 +19,10 @@ import pytest
 
 from gradgate.core.config import ModelSpec, parse_config
 from gradgate.core.discovery import discover
+from gradgate.core.method_settings import GradSumSettings
 from gradgate.errors import ConfigError, ModelError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.models.session import Session
-from gradgate.core.method_settings import GradSumSettings
 from gradgate.optimizers.gradsum.method import GradSum
 from gradgate.optimizers.gradsum.prompts import (
     EDIT_SYSTEM,

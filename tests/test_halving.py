@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from gradgate.core.discovery import discover
+from gradgate.core.method_settings import HalvingSettings, option
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
 from gradgate.optimizers.base import OptimizeContext, RunState, Trajectory
-from gradgate.core.method_settings import HalvingSettings, option
 from gradgate.optimizers.halving import Proposal, evaluate_pool, plan_calls, rungs
 from gradgate.optimizers.runner import check_split
 from gradgate.scoring.scorer import Scorer
