@@ -123,6 +123,44 @@ def _foreign_commits(git: Git, tip: str, base_sha: str) -> list[str]:
     return foreign
 
 
+def _toplevel(repo_dir: Path) -> Path:
+    if not Path(repo_dir).is_dir():
+        raise GitError(f"{repo_dir} is not a directory", hint="run gradgate in a git checkout")
+    top = _git(Path(repo_dir)).run("rev-parse", "--show-toplevel", check=False)
+    if top.returncode != 0:
+        raise GitError(f"{repo_dir} is not inside a git repository", hint="run gradgate in a git checkout")
+    return Path(top.stdout.strip()).resolve()
+
+
+def _base_sha(git: Git, remote: str, base: str) -> str:
+    """The base tip on the remote, so unpushed local commits never leak into the pull request (else local)."""
+    fetched = git.run("fetch", "--no-tags", remote, f"+refs/heads/{base}:refs/remotes/{remote}/{base}", check=False)
+    if fetched.returncode == 0:
+        return git.out("rev-parse", f"refs/remotes/{remote}/{base}^{{commit}}")
+    logger.warning("could not fetch %s from %s (%s); using the local branch", base, remote, redact(fetched.stderr.strip()))
+    local = git.run("rev-parse", "--verify", "--quiet", f"refs/heads/{base}^{{commit}}", check=False)
+    if local.returncode != 0:
+        raise GitHubError(
+            f"the base branch {base!r} exists neither on {remote} nor locally",
+            hint="push the base branch or pass another base",
+        )
+    return str(local.stdout).strip()
+
+
+def _branch_tip(git: Git, remote: str, branch: str, base_sha: str) -> str | None:
+    """The tuning branch's tip on the remote (None when absent); refuses one a person has added commits to."""
+    remote_sha = _remote_sha(git, remote, branch)
+    if remote_sha is not None:
+        git.run("fetch", "--no-tags", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
+        foreign = _foreign_commits(git, remote_sha, base_sha)
+        if foreign:
+            raise GitHubError(
+                f"someone added commits to {branch}; not force-pushing over them: " + ", ".join(foreign[:5]),
+                hint=f"merge or close the tuning pull request, or delete the branch {branch}, then rerun",
+            )
+    return remote_sha
+
+
 def publish_tuning_pr(
     repo_dir: Path,
     *,
@@ -141,13 +179,7 @@ def publish_tuning_pr(
 
     A file's bytes come from ``contents`` when it has them (the working tree is then never read or
     changed), else from the working tree."""
-    if not Path(repo_dir).is_dir():
-        raise GitError(f"{repo_dir} is not a directory", hint="run gradgate in a git checkout")
-    git = _git(Path(repo_dir))
-    top = git.run("rev-parse", "--show-toplevel", check=False)
-    if top.returncode != 0:
-        raise GitError(f"{repo_dir} is not inside a git repository", hint="run gradgate in a git checkout")
-    repo = Path(top.stdout.strip()).resolve()
+    repo = _toplevel(repo_dir)
     git = _git(repo)
     _validate_branch(git, branch)
     cwd = Path(repo_dir).resolve()
@@ -159,80 +191,23 @@ def publish_tuning_pr(
     _validate_branch(git, base)
     if base == branch:
         raise ConfigError(f"the tuning branch {branch!r} is the base branch", hint="choose another branch name")
-    run_id = run_id or uuid.uuid4().hex[:12]
-
-    # The base tip on the remote, so unpushed local commits never leak into the pull request.
-    fetched = git.run("fetch", "--no-tags", remote, f"+refs/heads/{base}:refs/remotes/{remote}/{base}", check=False)
-    if fetched.returncode == 0:
-        base_sha = git.out("rev-parse", f"refs/remotes/{remote}/{base}^{{commit}}")
-    else:
-        logger.warning(
-            "could not fetch %s from %s (%s); using the local branch",
-            base,
-            remote,
-            redact(fetched.stderr.strip()),
-        )
-        local = git.run("rev-parse", "--verify", "--quiet", f"refs/heads/{base}^{{commit}}", check=False)
-        if local.returncode != 0:
-            raise GitHubError(
-                f"the base branch {base!r} exists neither on {remote} nor locally",
-                hint="push the base branch or pass another base",
-            )
-        base_sha = local.stdout.strip()
-
-    remote_sha = _remote_sha(git, remote, branch)
-    if remote_sha is not None:
-        git.run("fetch", "--no-tags", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
-        foreign = _foreign_commits(git, remote_sha, base_sha)
-        if foreign:
-            raise GitHubError(
-                f"someone added commits to {branch}; not force-pushing over them: " + ", ".join(foreign[:5]),
-                hint=f"merge or close the tuning pull request, or delete the branch {branch}, then rerun",
-            )
-
-    commit_sha, pushed = _commit_and_push(
-        git,
-        repo,
-        rels,
-        given,
-        base_sha,
-        remote_sha,
-        branch,
-        remote,
-        f"{commit_message.rstrip()}\n\n{TRAILER_KEY}: {run_id}\n",
-    )
+    base_sha = _base_sha(git, remote, base)
+    remote_sha = _branch_tip(git, remote, branch, base_sha)
+    trailer = f"{TRAILER_KEY}: {run_id or uuid.uuid4().hex[:12]}"
+    message = f"{commit_message.rstrip()}\n\n{trailer}\n"
+    commit_sha, pushed = _commit_and_push(git, repo, rels, given, base_sha, remote_sha, branch, remote, message)
     if commit_sha is None:
         return PublishResult(
-            branch,
-            None,
-            False,
-            None,
-            None,
-            False,
-            f"the changed files are identical to {base}; nothing to publish",
+            branch, None, False, None, None, False, f"the changed files are identical to {base}; nothing to publish"
         )
     what = f"pushed {branch} ({commit_sha[:12]})" if pushed else f"{branch} already up to date ({commit_sha[:12]})"
     if client is None:
-        return PublishResult(
-            branch,
-            commit_sha,
-            pushed,
-            None,
-            None,
-            False,
-            f"{what}; no GitHub token, so no pull request was opened or updated",
-        )
+        note = f"{what}; no GitHub token, so no pull request was opened or updated"
+        return PublishResult(branch, commit_sha, pushed, None, None, False, note)
     pull = client.create_or_update_pull(head=branch, base=base, title=title, body=body)
     verb = "opened" if pull.created else "updated"
-    return PublishResult(
-        branch,
-        commit_sha,
-        pushed,
-        pull.number,
-        pull.url,
-        pull.created,
-        f"{what}; {verb} pull request #{pull.number} {pull.url}".rstrip(),
-    )
+    note = f"{what}; {verb} pull request #{pull.number} {pull.url}".rstrip()
+    return PublishResult(branch, commit_sha, pushed, pull.number, pull.url, pull.created, note)
 
 
 def _commit_and_push(
