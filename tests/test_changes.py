@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.gate.changes import detect_changes, resolve_ref
 from gradgate.errors import UsageError
+from gradgate.gate.changes import detect_changes, resolve_ref
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -19,9 +19,7 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 CONFIG = "version: 1\nprompts: ['prompts/**/*.md']\n"
-SUITE = "metrics: [exact]\nitems:\n" + "".join(
-    f"  - {{id: i{n}, vars: {{q: 'x{n}'}}, expected: 'y'}}\n" for n in range(3)
-)
+SUITE = "metrics: [exact]\nitems:\n" + "".join(f"  - {{id: i{n}, vars: {{q: 'x{n}'}}, expected: 'y'}}\n" for n in range(3))
 
 
 def git(repo: Path, *args: str) -> str:

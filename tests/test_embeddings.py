@@ -8,19 +8,21 @@ import time
 import numpy as np
 import pytest
 
+from gradgate.errors import ConfigError
 from gradgate.models import embeddings
 from gradgate.models.embeddings import TfidfEmbedder, cosine_similarities, load_embedder, minilm_model_dir
-from gradgate.errors import ConfigError
 
 
 def test_tfidf_similarity_is_lexical_and_normalized() -> None:
-    vectors = TfidfEmbedder().embed([
-        "Solve the math problem step by step.",
-        "Solve the math problem step by step.",
-        "Solve this word problem carefully.",
-        "Translate into French.",
-        "",
-    ])
+    vectors = TfidfEmbedder().embed(
+        [
+            "Solve the math problem step by step.",
+            "Solve the math problem step by step.",
+            "Solve this word problem carefully.",
+            "Translate into French.",
+            "",
+        ]
+    )
     assert vectors.shape[0] == 5
     assert np.allclose(np.linalg.norm(vectors[:4], axis=1), 1.0, atol=1e-6)
     assert np.allclose(vectors[4], 0.0)  # an empty text has no direction
@@ -42,8 +44,7 @@ def test_cosine_similarities_any_norms() -> None:
     assert sims.tolist() == pytest.approx([1.0, 0.0, -1.0, 0.0])
 
 
-def test_fallback_to_tfidf_warns_and_says_why(monkeypatch: pytest.MonkeyPatch,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_fallback_to_tfidf_warns_and_says_why(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(embeddings, "_cache", {})
     monkeypatch.setattr(embeddings, "minilm_model_dir", lambda: None)
     with caplog.at_level(logging.WARNING, logger="gradgate.models.embeddings"):
@@ -65,9 +66,11 @@ def test_minilm_embeds_offline_and_ranks_paraphrases_first() -> None:
     embedder = load_embedder("auto")
     loaded = time.perf_counter() - started
     assert embedder.name == "all-MiniLM-L6-v2" and embedder.fallback_reason is None
-    texts = ["Solve the word problem step by step and state the final number.",
-             "Work through the arithmetic question carefully, then give the number.",
-             "Classify the support ticket by urgency: low, medium or high."] * 10
+    texts = [
+        "Solve the word problem step by step and state the final number.",
+        "Work through the arithmetic question carefully, then give the number.",
+        "Classify the support ticket by urgency: low, medium or high.",
+    ] * 10
     started = time.perf_counter()
     vectors = embedder.embed(texts)
     per_text = (time.perf_counter() - started) / len(texts)

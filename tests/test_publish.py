@@ -60,9 +60,7 @@ def publish(work: Path, client: GitHubClient | None, **kw: object) -> object:
     return publish_tuning_pr(work, **args)  # type: ignore[arg-type]
 
 
-def test_first_run_opens_a_pr_and_leaves_the_working_tree_alone(
-    repos: tuple[Path, Path], fake_github: FakeGitHub
-) -> None:
+def test_first_run_opens_a_pr_and_leaves_the_working_tree_alone(repos: tuple[Path, Path], fake_github: FakeGitHub) -> None:
     work, remote = repos
     (work / "prompts" / "qa.txt").write_text("Answer the question step by step.\n")  # the optimizer's result
     (work / "README.md").write_text("a local edit\n")
@@ -76,9 +74,7 @@ def test_first_run_opens_a_pr_and_leaves_the_working_tree_alone(
     assert result.commit_sha == remote_branch_sha(remote)  # type: ignore[attr-defined]
     assert git(remote, "show", f"{BRANCH}:prompts/qa.txt") == "Answer the question step by step."
     assert git(remote, "show", f"{BRANCH}:README.md") == "demo"  # only the changed files travel
-    assert git(remote, "log", "-1", "--format=%ce|%(trailers:key=Gradgate-Run,valueonly)", BRANCH) == (
-        f"{COMMITTER_EMAIL}|run-1"
-    )
+    assert git(remote, "log", "-1", "--format=%ce|%(trailers:key=Gradgate-Run,valueonly)", BRANCH) == (f"{COMMITTER_EMAIL}|run-1")
     assert git(remote, "rev-parse", f"{BRANCH}~1") == git(remote, "rev-parse", "main")
     # The user's checkout: same branch, same HEAD, same uncommitted and untracked files, no worktree left.
     assert git(work, "status", "--porcelain") == status_before
@@ -112,9 +108,7 @@ def test_second_run_updates_the_same_pr(repos: tuple[Path, Path], fake_github: F
     assert len(fake_github.pulls) == 1
 
 
-def test_refuses_to_overwrite_a_human_commit(
-    repos: tuple[Path, Path], fake_github: FakeGitHub, tmp_path: Path
-) -> None:
+def test_refuses_to_overwrite_a_human_commit(repos: tuple[Path, Path], fake_github: FakeGitHub, tmp_path: Path) -> None:
     work, remote = repos
     client = client_for(fake_github, remote)
     (work / "prompts" / "qa.txt").write_text("v1\n")

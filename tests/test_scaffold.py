@@ -126,8 +126,10 @@ def test_init_then_eval_with_a_real_model(tmp_path: Path, openai_server, monkeyp
     init = runner.invoke(main, ["init", str(repo)])
     assert init.exit_code == 0, init.output
     model = "openai/" + openai_server.model
-    result = runner.invoke(main, ["eval", "--repo", str(repo), "--model", model, "--judge-model", model,
-                                  "--out", str(tmp_path / "out"), "--no-cache"])
+    result = runner.invoke(
+        main,
+        ["eval", "--repo", str(repo), "--model", model, "--judge-model", model, "--out", str(tmp_path / "out"), "--no-cache"],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     [prompt] = results["prompts"]

@@ -38,7 +38,6 @@ MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
 BATCH_SIZE = 32
 
 
-
 class Embedder(Protocol):
     name: str
     #: Why this embedder runs when it is not the preferred one (shown in reports), else None.
