@@ -193,3 +193,17 @@ def test_check_json_round_trips_for_gradgate_merge(tmp_path: Path) -> None:
     again = TypeAdapter(CheckSummary).validate_python(data)
     assert again.prompts[0].judge is not None and not again.prompts[0].judge.trusted
     assert render_markdown(again) == outcome.markdown
+
+
+def test_an_example_the_judge_gives_no_verdict_for_is_a_disagreement(tmp_path: Path) -> None:
+    def mute_on_junk(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
+        reply = script(spec, messages)
+        return "I cannot say." if "VERDICT: FAIL" in reply else reply  # no verdict line, even when asked again
+
+    repo = make_repo(tmp_path / "repo", AGREEING)
+    config, _ = load_config(repo)
+    session = Session.open(repo, config, backend=ScriptedBackend(script=mute_on_junk))
+    calibration = asyncio.run(calibrate_judge(Scorer(session.gateway, config, discover(repo, config)[0])))
+    assert calibration is not None
+    assert (calibration.agree, calibration.n, calibration.unjudged, calibration.trusted) == (4, 8, 4, False)
+    assert "4 got no verdict from the judge (counted as disagreements)" in calibration.summary()

@@ -158,3 +158,13 @@ def test_flip_rate() -> None:
     assert ItemScore(0.0, 0, 3).flip_rate == 0.0
     assert ItemScore(0.5, 1, 2).flip_rate == 1.0
     assert ItemScore(1.0, 1, 1).flip_rate is None
+
+
+def test_advice_when_items_were_left_out() -> None:
+    gate = GateConfig(min_items=8)
+    base, head = pairs(3, 1, 0)
+    decision = decide(base, head, gate=gate, level=0.05)
+    left_out = with_advice(detectable(20, gate, binary=True), decision, base, head, 20, gate)
+    assert left_out.advice == "only 3 of 20 items were paired (the others were left out); 8 are needed"
+    too_small = with_advice(detectable(5, gate, binary=True), decision, base, head, 5, gate)
+    assert too_small.advice == "at least 8 paired items are needed (the suite has 5: add 3)"

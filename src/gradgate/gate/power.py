@@ -135,7 +135,11 @@ def with_advice(
     n = len(base)
     if n < gate.min_items:
         need = gate.min_items
-        return replace(power, needed_items=need, advice=f"at least {need} paired items are needed (add {max(need - n_items, 0)})")
+        if n_items >= need:  # the suite is big enough: items were left out (no judge verdict, or the budget)
+            advice = f"only {n} of {n_items} items were paired (the others were left out); {need} are needed"
+        else:
+            advice = f"at least {need} paired items are needed (the suite has {n_items}: add {need - n_items})"
+        return replace(power, needed_items=need, advice=advice)
     size = items_to_decide(decision, base, head, gate)
     reps = repeats_to_decide(decision, base, head, within, gate.repeats, gate) if within is not None else None
     parts = []

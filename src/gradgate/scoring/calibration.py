@@ -6,7 +6,8 @@
 A suite may carry `judge_examples:`, each an output with the verdict (pass/fail) or score (1-10) a person gave
 it. The judge of the suite (its criteria, scale and method, exactly as items are judged) judges each one; the
 input it sees is the example's `input:` verbatim, or the prompt rendered with the variables of the example's
-`item:` or `vars:`. Agreement is on pass/fail (a score passes at `judge.pass_threshold`): accuracy with its
+`item:` or `vars:`. Agreement is on pass/fail (a score passes at `judge.pass_threshold`; an example the judge
+gives no verdict for counts as a disagreement): accuracy with its
 Wilson interval and Cohen's kappa with a bootstrap interval (`gradgate.core.stats.agreement`). Below
 `judge.min_agreement` (accuracy) the judge is not trusted.
 """
@@ -21,7 +22,7 @@ from gradgate.core.prompts import Prompt
 from gradgate.core.stats import agreement
 from gradgate.core.suites import JudgeExample, Suite
 from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.scoring.judge import judge_output
+from gradgate.scoring.judge import UNJUDGED, judge_output
 from gradgate.scoring.scorer import Scorer
 
 
@@ -29,8 +30,8 @@ from gradgate.scoring.scorer import Scorer
 class ExampleVerdict:
     id: str
     label: bool  # the person's pass/fail
-    judged: bool  # the judge's pass/fail
-    raw: str  # the judge's verdict as given
+    judged: bool  # the judge's pass/fail (with no verdict: the opposite of the label, a disagreement)
+    raw: str  # the judge's verdict as given ("unjudged": no verdict line, even after a retry)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class JudgeCalibration:
         return self.n - self.agree
 
     @property
+    def unjudged(self) -> int:
+        return sum(1 for e in self.examples if e.raw == UNJUDGED)
+
+    @property
     def trusted(self) -> bool:
         return self.incomplete is None and self.accuracy >= self.min_agreement
 
@@ -63,6 +68,8 @@ class JudgeCalibration:
         if self.kappa is not None and self.kappa_low is not None and self.kappa_high is not None:
             text += f", Cohen's κ {self.kappa:.2f} [{self.kappa_low:.2f}, {self.kappa_high:.2f}]"
         text += f"; min_agreement {self.min_agreement:g})"
+        if self.unjudged:
+            text += f"; {self.unjudged} got no verdict from the judge (counted as disagreements)"
         if self.incomplete:
             text += f"; incomplete: {self.incomplete}"
         return text
@@ -138,6 +145,8 @@ async def calibrate_judge(scorer: Scorer, prompt: Prompt | None = None) -> Judge
             )
         except BudgetExhausted as exc:
             return exc.message
+        if not verdict.parsed:  # no verdict is no agreement
+            return ExampleVerdict(example.id, example.label, not example.label, verdict.raw)
         return ExampleVerdict(example.id, example.label, verdict.score >= judge.pass_threshold, verdict.raw)
 
     results = await asyncio.gather(*(one(e) for e in prepared))
