@@ -18,15 +18,18 @@ pytest_plugins = [m for m in ("tests.fake_github", "tests.openai_server") if imp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+EXAMPLE_REPO = Path(__file__).parent / "data" / "example_repo"
 
 
 @pytest.fixture
 def examples_copy(tmp_path: Path) -> Path:
-    """A writable copy of the example repository."""
+    """A writable copy of the fixed example repository (tests/data/example_repo: math, release-note and
+    ticket-triage as first shipped). Logic tests script their answers against it; the shipped examples/ are
+    tuned to show the gate working with the embedded model and may change."""
     import shutil
 
     target = tmp_path / "repo"
-    shutil.copytree(REPO_ROOT / "examples", target, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
+    shutil.copytree(EXAMPLE_REPO, target, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
     return target
 
 

@@ -27,6 +27,7 @@ from gradgate.app.eval_job import run_eval
 from gradgate.app.html_report import eval_html
 from gradgate.app.junit import check_junit, eval_junit
 from gradgate.scoring.results import EvalResults, ItemOut, MetricOut, PromptOut
+from tests.conftest import EXAMPLE_REPO
 from tests.test_gate import check, gh_env, make_repo
 from tests.test_shards import session_for
 
@@ -158,7 +159,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.test_gradsum import make_repo as make_qa_repo
 
     root = tmp_path_factory.mktemp("reports")
-    examples = shutil.copytree(REPO_ROOT / "examples", root / "examples", ignore=shutil.ignore_patterns("workflows"))
+    examples = shutil.copytree(EXAMPLE_REPO, root / "examples", ignore=shutil.ignore_patterns("workflows"))
     asyncio.run(run_eval(session_for(examples), out_dir=root / "eval"))
     check(make_repo(root / "gate"), root / "check", gh_env(root))
     session = open_session(make_qa_repo(root / "qa"), Script(sequence_editor(GOOD)), optimize={"gradsum": {"iterations": 1}})

@@ -25,6 +25,7 @@ from gradgate.errors import UsageError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.models.session import Session
 from tests import fake_github as fake_module
+from tests.conftest import EXAMPLE_REPO
 from tests.fake_github import FakeGitHub
 from tests.test_changes import commit, git
 from tests.test_gate import check, outputs
@@ -39,7 +40,7 @@ def _answers() -> dict[str, str]:
     """Every example item's distinctive input text -> its expected answer."""
     answers = {}
     for name, key in (("math", "question"), ("ticket-triage", "message")):
-        suite = yaml.safe_load((REPO_ROOT / "examples" / "evals" / f"{name}.yaml").read_text())
+        suite = yaml.safe_load((EXAMPLE_REPO / "evals" / f"{name}.yaml").read_text())
         answers.update({item["vars"][key]: str(item["expected"]) for item in suite["items"]})
     return answers
 
@@ -157,7 +158,7 @@ def test_merge_names_a_missing_repeated_or_foreign_shard(examples_copy: Path, tm
 def examples_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The examples as a git repository: a base commit, then a head commit (see the module docstring)."""
     root = tmp_path_factory.mktemp("sharded") / "repo"
-    shutil.copytree(REPO_ROOT / "examples", root, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
+    shutil.copytree(EXAMPLE_REPO, root, ignore=shutil.ignore_patterns("workflows", ".gradgate"))
     (root / ".gitignore").write_text(".gradgate/\n")
     git(root, "init", "-q", "-b", "main")
     triage = root / "prompts" / "ticket-triage.md"
