@@ -102,3 +102,19 @@ def test_a_person_s_commit_on_the_branch_stops_the_rerun(
         tune(work, GOOD_TOO, tmp_path / "run2" / "out", fake_github, remote)
     assert remote_sha(remote) == tip and len(fake_github.pulls) == 1
     assert (work / "prompts" / "qa.md").read_text().count("GOOD") == 0  # the working tree is restored
+
+
+def test_a_person_s_commit_with_control_characters_in_its_subject_is_named_not_a_crash(
+    repos: tuple[Path, Path], fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    work, remote = repos
+    tune(work, GOOD, tmp_path / "run1" / "out", fake_github, remote)
+    human = tmp_path / "human"
+    git(tmp_path, "clone", "--quiet", "-b", BRANCH, str(remote), str(human))
+    (human / "prompts" / "qa.md").write_text((human / "prompts" / "qa.md").read_text() + "\nA human tweak.\n")
+    git(human, "commit", "--quiet", "-am", "tweak \x1f\x1e\x07 by hand")
+    git(human, "push", "--quiet", "origin", BRANCH)
+    tip = remote_sha(remote)
+    with pytest.raises(GitHubError, match=r"not force-pushing over them: [0-9a-f]{12} tweak"):
+        tune(work, GOOD_TOO, tmp_path / "run2" / "out", fake_github, remote)
+    assert remote_sha(remote) == tip and len(fake_github.pulls) == 1

@@ -114,10 +114,12 @@ def _foreign_commits(git: Git, tip: str, base_sha: str) -> list[str]:
     )
     foreign = []
     for record in log.split("\x1e"):
-        fields = record.strip().split("\x1f")
+        # The subject is last and split off at most three times: a person's subject may hold any control character.
+        fields = record.lstrip("\n").split("\x1f", 3)
         if len(fields) < 4:
             continue
         sha, email, trailer, subject = fields
+        subject = "".join(c if c.isprintable() else "?" for c in subject.strip())
         if not trailer.strip() or email != COMMITTER_EMAIL:
             foreign.append(f"{sha[:12]} {subject}")
     return foreign
