@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gradgate.core.config import JudgeConfig, check_metric_entries, format_validation_error
-from gradgate.core.files import check_tree, parse_json, parse_yaml, read_text, resolve_inside
+from gradgate.core.files import check_tree, digest, parse_json, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,12 @@ class Suite:
     items: tuple[Item, ...] = field(default_factory=tuple)
 
     def content_hash(self) -> str:
-        payload = json.dumps(
+        return digest(
             {
                 "spec": self.spec.model_dump(exclude={"items", "dataset"}),
                 "items": [[i.id, i.vars, i.expected, list(i.assertions)] for i in self.items],
-            },
-            sort_keys=True,
-            default=str,
+            }
         )
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def load_suite(path: Path, repo: Path) -> Suite:
