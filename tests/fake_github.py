@@ -35,6 +35,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -763,6 +764,16 @@ if pytest is not None:
         assert_no_violations(server)
 
 
+def _branch_in(git_dir: Path, ref: str) -> bool:
+    """Whether branch ``ref`` exists in the git repository at ``git_dir`` (bare or not)."""
+    found = subprocess.run(
+        ["git", "-C", str(git_dir), "rev-parse", "--verify", "--quiet", f"refs/heads/{ref}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    return found.returncode == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fake_github", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
@@ -779,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
         default=GITHUB_ACTIONS_BOT,
         help="whom the token acts as (default: %(default)s; a [bot] login cannot read GET /user)",
     )
+    parser.add_argument(
+        "--git-remote",
+        type=Path,
+        help="a git repository (e.g. the bare remote the workflow pushes to): creating a pull request answers 422 "
+        "like GitHub unless its head branch exists there",
+    )
     args = parser.parse_args(argv)
     server = FakeGitHub(
         repository=args.repository,
@@ -788,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         login=args.login,
         record_file=args.record.resolve() if args.record else None,
     )
+    if args.git_remote is not None:
+        server.branch_exists = functools.partial(_branch_in, args.git_remote.resolve())
     server.start()
     server._write_record()
     print(f"fake GitHub serving {server.api_url}", flush=True)
