@@ -72,8 +72,12 @@ def test_the_best_is_promoted_to_all_of_dev_and_the_calls_are_as_planned(tmp_pat
     ctx, script, session = context(tmp_path)
     levels = [3, 9, 1, 5, 0, 7, 2, 8, 4, 6, 10, 1]  # 11 distinct (the duplicate is scored once), one perfect
     finalists = asyncio.run(evaluate_pool(ctx, proposals(levels), step=1, halving=HalvingSettings(min_items=4, eta=3)))
-    # 11·4 + 4·8 + 2·8 = 92 calls, where scoring all 11 on all of dev would take 220
-    assert session.budget.calls == len(script.asked["task"]) == plan_calls(11, 20, HalvingSettings(min_items=4, eta=3)) == 92
+    # rung 1 keeps ceil(11/3) = 4, and a fifth tied with the fourth on the 4 items: 11·4 + 5·8 + 2·8 = 100 calls,
+    # where scoring all 11 on all of dev would take 220 (92 without the tie)
+    assert session.budget.calls == len(script.asked["task"]) == 100
+    assert plan_calls(11, 20, HalvingSettings(min_items=4, eta=3)) == 92
+    rung1 = sorted((c.dev_score or 0.0 for c in ctx.trajectory.candidates if c.dev_items == 4), reverse=True)
+    assert len(rung1) == 6 and rung1[0] < 0.75  # every one dropped at rung 1 scored below the promoted ones
     assert [c.note for c in finalists] == ["level 9", "level 10"]  # the survivors of the last rung, in pool order
     assert max(finalists, key=lambda c: c.dev_score or 0).note == "level 10" and ctx.trajectory.best().dev_score == 1.0
     dropped = [c for c in ctx.trajectory.candidates if c.dev_items is not None]
@@ -94,3 +98,17 @@ def test_without_halving_every_candidate_is_scored_on_all_of_dev(tmp_path: Path)
     ctx, _script, session = context(tmp_path)
     finalists = asyncio.run(evaluate_pool(ctx, proposals([3, 9, 3]), step=1, halving=None))
     assert session.budget.calls == 40 and len(finalists) == 2  # the duplicate is scored once
+
+
+def test_ties_at_the_cut_go_on_together_only_while_the_budget_can_finish_them(tmp_path: Path) -> None:
+    settings = HalvingSettings(min_items=4, eta=3)
+    # the first 4 dev items are 41, 79, 55, 5 (units 1, 9, 5, 5): levels 6 to 9 all answer 3 of them
+    ctx, _script, session = context(tmp_path)
+    asyncio.run(evaluate_pool(ctx, proposals([6, 7, 8]), step=1, halving=settings))
+    promoted = [c for c in ctx.trajectory.candidates if c.dev_items != 4]
+    assert len(promoted) == 3  # keep ceil(3/3) = 1, but all three tie at 3/4 on rung 1
+    ctx, _script, session = context(tmp_path / "tight", max_calls=plan_calls(3, 20, settings))
+    asyncio.run(evaluate_pool(ctx, proposals([6, 7, 8]), step=1, halving=settings))
+    # the calls left finish only the planned one: the earliest of the tied goes on, the budget is never exceeded
+    assert [c.note for c in ctx.trajectory.candidates if c.dev_items is None] == ["level 6"]
+    assert session.budget.calls == plan_calls(3, 20, settings)

@@ -2,13 +2,15 @@
 
     finalists = await evaluate_pool(ctx, proposals, step=3, halving=HalvingSettings())
 
-Rungs: every fresh candidate is scored on the first `min_items` dev items; the best 1/`eta` (at least one) go on
-to `eta` times as many items, and so on until the survivors are scored on the whole dev set. Each rung scores only
-the items a candidate has not been scored on yet, so a candidate costs what its last rung's items cost, never more:
-with 20 dev items, `min_items` 4 and `eta` 3, twelve candidates cost 12·4 + 4·8 + 2·8 = 96 item scorings instead of
-240. Candidates dropped at a rung are recorded in the trajectory with their partial score and `dev_items` (how
-many items it is over); only finalists, scored on all of dev, can become the best. The held-out test confirmation
-is untouched. Before any call every proposal passes `OptimizeContext.screen` (candidate hygiene).
+Rungs: every fresh candidate is scored on the first `min_items` dev items; the best 1/`eta` (at least one, and
+those tied with the last of them while the budget can finish them) go on to `eta` times as many items, and so on
+until the survivors are scored on the whole dev set. Each rung scores only the items a candidate has not been
+scored on yet, so a candidate costs what its last rung's items cost, never more: with 20 dev items, `min_items` 4
+and `eta` 3, twelve candidates cost 12·4 + 4·8 + 2·8 = 96 item scorings instead of 240 (more only when a tie is
+promoted with calls to spare). Candidates dropped at a rung are recorded in the trajectory with their partial
+score and `dev_items` (how many items it is over); only finalists, scored on all of dev, can become the best. The
+held-out test confirmation is untouched. Before any call every proposal passes `OptimizeContext.screen`
+(candidate hygiene).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def rungs(n_items: int, settings: HalvingSettings) -> list[int]:
 
 
 def plan_calls(n_candidates: int, n_items: int, settings: HalvingSettings | None, per_item: int = 1) -> int:
-    """Scoring calls `n_candidates` fresh candidates cost at most (`per_item` calls per item scored)."""
+    """Scoring calls `n_candidates` fresh candidates cost (`per_item` calls per item scored) when no tie at a cut
+    needs promoting; tied candidates go on only with calls to spare (`_promoted`), so this is what a budget must
+    allow."""
     if settings is None or n_candidates <= 1:
         return n_candidates * n_items * per_item
     total, alive, done = 0, n_candidates, 0
@@ -163,13 +167,40 @@ async def _halve(
             return [
                 _record(ctx, fresh[i], step, mean(i), None, [scores[i].get(x.id) or 0.0 for x in items], items) for i in alive
             ]
-        keep = max(1, math.ceil(len(alive) / settings.eta))
         ranked = sorted(alive, key=lambda i: (-mean(i), i))  # ties: the earlier proposal
+        keep = _promoted(ctx, [mean(i) for i in ranked], sizes[rung:], settings)
         for index in ranked[keep:]:
             note = f"halving: dropped at rung {rung + 1} ({size} of {len(items)} dev items)"
             _record(ctx, fresh[index], step, mean(index), size, None, items, extra=note)
         alive = sorted(ranked[:keep])
     return []
+
+
+def _promoted(ctx: OptimizeContext, ranked_means: list[float], sizes: list[int], settings: HalvingSettings) -> int:
+    """How many of the ranked candidates go on: the best 1/eta, and those tied with the last of them.
+
+    On a small first rung of a pass/fail suite many candidates tie (4 items allow only 5 scores); cutting a tie by
+    pool order would drop candidates the rung cannot tell apart. Tied ones go on together while the calls left can
+    still finish every rung for them; otherwise the earlier proposals among the tied go on."""
+    keep = max(1, math.ceil(len(ranked_means) / settings.eta))
+    tied = keep
+    while tied < len(ranked_means) and ranked_means[tied] == ranked_means[keep - 1]:
+        tied += 1
+    left = calls_left(ctx.budget)
+    per_item = 3 if ctx.scorer.uses_judge else 1
+    while tied > keep and left is not None and _rest_calls(tied, sizes, settings, per_item) > left:
+        tied -= 1
+    return tied
+
+
+def _rest_calls(alive: int, sizes: list[int], settings: HalvingSettings, per_item: int) -> int:
+    """Calls `alive` candidates scored on `sizes[0]` items still cost to finish the rungs `sizes[1:]`."""
+    total, done = 0, sizes[0]
+    for size in sizes[1:]:
+        total += alive * (size - done)
+        done = size
+        alive = max(1, math.ceil(alive / settings.eta))
+    return total * per_item
 
 
 def _record(
