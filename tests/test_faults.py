@@ -25,7 +25,7 @@ import yaml
 from gradgate.app.eval_job import EvalOutcome, run_eval
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, ModelsConfig, load_config
-from gradgate.errors import ModelError
+from gradgate.errors import MissingPackageError, ModelError
 from gradgate.models.gateway import Gateway
 from gradgate.models.litellm_backend import LiteLLMBackend, parse_retry_after
 from gradgate.models.session import Session
@@ -80,6 +80,30 @@ def test_a_retry_after_over_the_cap_fails_without_waiting() -> None:
         with pytest.raises(ModelError, match=r"asked to wait 100000 s before a retry, more than models\.max_retry_wait"):
             asyncio.run(gateway.complete("task", MSG))
     assert server.calls == 1 and sleeps == []
+
+
+def test_a_provider_whose_package_is_missing_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm reports a provider's failed import as an APIConnectionError: not retried, exit 2 naming the package."""
+    import litellm
+
+    class NeedsAbsentSdk(litellm.CustomLLM):  # type: ignore[misc]
+        async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+            import gradgate_absent_sdk  # type: ignore[import-not-found]  # noqa: F401
+
+    provider = {"provider": "needs-absent-sdk", "custom_handler": NeedsAbsentSdk()}
+    monkeypatch.setattr(litellm, "custom_provider_map", [*litellm.custom_provider_map, provider])
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    models = ModelsConfig.model_validate({"task": "needs-absent-sdk/model", "max_retries": 4})
+    gateway = Gateway(models, budget=BudgetTracker(BudgetConfig()), backend=LiteLLMBackend(), sleep=sleep)
+    with pytest.raises(MissingPackageError) as caught:
+        asyncio.run(gateway.complete("task", MSG))
+    assert caught.value.exit_code == 2 and "'gradgate_absent_sdk'" in caught.value.message
+    assert "pip install gradgate_absent_sdk" in (caught.value.hint or "")
+    assert gateway.budget.calls == 1 and sleeps == []
 
 
 def test_retry_after_forms() -> None:

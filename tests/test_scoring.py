@@ -6,13 +6,14 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gradgate.app.eval_job import run_eval
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, JudgeConfig, ModelsConfig, load_config
-from gradgate.errors import BudgetExhausted, ConfigError, ModelError
+from gradgate.errors import BudgetExhausted, ConfigError, MissingPackageError, ModelError
 from gradgate.models.gateway import Gateway, ResponseCache, RetryableError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.models.session import Session
@@ -154,6 +155,36 @@ def test_unreachable_model_is_an_infrastructure_error() -> None:
     gw = gateway(lambda spec, m: "ok", fail_first=100)
     with pytest.raises(ModelError, match="did not answer"):
         asyncio.run(gw.complete("task", MSG))
+
+
+def _no_boto3(spec: object, messages: object) -> str:
+    raise ModuleNotFoundError("No module named 'boto3'", name="boto3")
+
+
+def _wrapped_no_boto3(spec: object, messages: object) -> str:
+    try:  # as the litellm backend reports it: a connection error raised while handling the ImportError
+        _no_boto3(spec, messages)
+    except ImportError:
+        raise RetryableError("litellm.APIConnectionError: No module named 'boto3'") from None
+    return "unreachable"
+
+
+def _old_sdk(spec: object, messages: object) -> str:
+    raise ImportError("cannot import name 'Client' from 'somesdk'", name="somesdk")
+
+
+@pytest.mark.parametrize(
+    ("script", "hint"),
+    [(_no_boto3, "pip install boto3"), (_wrapped_no_boto3, "pip install boto3"), (_old_sdk, "pip install --upgrade somesdk")],
+)
+def test_a_missing_package_fails_fast_and_names_it(script: Any, hint: str) -> None:
+    """An import failing inside a call is no server fault: one attempt, then exit 2 with the package to install."""
+    gw = gateway(script)
+    with pytest.raises(MissingPackageError) as info:
+        asyncio.run(gw.complete("task", MSG))
+    assert info.value.exit_code == 2 and hint in (info.value.hint or "")
+    assert "cannot be imported" in info.value.message and gw.budget.usage["task"].calls == 1
+    assert gw.budget.usage["task"].retries == 0
 
 
 @pytest.mark.parametrize("limits", [BudgetConfig(max_calls=3), BudgetConfig(max_tokens=100)])

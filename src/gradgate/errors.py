@@ -8,7 +8,8 @@ Exception tree (the CLI catches only ``GradgateError`` and maps ``exit_code``)::
     │   └── PathOutsideRepoError  exit 2  a path (or symlink) leads outside the repository
     │       └── PathInGitDirError exit 2  a path (or symlink) leads into .git/ (credentials, hooks)
     ├── ModelError                exit 3  an LLM could not be reached or answered nonsense
-    │   └── UnknownModelError     exit 2  the model string names nothing we can call
+    │   ├── UnknownModelError     exit 2  the model string names nothing we can call
+    │   └── MissingPackageError   exit 2  calling the model needs a Python package that is not installed
     ├── BudgetExhausted           exit 3  the hard budget ran out before a decision
     ├── Interrupted               exit 130/143  SIGINT or SIGTERM (a cancelled or timed-out CI job)
     ├── GitError                  exit 3  a git command failed or is missing
@@ -64,6 +65,13 @@ class ModelError(GradgateError):
 
 
 class UnknownModelError(ModelError):
+    exit_code = EXIT_USAGE
+
+
+class MissingPackageError(ModelError):
+    """An import failed inside a model call (a provider's SDK, torch for local models): install, then rerun;
+    retrying cannot help."""
+
     exit_code = EXIT_USAGE
 
 

@@ -7,6 +7,9 @@ One gateway per run, passed in (never global). It adds what every caller needs: 
 retries with backoff on 429/5xx/timeouts/malformed replies, a disk cache keyed on the full request (a
 rerun with nothing changed makes zero calls), hard budgets, and token/cost accounting per role.
 
+A failed import inside a call (a provider needs a package that is not installed; litellm reports it as a
+connection error) is never retried: MissingPackageError (exit 2) names the package to install.
+
 Waiting is bounded too: a server's `Retry-After` is honoured up to `models.max_retry_wait_seconds`; a
 server that asks for longer fails the call at once (ModelError), and every wait must fit in the time
 budget (`BudgetTracker.check_wait`). The backend is litellm (`gradgate.models.litellm_backend`); tests may
@@ -28,7 +31,7 @@ from typing import Any, Protocol
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec
 from gradgate.core.files import atomic_write_text, digest
-from gradgate.errors import ConfigError, ModelError
+from gradgate.errors import ConfigError, MissingPackageError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +241,14 @@ class Gateway:
                         reply: BackendReply = await attempt(timeout)
                     else:
                         reply = await asyncio.wait_for(attempt(timeout), timeout=timeout + 5)
-                except (RetryableError, TimeoutError) as exc:
+                except (RetryableError, TimeoutError, ImportError) as exc:
                     # A failed attempt still counts as a call: providers may bill it.
                     self.budget.settle(
                         reservation, role, prompt_tokens=0, completion_tokens=0, cost_usd=0.0, retried=attempt_no > 0
                     )
+                    missing = missing_package_error(spec, exc)
+                    if missing is not None:  # no retry installs a package
+                        raise missing from None
                     delay = self._retry_delay(spec, exc, attempt_no)
                     self.budget.check_wait(delay)
                     log.warning("%s: %s; retrying in %.1f s", spec.model, str(exc) or "timeout", delay)
@@ -292,6 +298,29 @@ class Gateway:
         ):
             self._warned_unpriced.add(spec.model)
             log.warning("no price known for %s: the USD limit cannot bind on it", spec.model)
+
+
+def missing_package_error(spec: ModelSpec, exc: BaseException) -> MissingPackageError | None:
+    """A MissingPackageError when an ImportError is `exc` or behind it (its cause or context: litellm wraps one
+    raised by a provider as APIConnectionError), else None."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and not isinstance(found, ImportError) and id(found) not in seen:
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    if not isinstance(found, ImportError):
+        return None
+    package = (found.name or "").split(".")[0]
+    what = f"the Python package {package!r}" if package else "a Python package"
+    if isinstance(found, ModuleNotFoundError):
+        install = f"pip install {package}" if package else "install the package the message names"
+    else:  # it is there but does not provide what is imported: another version is needed
+        install = f"pip install --upgrade {package}" if package else "upgrade the package the message names"
+    extra = ", or gradgate's local extra: pip install 'gradgate[local]'" if spec.is_local else ""
+    return MissingPackageError(
+        f"{spec.model} needs {what}, which cannot be imported: {found}",
+        hint=f"{install}{extra} (a module's pip name may differ), then rerun",
+    )
 
 
 def _seconds(value: float) -> str:

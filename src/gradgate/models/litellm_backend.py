@@ -7,6 +7,10 @@ It turns every provider failure into one of three outcomes the gateway understan
   an empty `choices` list, a message without content);
 * `ModelError`: the provider refused the request or the credentials (retrying cannot help);
 * `UnknownModelError`: the model string names nothing litellm can call (exit 2).
+
+A provider that needs a package that is not installed fails with an ImportError that litellm wraps in an
+APIConnectionError; it becomes a `RetryableError` here like any connection error, and the gateway, which finds the
+ImportError behind it, fails the call at once with MissingPackageError (exit 2).
 """
 
 from __future__ import annotations
