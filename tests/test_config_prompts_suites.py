@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from gradgate.core.config import Config, json_schema, load_config, parse_config, shipped_schema_text
+from gradgate.core.config import (
+    Config,
+    apply_env_overrides,
+    json_schema,
+    load_config,
+    override_models,
+    parse_config,
+    shipped_schema_text,
+)
 from gradgate.core.discovery import discover
 from gradgate.core.prompts import contains_include, include_targets, load_prompt, write_prompt_body
 from gradgate.core.suites import load_suite, split_items
@@ -53,6 +61,35 @@ def test_model_strings_coerce_to_specs() -> None:
     config = parse_config({"models": {"judge": "openai/gpt-4o-mini"}}, "x")
     assert config.models.judge.model == "openai/gpt-4o-mini"
     assert config.models.for_role("editor") == config.models.optimizer
+
+
+def test_the_editor_follows_the_overridden_optimizer() -> None:
+    """No `models.editor`: the editor is the optimizer, after GRADGATE_API_BASE and --optimizer-model alike."""
+    config = parse_config({"models": {"optimizer": "openai/from-yaml"}}, "x")
+    env = {"GRADGATE_API_BASE": "http://127.0.0.1:8000/v1"}
+    models = override_models(apply_env_overrides(config, env), optimizer="openai/from-cli").models
+    assert models.editor is None and models.for_role("editor") == models.optimizer
+    assert (models.optimizer.model, models.optimizer.api_base) == ("openai/from-cli", "http://127.0.0.1:8000/v1")
+    env["GRADGATE_OPTIMIZER_MODEL"] = "openai/from-env"
+    editor = apply_env_overrides(config, env).models.for_role("editor")
+    assert (editor.model, editor.api_base) == ("openai/from-env", "http://127.0.0.1:8000/v1")
+    # The editor's own override starts from the (overridden) optimizer's spec.
+    env["GRADGATE_EDITOR_MODEL"] = "openai/editor-env"
+    models = apply_env_overrides(config, env).models
+    assert models.editor is not None and (models.editor.model, models.editor.api_base) == (
+        "openai/editor-env",
+        env["GRADGATE_API_BASE"],
+    )
+    assert models.optimizer.model == "openai/from-env"
+    # A configured editor is its own model: the optimizer's override leaves it, the API base reaches it.
+    own = parse_config({"models": {"optimizer": "openai/from-yaml", "editor": "openai/editor-yaml"}}, "x")
+    models = override_models(
+        apply_env_overrides(own, {"GRADGATE_API_BASE": env["GRADGATE_API_BASE"]}), optimizer="openai/cli"
+    ).models
+    assert (
+        models.for_role("editor").model == "openai/editor-yaml" and models.for_role("editor").api_base == env["GRADGATE_API_BASE"]
+    )
+    assert apply_env_overrides(config, {}) is config and override_models(config, optimizer=None) is config
 
 
 PROMPT = (

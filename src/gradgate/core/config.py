@@ -390,37 +390,44 @@ def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | No
 def apply_env_overrides(config: Config, env: dict[str, str] | None = None) -> Config:
     """GRADGATE_<ROLE>_MODEL and GRADGATE_API_BASE override the models (the action passes these)."""
     env = dict(os.environ) if env is None else env
-    models = config.models
-    updates: dict[str, Any] = {}
+    api_base = env.get("GRADGATE_API_BASE")
+    changes: dict[str, tuple[str, dict[str, str | None]]] = {}
     for role in ROLES:
         model = env.get(f"GRADGATE_{role.upper()}_MODEL")
-        api_base = env.get("GRADGATE_API_BASE")
-        if model or api_base:
-            current = models.for_role(role)
-            where = f"GRADGATE_{role.upper()}_MODEL" if model else "GRADGATE_API_BASE"
-            updates[role] = _respec(current, where, model=model, api_base=api_base)
-    if not updates:
-        return config
-    return config.model_copy(update={"models": models.model_copy(update=updates)})
-
-
-def _respec(spec: ModelSpec, where: str, **changes: str | None) -> ModelSpec:
-    """`spec` with `changes` applied and validated (model_copy alone would skip validation)."""
-    data = spec.model_dump()
-    data.update({k: v for k, v in changes.items() if v})
-    try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        raise format_validation_error(exc, where) from None
+        where = f"GRADGATE_{role.upper()}_MODEL" if model else "GRADGATE_API_BASE"
+        changes[role] = (where, {"model": model, "api_base": api_base})
+    return _override(config, changes)
 
 
 def override_models(config: Config, **role_models: str | None) -> Config:
     """Apply --model / --judge-model / --optimizer-model from the command line."""
-    updates = {
-        role: _respec(config.models.for_role(role), "--model" if role == "task" else f"--{role}-model", model=model)
-        for role, model in role_models.items()
-        if model
-    }
-    if not updates:
+    return _override(
+        config, {role: ("--model" if role == "task" else f"--{role}-model", {"model": m}) for role, m in role_models.items()}
+    )
+
+
+def _override(config: Config, changes: dict[str, tuple[str, dict[str, str | None]]]) -> Config:
+    """`config` with each role's model spec changed (role -> (where, values); None values change nothing), validated.
+
+    An editor that follows the optimizer (no `models.editor`) keeps following it, overrides included: it gets a spec
+    of its own only when its own model is overridden, and then from the optimizer's overridden spec."""
+    models = config.models
+    for role in ROLES:  # the optimizer before the editor
+        where, given = changes.get(role, ("", {}))
+        values = {k: v for k, v in given.items() if v}
+        if not values or (role == "editor" and models.editor is None and "model" not in values):
+            continue
+        models = models.model_copy(update={role: _respec(models.for_role(role), where, **values)})
+    if models is config.models:
         return config
-    return config.model_copy(update={"models": config.models.model_copy(update=updates)})
+    return config.model_copy(update={"models": models})
+
+
+def _respec(spec: ModelSpec, where: str, **changes: str) -> ModelSpec:
+    """`spec` with `changes` applied and validated (model_copy alone would skip validation)."""
+    data = spec.model_dump()
+    data.update(changes)
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, where) from None
