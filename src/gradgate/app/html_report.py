@@ -172,13 +172,16 @@ def _item_rows(prompt: PromptOut) -> list[list[str]]:
         if item.error:
             why = esc(item.error)
         variables = json.dumps(item.vars, ensure_ascii=False, indent=1, default=str)
+        output = pre(item.output) if item.output else '<span class="muted">(empty)</span>'
+        if item.reasoning is not None:
+            output += f"<details><summary>reasoning</summary>{pre(item.reasoning)}</details>"
         rows.append(
             [
                 f"<code>{esc(item.id)}</code><details><summary>input</summary>{pre(variables)}</details>",
                 num(item.score),
                 verdict,
                 esc(item.expected) if item.expected is not None else '<span class="muted">–</span>',
-                pre(item.output) if item.output else '<span class="muted">(empty)</span>',
+                output,
                 why,
             ]
         )

@@ -59,6 +59,8 @@ def _item_case(suite: ET.Element, prompt: PromptOut, item: ItemOut) -> ET.Elemen
             body.append(f"judge: {item.judge_explanation}")
         if item.expected is not None:
             body.append(f"expected: {item.expected}")
+        if item.reasoning is not None:
+            body.append(f"reasoning:\n{item.reasoning}")
         body.append(f"output:\n{item.output}")
         _add(case, "failure", f"score {item.score:.3f}: {reasons}", "\n".join(body))
     return case

@@ -57,6 +57,13 @@ class ScoringSpec(BaseModel):
         description="Phrase the answer follows ('Therefore, the final answer (True or False) is'): loglik scores the "
         "options after it, and GReaTer's loss reads the gold answer after it (default: GReaTer builds one).",
     )
+    reasoning_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="loglik only: the task model first reasons for up to this many tokens (greedy at its default "
+        "temperature 0), then the options are ranked after its reasoning and the answer phrase, as GReaTer trains "
+        "(default: ranked right after the prompt).",
+    )
 
 
 class JudgeExample(BaseModel):
@@ -127,6 +134,12 @@ def load_suite(path: Path, repo: Path) -> Suite:
         except ValidationError as exc:
             raise format_validation_error(exc, rel) from None
         check_metric_entries(spec.metrics, f"{rel}:metrics")
+        if spec.scoring.reasoning_tokens is not None and spec.scoring.mode != "loglik":
+            raise ConfigError(
+                "`scoring.reasoning_tokens` applies to `mode: loglik` only (a generated answer holds its own reasoning)",
+                where=f"{rel}:scoring.reasoning_tokens",
+                hint="remove it, or set `scoring: {mode: loglik, options: [...]}`; `max_tokens` bounds a generated answer",
+            )
         if spec.items is not None and spec.dataset is not None:
             raise ConfigError("give either `items:` or `dataset:`, not both", where=rel)
         if spec.dataset is not None:

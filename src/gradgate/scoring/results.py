@@ -34,6 +34,9 @@ class ItemOut(BaseModel):
     vars: dict[str, Any]
     expected: str | None
     output: str
+    reasoning: str | None = Field(
+        None, description="The task model's reasoning before the option it ranked first (`scoring.reasoning_tokens`)."
+    )
     score: float = Field(description="Weighted mean of the item's metric scores, in [0, 1].")
     passed: bool
     metrics: list[MetricOut]
@@ -165,6 +168,7 @@ def prompt_out(
                 vars=i.vars,
                 expected=i.expected,
                 output=i.output,
+                reasoning=i.reasoning,
                 score=i.score,
                 passed=i.passed,
                 metrics=[MetricOut(name=m.name, score=m.score, reason=m.reason) for m in i.metrics],

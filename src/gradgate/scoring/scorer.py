@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradgate.core.config import Config, JudgeConfig
@@ -21,6 +21,7 @@ from gradgate.core.prompts import Prompt
 from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.gateway import Gateway
+from gradgate.scoring.answers import answer_label, build_extraction_phrase
 from gradgate.scoring.judge import judge_output
 from gradgate.scoring.metrics import JUDGE, MetricResult, MetricSpec, parse_metrics, score_metric
 
@@ -41,6 +42,18 @@ class ItemResult:
     judge_explanation: str | None = None
     error: str | None = None  # set when the item could not be scored (budget ran out)
     unjudged: bool = False  # the judge gave no verdict line, even after a retry: left out of every mean
+    reasoning: str | None = None  # the task model's reasoning before the ranked option (`scoring.reasoning_tokens`)
+
+
+@dataclass(frozen=True)
+class Answer:
+    output: str  # what the metrics score: the reply, or the chosen option as written in the suite
+    reasoning: str | None = None
+
+
+def best_option(options: Sequence[str], scores: Sequence[float]) -> str:
+    """The option of highest log-likelihood (the first on a tie)."""
+    return options[max(range(len(scores)), key=scores.__getitem__)]
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,7 @@ class Scorer:
     target: Target
     metrics: list[MetricSpec] = field(init=False)
     judge: JudgeConfig = field(init=False)
+    reasoning_phrase: str | None = field(init=False, default=None)  # the answer phrase after the reasoning
 
     def __post_init__(self) -> None:
         suite = self.target.suite
@@ -107,6 +121,8 @@ class Scorer:
                 )
         if suite.spec.scoring.mode == "loglik" and not suite.spec.scoring.options:
             raise ConfigError("loglik scoring needs `scoring.options`", where=f"{suite.rel_path}:scoring")
+        if suite.spec.scoring.mode == "loglik" and suite.spec.scoring.reasoning_tokens is not None:
+            self.reasoning_phrase = self._reasoning_phrase()
         for index, item in enumerate(suite.items):
             # Fail before any call if a row lacks a template variable.
             self.target.prompt.render(item.vars, where=f"{suite.rel_path}:items[{index}]")
@@ -129,22 +145,59 @@ class Scorer:
         messages.append({"role": "user", "content": rendered})
         return messages
 
-    async def generate(self, prompt: Prompt, item: Item, *, sample: int = 0) -> str:
+    def _reasoning_phrase(self) -> str:
+        """The phrase GReaTer puts after the reasoning (the suite's `answer_phrase`, else one listing the option labels),
+        checked with the options it is followed by."""
+        suite = self.target.suite
+        scoring = suite.spec.scoring
+        labels = [answer_label(o) for o in scoring.options]
+        if not all(labels) or len(set(labels)) != len(labels):
+            raise ConfigError(
+                f"with `scoring.reasoning_tokens` the options are ranked as distinct answer labels, got {labels!r}",
+                where=f"{suite.rel_path}:scoring.options",
+                hint='give distinct, non-blank options ("(A)" is answered as "A", as GReaTer reads it)',
+            )
+        answers = [i.expected for i in suite.items if i.expected is not None]
+        phrase = build_extraction_phrase(
+            answers, options=scoring.options, override=scoring.answer_phrase, where=f"{suite.rel_path}:scoring.answer_phrase"
+        )
+        return phrase.strip()
+
+    async def generate(self, prompt: Prompt, item: Item, *, sample: int = 0) -> Answer:
         messages = self.messages(prompt, item)
         scoring = self.target.suite.spec.scoring
+        if self.reasoning_phrase is not None:
+            return await self._reason_then_rank(messages, self.reasoning_phrase, sample=sample)
         if scoring.mode == "loglik":
             # After the suite's answer phrase (GReaTer's extraction phrase): every option shares that prefix, so the
             # ranking is that of the options after the phrase.
             phrase = (scoring.answer_phrase or "").strip()
             ranked = [f"{phrase} {o}" for o in scoring.options] if phrase else scoring.options
             scores = await self.gateway.score_options("task", messages, ranked)
-            return scoring.options[max(range(len(scores)), key=scores.__getitem__)]
+            return Answer(best_option(scoring.options, scores))
         reply = await self.gateway.complete("task", messages, max_tokens=self.target.suite.spec.max_tokens, sample=sample)
-        return reply.text
+        return Answer(reply.text)
+
+    async def _reason_then_rank(self, messages: list[dict[str, str]], phrase: str, *, sample: int) -> Answer:
+        """GReaTer's training quantity on dev: the task model reasons (at its temperature, 0 = greedy by default),
+        then the options are ranked as the answer after the reasoning and the phrase."""
+        scoring = self.target.suite.spec.scoring
+        reply = await self.gateway.complete("task", messages, max_tokens=scoring.reasoning_tokens, sample=sample)
+        # The embedded runtime tokenizes each continuation on its own. The shared text ends in a non-space character
+        # (reasoning, phrase and labels stripped) and one space opens each label, which starts a new pre-token in a
+        # byte-level BPE tokenizer: the shared text gets the same ids before every option, so the options' scores
+        # differ only in their label tokens. (The runtime puts its answer prefix, "The answer is ", before every
+        # continuation, where GReaTer's sequence has none: the same for every option, but not the training text.)
+        reasoning = reply.text.strip()
+        shared = f"{reasoning} {phrase}" if reasoning else phrase
+        ranked = [f"{shared} {answer_label(o)}" for o in scoring.options]
+        scores = await self.gateway.score_options("task", messages, ranked)
+        return Answer(best_option(scoring.options, scores), reasoning)
 
     async def score_item(self, prompt: Prompt, item: Item, *, sample: int = 0) -> ItemResult:
-        output = await self.generate(prompt, item, sample=sample)
-        return await self.judge_item(prompt, item, output, sample=sample)
+        answer = await self.generate(prompt, item, sample=sample)
+        result = await self.judge_item(prompt, item, answer.output, sample=sample)
+        return result if answer.reasoning is None else replace(result, reasoning=answer.reasoning)
 
     async def judge_item(self, prompt: Prompt, item: Item, output: str, *, sample: int = 0) -> ItemResult:
         specs = self.metrics + parse_metrics(list(item.assertions), self.target.suite.rel_path)

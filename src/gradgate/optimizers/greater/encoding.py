@@ -9,14 +9,9 @@ from typing import Any, Protocol
 
 from gradgate.core.prompts import render_template
 from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine
-from gradgate.optimizers.greater.prompts import (
-    PromptSplit,
-    build_answer_tail,
-    build_extraction_phrase,
-    label_set,
-    label_variants,
-)
+from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, label_variants
 from gradgate.optimizers.greater.settings import WHERE, GreaterConfig
+from gradgate.scoring.answers import build_extraction_phrase, label_set
 
 # Splits the chat-templated user message around the instruction; never sent to a model.
 _SENTINEL = "\u2063GRADGATE-INSTRUCTION\u2063"

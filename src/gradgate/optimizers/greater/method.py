@@ -1,7 +1,8 @@
 """GReaTer behind the shared optimizer interface (optimizers.base): a local model optimizes the prompt.
 
 settings.py  GreaterConfig: `optimize.greater` in gradgate.yaml
-prompts.py   the extraction phrase, the answer labels, and the span of the prompt that is optimized
+prompts.py   the answer tail, banned label spellings, the span of the prompt that is optimized (the extraction
+             phrase and answer labels: scoring.answers, shared with the scorer)
 encoding.py  text <-> token ids: items, gold answers, the resolved phrase, banned label tokens
 engine.py    the torch work on token ids: rollouts, loss, one-hot gradients, candidates
 search.py    the step loop (GreaterSearch), resuming, the budget stop; returns a GreaterResult
@@ -40,6 +41,11 @@ class Greater(Optimizer):
     reported in the gradient notes, and the task model scores every candidate on dev and confirms the best on test.
     The prompts that set a new best train score (teacher-forced mistake rate, then loss) are scored on dev by the
     shared scorer, like every other method's candidates; the runner confirms the best on the test split.
+
+    A loglik suite with `scoring.reasoning_tokens` is scored on dev the way GReaTer trains: the task model reasons
+    greedily first, then the options are ranked as the answer after its reasoning and the same extraction phrase
+    (scoring.answers builds it for both). Set it to `max_new_tokens` (128 on CPU) to match the training rollouts;
+    an `optimize.greater.extraction_phrase` override is not seen by the scorer (use `scoring.answer_phrase`).
     """
 
     name: ClassVar[str] = "greater"

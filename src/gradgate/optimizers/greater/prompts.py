@@ -3,10 +3,9 @@
 GReaTer sends no instructions to a large model: the only model-facing texts are the phrase that asks the optimized
 model for its final answer after its own reasoning, and the instruction used when a prompt has none to optimize.
 
-The extraction phrase is built from the suite, as the paper's per-task extractors are ("Therefore, the final answer
-(use exact format: '$ True' or '$ False') is $"): a closed label set is listed, numeric answers get a numeric cue, and
-a suite may write its own (`scoring.answer_phrase`). Option labels such as "(A)" are answered as "A" (``answer_label``)
-in the phrase, in the loss and when generated answers are matched.
+The extraction phrase is built from the suite (gradgate.scoring.answers, shared with the scorer, which ranks a loglik
+suite's options after it when the suite sets `scoring.reasoning_tokens`). Option labels such as "(A)" are answered as
+"A" (``answer_label``) in the phrase, in the loss and when generated answers are matched.
 
 Optimizable span: the free text of the prompt body outside ``{{variable}}`` placeholders, either after the last
 placeholder (``suffix``) or before the first (``prefix``); ``auto`` takes the suffix when it holds a letter, else the
@@ -23,19 +22,9 @@ from typing import Literal
 
 from gradgate.core.prompts import VARIABLE_RE
 from gradgate.errors import ConfigError
+from gradgate.scoring.answers import EXTRACTION_PHRASE, answer_label
 
 SpanChoice = Literal["auto", "prefix", "suffix"]
-
-# Appended after the model's reasoning; the loss is the cross-entropy of the gold answer that follows it.
-# Close to the paper's extractor. No trailing space: the answer is tokenized with its leading space (" True"),
-# which is how BPE vocabularies store words. Used as is when the answers are free text.
-EXTRACTION_PHRASE = " Therefore, the final answer is"
-LABELLED_PHRASE = " Therefore, the final answer ({labels}) is"  # a closed label set, listed
-NUMERIC_PHRASE = " Therefore, the final answer (a number) is"
-
-MAX_LISTED_LABELS = 12  # more distinct answers than this are free text, not a label set
-_OPTION_LABEL = re.compile(r"^\(([A-Za-z0-9]{1,3})\)$")  # "(A)" -> "A"
-_NUMBER = re.compile(r"^[-+]?\d+(?:[.,]\d+)?$")
 
 # Put between the extraction phrase and the gold answer.
 ANSWER_SEPARATOR = " "
@@ -47,55 +36,9 @@ _LABEL_LINE = re.compile(r"[A-Za-z][\w ]{0,30}:")  # "A:", "Answer:": kept fixed
 _HAS_LETTER = re.compile(r"[A-Za-z]")
 
 
-def answer_label(answer: str) -> str:
-    """The answer as GReaTer writes it after the phrase: stripped, "(A)" -> "A"."""
-    text = answer.strip()
-    match = _OPTION_LABEL.match(text)
-    return match.group(1) if match else text
-
-
 def build_answer_tail(gold: str, *, phrase: str = EXTRACTION_PHRASE) -> tuple[str, str]:
     """(phrase, answer text) that follow the reasoning; the loss is taken on the answer text only."""
     return phrase, ANSWER_SEPARATOR + answer_label(gold)
-
-
-def label_set(answers: Sequence[str], options: Sequence[str] = ()) -> tuple[str, ...]:
-    """The closed set of answer labels: the suite's options in their order, else the sorted distinct gold answers when
-    they are few and recur (at most MAX_LISTED_LABELS, each seen twice on average); () for free-text answers."""
-    if options:
-        return tuple(dict.fromkeys(answer_label(o) for o in options if o.strip()))
-    distinct = tuple(sorted({answer_label(a) for a in answers if a.strip()}))
-    if distinct and len(distinct) <= MAX_LISTED_LABELS and 2 * len(distinct) <= len(answers):
-        return distinct
-    return ()
-
-
-def is_numeric(answers: Sequence[str]) -> bool:
-    cleaned = [a.strip() for a in answers if a.strip()]
-    return bool(cleaned) and all(_NUMBER.match(a) for a in cleaned)
-
-
-def build_extraction_phrase(
-    answers: Sequence[str], *, options: Sequence[str] = (), override: str | None = None, where: str | None = None
-) -> str:
-    """The phrase that follows the reasoning. ``override`` (the suite's or the setting's) wins and must hold text;
-    numeric answers get a numeric cue; a closed label set is listed ("(True or False)", "(A, B, C or D)");
-    free text gets ``EXTRACTION_PHRASE``."""
-    if override is not None:
-        if not override.strip():
-            raise ConfigError(
-                "the extraction phrase is empty: the answer loss needs a phrase to follow the reasoning",
-                where=where,
-                hint="remove it (GReaTer then builds one from the suite) or write one, e.g. 'Therefore, the final answer is'",
-            )
-        return " " + override.strip()
-    if is_numeric(answers) and not options:
-        return NUMERIC_PHRASE
-    labels = label_set(answers, options)
-    if not labels:
-        return EXTRACTION_PHRASE
-    listed = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " or " + labels[-1]
-    return LABELLED_PHRASE.format(labels=listed)
 
 
 def label_variants(labels: Sequence[str]) -> tuple[str, ...]:
