@@ -12,12 +12,13 @@ import pytest
 
 from gradgate.core.config import load_config
 from gradgate.core.discovery import discover
+from gradgate.core.method_settings import GreaterSettings
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import ScriptedBackend
 from gradgate.models.session import Session
 from gradgate.optimizers.greater import search
 from gradgate.optimizers.greater.method import Greater
-from gradgate.optimizers.greater.settings import config_from_settings
+from gradgate.optimizers.greater.settings import GreaterConfig, config_from_settings
 from gradgate.optimizers.registry import method_class
 
 BOOL_ROWS = [
@@ -61,9 +62,52 @@ def test_greater_is_registered_and_needs_gold_answers() -> None:
 
 
 def test_unknown_settings_are_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown GReaTer setting"):
+    with pytest.raises(ConfigError, match=r"Extra inputs are not permitted") as info:
         config_from_settings({"topk": 3}, seed=0)
+    assert info.value.where == "gradgate.yaml:optimize.greater.topk" and "top_k" in (info.value.hint or "")
     assert config_from_settings({"top_k": 3}, seed=5).seed == 5
+    assert config_from_settings({"seed": 7}, seed=5).seed == 7  # its own seed, as before
+
+
+@pytest.mark.parametrize(
+    ("greater", "key"),
+    [
+        ("{topk: 3}", "topk"),
+        ("{budget_role: judge}", "budget_role"),  # internal: not a setting
+        ("{top_k: 0}", "top_k"),
+        ("{top_k: '3'}", "top_k"),  # strict: text is not a number
+        ("{steps: 0}", "steps"),
+        ("{answer_temperature: 0}", "answer_temperature"),
+        ("{fluency_weight: -0.1}", "fluency_weight"),
+        ("{past_end: loop}", "past_end"),
+        ("{span: middle}", "span"),
+        ("{accept: sometimes}", "accept"),
+        ("{preset: tpu}", "preset"),
+        ("{dtype: int8}", "dtype"),
+        ("{use_chat_template: 1}", "use_chat_template"),
+        ("{extraction_phrase: '  '}", "extraction_phrase"),
+    ],
+)
+def test_a_bad_greater_setting_is_an_exit_2_config_error_naming_the_key(tmp_path: Path, greater: str, key: str) -> None:
+    """`optimize.greater` is checked when gradgate.yaml loads, before any call, like the other methods' settings."""
+    repo = bool_repo(tmp_path, greater=greater)
+    with pytest.raises(ConfigError) as info:
+        load_config(repo)
+    assert info.value.exit_code == 2
+    assert f"gradgate.yaml: optimize.greater.{key}: " in str(info.value)
+
+
+def test_greater_settings_keep_the_defaults_and_the_presets(tmp_path: Path) -> None:
+    config, _ = load_config(bool_repo(tmp_path, greater="{}"))
+    assert config.optimize.greater == GreaterSettings()
+    cpu = config_from_settings({"preset": "cpu"}, seed=3)
+    assert cpu == GreaterConfig(seed=3, preset="cpu")  # the dataclass's defaults are the cpu preset's
+    gpu = config_from_settings(GreaterSettings(device="cuda:1"), seed=0)  # auto on a CUDA device: the gpu preset
+    assert gpu.preset == "gpu" and (gpu.max_items, gpu.max_new_tokens, gpu.batch_size, gpu.grad_batch_size) == (50, 384, 150, 10)
+    assert config_from_settings({"device": "cpu", "batch_size": 7}, seed=0).batch_size == 7
+    assert Greater({"model": "local/gemma-3-270m"}).config.model == "local/gemma-3-270m"
+    with pytest.raises(ConfigError, match=r"optimize\.greater\.max_items"):
+        Greater({"max_items": 0})  # refused when the method is built, before any call
 
 
 def test_an_api_task_model_is_refused_with_a_hint(tmp_path: Path) -> None:

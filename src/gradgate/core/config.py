@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gradgate.core.files import has_control_chars, parse_yaml, read_text, resolve_inside
-from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings
+from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings, GreaterSettings
 from gradgate.core.secrets import register_env_secret
 from gradgate.errors import ConfigError
 
@@ -186,7 +186,7 @@ class OptimizeConfig(_Strict):
     )
     gradsum: GradSumSettings = Field(default_factory=GradSumSettings, description="GRAD-SUM settings.")
     gpo: GPOSettings = Field(default_factory=GPOSettings, description="GPO settings.")
-    greater: dict[str, Any] = Field(default_factory=dict, description="GReaTer settings (see docs).")
+    greater: GreaterSettings = Field(default_factory=GreaterSettings, description="GReaTer settings.")
     demos: DemosSettings = Field(default_factory=DemosSettings, description="Demonstrations settings.")
 
 

@@ -5,6 +5,9 @@ when gradgate.yaml is loaded, before any call. Defaults follow the papers where 
 (gradgate.optimizers) read these models; they hold no settings parser of their own.
 
 `halving` and `demos` take `true` (the defaults), `false` (off) or a mapping of their own settings.
+
+GReaTer's settings that depend on the hardware default to its preset (`GREATER_PRESETS`): `cpu` fits a 2-core CPU
+step in under a minute, `gpu` is close to the paper; `auto` takes `gpu` when CUDA is present.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from gradgate.errors import ConfigError
 
@@ -21,6 +24,19 @@ Schedule = Literal["cosine", "linear", "constant"]
 OverBudget = Literal["reject", "resample"]
 ScoreScale = Literal["0-100", "0-1"]
 EmbedderChoice = Literal["auto", "minilm", "tfidf"]
+PastEnd = Literal["wrap", "extend", "grow"]
+Selection = Literal["mistakes", "loss"]
+Accept = Literal["always", "if_better"]
+Preset = Literal["auto", "cpu", "gpu"]
+SpanChoice = Literal["auto", "prefix", "suffix"]
+Dtype = Literal["float32", "float64", "bfloat16", "float16"]  # torch attribute names
+
+# GReaTer's hardware-dependent settings per preset. gpu is the paper's scale (Das et al., run_llama3_all.sh: 50
+# training items; reasoning of a few hundred tokens); a 2-core CPU cannot run that.
+GREATER_PRESETS: dict[str, dict[str, int]] = {
+    "cpu": {"max_items": 16, "max_new_tokens": 128, "batch_size": 48, "grad_batch_size": 16},
+    "gpu": {"max_items": 50, "max_new_tokens": 384, "batch_size": 150, "grad_batch_size": 10},
+}
 
 S = TypeVar("S", bound="MethodSettings")
 
@@ -102,6 +118,88 @@ class GPOSettings(MethodSettings):
     mutations: int = Field(2, ge=0, description="Mutation-library candidates added per step (0: off).")
     halving: Halving = Field(default_factory=HalvingSettings, description="Successive halving on dev (false: all on all).")
     demos: Demos = Field(None, description="true: demonstration sets on the best prompts (half the calls).")
+
+
+def _preset_note(name: str) -> str:
+    cpu, gpu = GREATER_PRESETS["cpu"][name], GREATER_PRESETS["gpu"][name]
+    return f"null: the preset's (cpu {cpu}, gpu {gpu})."
+
+
+class GreaterSettings(MethodSettings):
+    """`optimize.greater` (GReaTer, Das et al.): a local model optimizes the prompt from token gradients."""
+
+    model: str | None = Field(
+        None,
+        description="The local model that optimizes: an embedded model (local/...), a model folder or a hub id; "
+        "null: the task model, which must then be an embedded one. Another model than the task model is a transfer.",
+    )
+    preset: Preset = Field("auto", description="cpu or gpu defaults for the settings left null; auto: gpu when CUDA is present.")
+    steps: int | None = Field(
+        None, ge=1, description="null: twice the instruction's token count (every slot visited twice); the budget bounds it."
+    )
+    top_k: int = Field(40, ge=1, description="Top next tokens per item at the optimized position (paper: 40).")
+    num_intersections: int = Field(
+        6, ge=1, description="Random item subsets whose candidates are intersected, then united (paper: 6)."
+    )
+    intersection_size: int = Field(5, ge=1, description="Items per subset; fewer items give larger intersections.")
+    fluency_weight: float = Field(0.2, ge=0, description="The paper's lambda on the prompt's NLL; keeps the prompt readable.")
+    num_eval_candidates: int = Field(
+        3, ge=1, description="Candidates (best gradient) whose reasoning is regenerated and scored (paper: 3)."
+    )
+    selection: Selection = Field(
+        "mistakes", description="Rank them by teacher-forced mistake rate (paper), ties by loss; or by loss only."
+    )
+    # "if_better" measured on BBH boolean_expressions (bench/results/greater-heldout-boolean_expressions.json, 6 steps,
+    # 150 held-out items): 0.447 -> 0.533 (McNemar p 0.06) with a readable prompt; "always" drifted to "Context for
+    # Today en escript ..." (train mistakes 0.69 vs 0.56; final prompt 0.493 held-out, p 0.40).
+    accept: Accept = Field(
+        "if_better",
+        description="always: the best evaluated candidate replaces the slot (the paper's rule); "
+        "if_better: only when it beats the current instruction.",
+    )
+    answer_temperature: float = Field(0.2, gt=0, description="Divides the answer logits in the loss: sharper, as in the paper.")
+    max_items: int | None = Field(
+        None, ge=1, description="Training items used per step (paper: 50). " + _preset_note("max_items")
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Reasoning tokens; shorter reasoning is cut before the answer. " + _preset_note("max_new_tokens")
+    )
+    answer_tokens: int = Field(8, ge=1, description="Greedy tokens read after the phrase when answers are generated.")
+    past_end: PastEnd = Field(
+        "grow", description="Past the last token: wrap to 0, extend to the cap, or grow until it ends with a period."
+    )
+    max_instruction_tokens: int = Field(48, ge=1, description="extend and grow stop growing here and wrap.")
+    span: SpanChoice = Field(
+        "auto",
+        description="Which free text of the body is optimized: after the last placeholder "
+        "(suffix), before the first (prefix); auto: the suffix when it holds a letter.",
+    )
+    use_chat_template: bool = Field(True, description="Wrap the prompt as a user turn when the tokenizer has a chat template.")
+    extraction_phrase: str | None = Field(
+        None,
+        description="Follows the reasoning; the loss is on the answer after it. null: the suite's scoring.answer_phrase, "
+        "else built from the suite (its options or labels, or a numeric cue).",
+    )
+    ban_labels: bool = Field(True, description="Answer labels (True, A) never become instruction tokens: no answer leaks in.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Rows per batched generation (KV cache memory). " + _preset_note("batch_size")
+    )
+    grad_batch_size: int | None = Field(
+        None, ge=1, description="Rows per gradient pass (activation memory). " + _preset_note("grad_batch_size")
+    )
+    seed: int | None = Field(None, description="Item order and subset sampling; null: optimize.seed (or --seed).")
+    device: str | None = Field(None, description="A torch device (cpu, cuda, cuda:1); null: cuda when present, else cpu.")
+    dtype: Dtype | None = Field(None, description="null: bfloat16 on cuda, float32 on cpu.")
+
+    @field_validator("extraction_phrase")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "the answer loss needs a phrase to follow the reasoning; leave it unset (built from the suite) "
+                "or write one, e.g. 'Therefore, the final answer is'"
+            )
+        return value
 
 
 def parse_settings(model: type[S], data: Mapping[str, Any] | BaseModel | None, where: str) -> S:

@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from gradgate.core.method_settings import Dtype
 from gradgate.errors import ConfigError, UnknownModelError
 from gradgate.models.local.convert import converted_model_dir, prepare_torch_env
 from gradgate.models.local.registry import LOCAL_PREFIX, embedded_name, known_models_text
@@ -31,7 +32,7 @@ BASE_MODEL_DEFAULT_STOP: tuple[str, ...] = ("\n\n",)
 DEFAULT_ANSWER_PREFIX = "The answer is "
 
 # The dtypes a configuration may name (torch attribute names).
-DTYPE_NAMES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+DTYPE_NAMES: tuple[str, ...] = get_args(Dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """GReaTer behind the shared optimizer interface (optimizers.base): a local model optimizes the prompt.
 
-settings.py  GreaterConfig: `optimize.greater` in gradgate.yaml
+settings.py  GreaterConfig: `optimize.greater` (core.method_settings.GreaterSettings) resolved for a run
 prompts.py   the answer tail, banned label spellings, the span of the prompt that is optimized (the extraction
              phrase and answer labels: scoring.answers, shared with the scorer)
 encoding.py  text <-> token ids: items, gold answers, the resolved phrase, banned label tokens
@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+from gradgate.core.method_settings import GreaterSettings, parse_settings
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import LOCAL_PREFIX
 from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
-from gradgate.optimizers.greater.settings import config_from_settings
+from gradgate.optimizers.greater.settings import WHERE, config_from_settings
 
 
 def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
@@ -51,10 +52,13 @@ class Greater(Optimizer):
     name: ClassVar[str] = "greater"
     needs_expected: ClassVar[bool] = True
 
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.config = parse_settings(GreaterSettings, self.settings, WHERE)
+
     def _model_name(self, ctx: OptimizeContext) -> str:
-        explicit = self.settings.get("model")
-        if explicit:
-            return str(explicit)
+        if self.config.model:
+            return self.config.model
         task = ctx.gateway.spec("task").model
         if task.startswith(LOCAL_PREFIX):
             return task
@@ -65,7 +69,7 @@ class Greater(Optimizer):
         )
 
     async def optimize(self, ctx: OptimizeContext) -> None:
-        config = config_from_settings(self.settings, ctx.seed)
+        config = config_from_settings(self.config, ctx.seed)
         model_name = self._model_name(ctx)
         task_model = ctx.gateway.spec("task").model
         on = model_name if model_name == task_model else f"{model_name} (transfer to the task model {task_model})"

@@ -18,13 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from gradgate.core.method_settings import SpanChoice
 from gradgate.core.prompts import VARIABLE_RE
 from gradgate.errors import ConfigError
 from gradgate.scoring.answers import EXTRACTION_PHRASE, answer_label
-
-SpanChoice = Literal["auto", "prefix", "suffix"]
 
 # Put between the extraction phrase and the gold answer.
 ANSWER_SEPARATOR = " "

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from gradgate.core.method_settings import PastEnd
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import choose_device, eos_ids, load_causal_lm
 from gradgate.optimizers.greater.encoding import (
@@ -54,7 +55,7 @@ from gradgate.optimizers.greater.engine import (
     propose_candidates,
 )
 from gradgate.optimizers.greater.prompts import split_prompt
-from gradgate.optimizers.greater.settings import GreaterConfig, PastEnd
+from gradgate.optimizers.greater.settings import GreaterConfig
 
 log = logging.getLogger(__name__)
 
