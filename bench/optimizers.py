@@ -50,8 +50,7 @@ log = logging.getLogger("bench.optimizers")
 GRADGATE_METHODS = ("gradsum", "gpo", "greater", "demos", "portfolio")
 DSPY_METHODS = ("dspy-miprov2", "dspy-miprov2-demos", "dspy-copro", "dspy-gepa", "dspy-bootstrap-rs")
 ALL_METHODS = GRADGATE_METHODS + DSPY_METHODS
-# GReaTer is left out by default: it is being rebuilt (pass --methods with greater to include it).
-DEFAULT_METHODS = tuple(m for m in ALL_METHODS if m != "greater")
+DEFAULT_METHODS = ALL_METHODS
 PORTFOLIO = ("demos", "gradsum")  # the portfolio's members, searched in this order
 DEFAULT_BUDGET_CALLS = 180
 DEFAULT_SIZES = (40, 40, 0)  # train, dev, test; test 0: every item left after train and dev
