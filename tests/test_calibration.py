@@ -34,10 +34,10 @@ gate: {min_items: 6, batch_size: 6, max_drop: 0.05, alpha: 0.05}
 N_ITEMS = 12
 
 
-def suite(labels: list[tuple[str, str]], min_agreement: float | None = None) -> str:
-    judge = "judge: {scale: binary, criteria: 'A good release note.'" + (
-        f", min_agreement: {min_agreement}}}" if min_agreement is not None else "}"
-    )
+def suite(labels: list[tuple[str, str]], min_agreement: float | None = None, score_untrusted: bool = False) -> str:
+    judge = "judge: {scale: binary, criteria: 'A good release note.'"
+    judge += f", min_agreement: {min_agreement}" if min_agreement is not None else ""
+    judge += ", score_untrusted: true}" if score_untrusted else "}"
     rows = "".join(f"  - {{id: c{n}, vars: {{commit: 'change number {n}'}}}}\n" for n in range(N_ITEMS))
     examples = "".join(
         f"  - {{id: e{i}, item: c{i % N_ITEMS}, output: '{output}', verdict: {verdict}}}\n"
@@ -58,7 +58,14 @@ def script(spec: ModelSpec, messages: list[dict[str, str]]) -> str:
     return "junk" if "SLOPPY" in text else "a good note"
 
 
-def make_repo(root: Path, labels: list[tuple[str, str]], *, regress: bool = True, min_agreement: float | None = None) -> Path:
+def make_repo(
+    root: Path,
+    labels: list[tuple[str, str]],
+    *,
+    regress: bool = True,
+    min_agreement: float | None = None,
+    score_untrusted: bool = False,
+) -> Path:
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")
     write(
@@ -67,7 +74,7 @@ def make_repo(root: Path, labels: list[tuple[str, str]], *, regress: bool = True
             "gradgate.yaml": CONFIG,
             ".gitignore": ".gradgate/\n",
             "prompts/notes.md": prompt("notes", "Write a release note for {{commit}}"),
-            "evals/notes.yaml": suite(labels, min_agreement),
+            "evals/notes.yaml": suite(labels, min_agreement, score_untrusted),
         },
     )
     commit(root, "base")
@@ -128,8 +135,29 @@ def test_trusted_judge_lets_the_regression_fail_the_check(tmp_path: Path) -> Non
     assert "[!WARNING]" not in outcome.markdown
 
 
-def test_untrusted_judge_makes_the_verdict_inconclusive(tmp_path: Path) -> None:
+def test_untrusted_judge_decides_nothing_and_its_items_are_not_scored(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", FLIPPED)
+    env = gh_env(tmp_path)
+    backend = ScriptedBackend(script=script)
+    outcome = check(repo, tmp_path / "out", env, be=backend)
+    notes = outcome.summary.prompts[0]
+    assert outcome.verdicts == {"notes": "inconclusive"} and outcome.exit_code == 0
+    assert len(backend.calls) == 8  # the 8 labeled examples, judged once; no item scored on either side
+    assert notes.items_scored == 0 and notes.decision is None and notes.calls == 8 and not notes.infra_failure
+    assert notes.note == (
+        "inconclusive: the judge disagrees with 4 of 8 labeled examples: its 12 items were not scored, since this "
+        "judge's scores cannot decide the verdict (judge.score_untrusted: true scores them anyway)"
+    )
+    assert notes.power is not None and notes.power.n == N_ITEMS  # what the suite could detect with a trusted judge
+    report = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "> [!WARNING]\n> **The judge of `notes` disagrees with 4 of 8 labeled examples**" in report
+    # The next run asks the same judge the same questions: the response cache answers, no model call.
+    again = ScriptedBackend(script=script)
+    assert check(repo, tmp_path / "out2", {}, be=again).verdicts == {"notes": "inconclusive"} and again.calls == []
+
+
+def test_untrusted_judge_with_score_untrusted_shows_what_the_scores_say(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", FLIPPED, score_untrusted=True)
     env = gh_env(tmp_path)
     outcome = check(repo, tmp_path / "out", env, be=ScriptedBackend(script=script))
     notes = outcome.summary.prompts[0]
@@ -144,7 +172,7 @@ def test_untrusted_judge_makes_the_verdict_inconclusive(tmp_path: Path) -> None:
 
 
 def test_an_unchanged_verdict_is_also_withheld(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", FLIPPED, regress=False)
+    repo = make_repo(tmp_path / "repo", FLIPPED, regress=False, score_untrusted=True)
     outcome = check(repo, tmp_path / "out", {}, be=ScriptedBackend(script=script))
     assert outcome.verdicts == {"notes": "inconclusive"}
     assert "the scores alone say unchanged" in (outcome.summary.prompts[0].note or "")

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from gradgate.models.session import Session
 from gradgate.optimizers.gpo.prompts import build_meta_prompt
 from gradgate.optimizers.gradsum.prompts import TEMPLATES, build_messages
 from gradgate.scoring.judge import build_judge_messages, judge_output, parse_verdict
+from gradgate.scoring.judge_prompts import JUDGE_RETRY_MAX_TOKENS
 from gradgate.scoring.results import EvalResults
 
 REASONING = JudgeConfig(method="reasoning")
@@ -76,7 +78,24 @@ def test_no_verdict_line_is_retried_once_then_unjudged() -> None:
     assert len(backend.calls) == 2
     retry = backend.calls[1][1]
     assert retry[-2] == {"role": "assistant", "content": "Looks right to me: PASS."}
-    assert "ending with exactly: VERDICT: PASS" in retry[-1]["content"]
+    assert "Reply with only that line, exactly: VERDICT: PASS" in retry[-1]["content"]
+
+
+def test_the_retry_asks_for_the_verdict_line_alone_with_few_tokens() -> None:
+    """The retry's max_tokens is JUDGE_RETRY_MAX_TOKENS (the judge's own 256 would pay for a second essay)."""
+    limits: list[int] = []
+    replies = iter(["Looks right to me.", "VERDICT: PASS"])
+
+    class Recording(ScriptedBackend):
+        async def complete(self, spec: Any, messages: Any, *, max_tokens: int, **kwargs: Any) -> Any:
+            limits.append(max_tokens)
+            return await super().complete(spec, messages, max_tokens=max_tokens, **kwargs)
+
+    backend = Recording(lambda spec, messages: next(replies))
+    gateway = Gateway(ModelsConfig(), budget=BudgetTracker(BudgetConfig()), backend=backend)
+    verdict = asyncio.run(judge_output(gateway, REASONING, input_text="q", output="a"))
+    assert verdict.parsed and limits == [ModelsConfig().judge.max_tokens, JUDGE_RETRY_MAX_TOKENS]
+    assert ModelsConfig().judge.max_tokens > JUDGE_RETRY_MAX_TOKENS
 
 
 def test_the_retry_can_supply_the_verdict() -> None:
@@ -100,7 +119,7 @@ items:
 
 def judge_script(spec: object, messages: list[dict[str, str]]) -> str:
     text = last_user_text(messages)
-    if "Output to evaluate" not in text and "Reply again" not in text:
+    if "Output to evaluate" not in text and "Reply with only that line" not in text:
         return "Note: " + text.rsplit(":", 1)[-1].strip()
     if "faster search" in messages[1]["content"]:
         return "It is about search, I think it is fine."  # never a verdict line

@@ -148,6 +148,12 @@ class JudgeConfig(_Strict):
         description="Least share of a suite's labeled judge examples (`judge_examples`) the judge must agree with; "
         "below it, verdicts that rest on this judge are 'inconclusive'.",
     )
+    score_untrusted: bool = Field(
+        False,
+        description="check: score a suite's items even when its judge falls below min_agreement (the verdict stays "
+        "'inconclusive'; the report shows what the scores alone say). Off: those items are not scored, which saves "
+        "their calls.",
+    )
 
 
 class GateConfig(_Strict):

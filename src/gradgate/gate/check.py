@@ -259,21 +259,46 @@ async def _calibrate(scorer: Scorer, render_with: Prompt | None) -> JudgeCalibra
     return await calibrate_judge(scorer, prompt)
 
 
+def _skips_scoring(scorer: Scorer, calibration: JudgeCalibration | None) -> bool:
+    """An untrusted judge decides nothing: its suite's items are not scored unless judge.score_untrusted."""
+    return calibration is not None and not calibration.trusted and not scorer.judge.score_untrusted
+
+
+def _unscored_note(calibration: JudgeCalibration, items: int) -> str:
+    return (
+        f"{calibration.verdict_note()}: its {items} items were not scored, since this judge's scores cannot decide "
+        "the verdict (judge.score_untrusted: true scores them anyway)"
+    )
+
+
 async def _gate_changed(session: Session, change: PromptChange, cache: ScoreCache, prefix: str) -> PromptVerdict:
     prepared = _prepare(session, change, cache, prefix)
     if isinstance(prepared, PromptVerdict):
         return prepared
     if has_examples(prepared.head.scorer):
         validate_examples(prepared.head.scorer)  # a bad reference is exit 2, before any call
-    calibration_task = asyncio.ensure_future(_calibrate(prepared.head.scorer, prepared.base.target.prompt))
-    try:
-        run = await _sequential(session, prepared)
-        calibration = await calibration_task
-    finally:
-        if not calibration_task.done():
-            calibration_task.cancel()
-            await asyncio.gather(calibration_task, return_exceptions=True)
+    # The judge first (its calls are cached between runs like any other): an untrusted one decides nothing.
+    calibration = await _calibrate(prepared.head.scorer, prepared.base.target.prompt)
+    if _skips_scoring(prepared.head.scorer, calibration):
+        assert calibration is not None
+        return _unscored(session, prepared, calibration)
+    run = await _sequential(session, prepared)
     return _verdict(session, prepared, run, calibration)
+
+
+def _unscored(session: Session, pairing: _Pairing, calibration: JudgeCalibration) -> PromptVerdict:
+    end, start, gate = _usage(session.budget), pairing.start, session.config.gate
+    return PromptVerdict(
+        verdict="inconclusive",
+        calls=end.calls - start.calls,
+        cached_calls=end.cached - start.cached,
+        cost_usd=end.cost - start.cost,
+        note=_unscored_note(calibration, len(pairing.items)),
+        infra_failure=calibration.incomplete is not None,  # the budget ran out while judging the examples
+        power=detectable(len(pairing.items), gate, binary=gate.repeats == 1),
+        judge=calibration,
+        **pairing.common,
+    )
 
 
 def _verdict(session: Session, pairing: _Pairing, run: _Run, calibration: JudgeCalibration | None) -> PromptVerdict:
@@ -331,10 +356,16 @@ async def _score_new(session: Session, change: PromptChange, cache: ScoreCache, 
     side = Side.open(session, change.head, cache)
     if has_examples(side.scorer):
         validate_examples(side.scorer)
-    _, calibration = await asyncio.gather(side.score(items, session.config.gate.repeats), _calibrate(side.scorer, None))
+    calibration = await _calibrate(side.scorer, None)
+    unscored = _skips_scoring(side.scorer, calibration)
+    if not unscored:
+        await side.score(items, session.config.gate.repeats)
     end = _usage(session.budget)
     scores = side.scores
     note = None if not side.missing else f"the budget ran out after {len(scores)} of {len(items)} items"
+    if unscored:
+        assert calibration is not None
+        note = _unscored_note(calibration, len(items))
     binary = is_binary([s.mean for s in scores.values()])
     return PromptVerdict(
         prompt_id=change.prompt_id,

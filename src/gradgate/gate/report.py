@@ -46,8 +46,9 @@ rate stays within alpha (union bound). The run stops at the first look with a ve
 inconclusive. Only **regressed** fails the check (exit 1).
 
 **The judge.** When a suite carries labeled judge examples (`judge_examples:` in the suite), the judge
-judges them too; if it agrees with fewer than `judge.min_agreement` of them, a verdict that rests on it is
-**inconclusive**, whatever the scores say.
+judges them first; if it agrees with fewer than `judge.min_agreement` of them, a verdict that rests on it is
+**inconclusive**, whatever the scores say, and the suite's items are not scored (`judge.score_untrusted`
+scores them anyway, to show what the scores alone say).
 
 **What a suite can detect.** Each verdict states the smallest drop of the mean score the gate can flag on
 that suite: for binary scores exactly (k of n discordant pairs all going one way, the McNemar p-value below
@@ -252,7 +253,7 @@ def _alerts(summary: CheckSummary) -> list[str]:
             lines += [
                 f"> [!WARNING]\n> **The judge of `{p.prompt_id}` disagrees with {p.judge.disagree} of {p.judge.n} labeled "
                 f"examples** (agreement {p.judge.accuracy:.2f}, min_agreement {p.judge.min_agreement:g}): its verdicts "
-                "are inconclusive until the judge (model or criteria) agrees with the labels.",
+                "are inconclusive until the judge (model, method or criteria) agrees with the labels.",
                 "",
             ]
     return lines

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SCORE_CACHE_VERSION = 2
 SCORE_CACHE_DIR = "gate-scores"
+UNSCORED_JUDGE_KEYS = ("min_agreement", "score_untrusted")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class ScoreCache:
     @staticmethod
     def key(target: Target, config: Config) -> str:
         sections = {k: v for k, v in config_sections(config).items() if k != "gate"}
-        sections["judge"] = {k: v for k, v in sections["judge"].items() if k != "min_agreement"}
+        # Whether the judge is trusted does not change a score.
+        sections["judge"] = {k: v for k, v in sections["judge"].items() if k not in UNSCORED_JUDGE_KEYS}
         return digest(
             {
                 "v": SCORE_CACHE_VERSION,

@@ -4,9 +4,9 @@ The input, the output under judgment and the reference are fenced between marker
 (`gradgate.core.fence`), and the judge is told that anything inside is data, so an output cannot
 instruct its own judge. The verdict is read from the reply's final non-empty line only, in the required
 form (`VERDICT: PASS`, `SCORE: 7`): a judge that quotes a verdict from the output in its reasoning is
-not misread. A reply without that line is retried once with a reminder; if the second reply lacks it
-too, the item is *unjudged* (`Judgement.parsed` is False): the scorer leaves it out of every mean and
-counts it, never guessing a verdict.
+not misread. A reply without that line is retried once with a reminder that asks for the line alone (a
+few tokens); if the second reply lacks it too, the item is *unjudged* (`Judgement.parsed` is False): the
+scorer leaves it out of every mean and counts it, never guessing a verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gradgate.models.gateway import Gateway
 from gradgate.scoring.judge_prompts import (
     INPUT_LABEL,
     JUDGE_RETRY,
+    JUDGE_RETRY_MAX_TOKENS,
     JUDGE_SYSTEM,
     JUDGE_TEMPLATE,
     LOGLIK_ENDING,
@@ -122,7 +123,8 @@ async def judge_output(
             {"role": "assistant", "content": reply.text},
             {"role": "user", "content": JUDGE_RETRY.format(verdict_format=VERDICT_FORMATS[config.scale])},
         ]
-        second = await gateway.complete("judge", retry, sample=sample)
+        max_tokens = min(JUDGE_RETRY_MAX_TOKENS, gateway.spec("judge").max_tokens)
+        second = await gateway.complete("judge", retry, sample=sample, max_tokens=max_tokens)
         text = f"{reply.text.strip()}\n\n(asked again for the verdict line)\n{second.text.strip()}"
         parsed = parse_verdict(second.text, config.scale)
     if parsed is None:

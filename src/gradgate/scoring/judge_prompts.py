@@ -40,7 +40,9 @@ VERDICT_FORMATS = {
     "1-10": "SCORE: N  (N is a whole number from 1, worst, to 10, best)",
 }
 
-JUDGE_RETRY = "Your reply did not end with the required final line. Reply again, ending with exactly: {verdict_format}"
+JUDGE_RETRY = "Your reply did not end with the required final line. Reply with only that line, exactly: {verdict_format}"
+# The retry asks for the verdict line alone: this many tokens hold it (and keep a rambling judge cheap).
+JUDGE_RETRY_MAX_TOKENS = 24
 
 # Log-likelihood judging: the model is not asked to write; these verdicts are ranked after this question.
 VERDICT_OPTIONS = {"binary": ["PASS", "FAIL"], "1-10": [str(n) for n in range(1, 11)]}
