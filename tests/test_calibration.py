@@ -20,7 +20,7 @@ from gradgate.core.stats import agreement, cohen_kappa
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.models.session import Session
-from gradgate.scoring.calibration import calibrate_judge
+from gradgate.scoring.calibration import calibrate_judge, cannot_reach
 from gradgate.scoring.scorer import Scorer
 from tests.test_changes import commit, git, prompt, write
 from tests.test_gate import check, gh_env
@@ -123,6 +123,24 @@ def test_calibrate_judge_on_labeled_examples(tmp_path: Path, labels: list[tuple[
         assert calibration.kappa == pytest.approx(0.0)
         assert calibration.verdict_note() == "inconclusive: the judge disagrees with 4 of 8 labeled examples"
         assert {e.id for e in calibration.examples if e.label != e.judged} == {"e4", "e5", "e6", "e7"}
+
+
+def test_calibration_stops_once_the_judge_cannot_reach_min_agreement(tmp_path: Path) -> None:
+    """Waves of models.concurrency (4 here): 4 disagreements of 8 leave at most 4/8 < 0.8, so the second wave is
+    never sent; the next run judges the same examples (no timing in it) and the cache answers them."""
+    wrong = [("a good note", "fail"), ("junk", "pass")] * 4
+    repo = make_repo(tmp_path / "repo", wrong)
+    config, _ = load_config(repo)
+    backend = ScriptedBackend(script=script)
+    session = Session.open(repo, config, backend=backend)
+    calibration = asyncio.run(calibrate_judge(Scorer(session.gateway, config, discover(repo, config)[0])))
+    assert calibration is not None and len(backend.calls) == 4
+    assert (calibration.n, calibration.agree, calibration.not_needed, calibration.trusted) == (4, 0, 4, False)
+    assert calibration.incomplete is None
+    assert "4 more not judged: even agreeing on all of them, it could not reach min_agreement 0.8" in calibration.summary()
+    assert [e.id for e in calibration.examples] == ["e0", "e1", "e2", "e3"]
+    assert cannot_reach(2, 8, 0.8) and not cannot_reach(1, 8, 0.8) and not cannot_reach(4, 8, 0.5)
+    assert not cannot_reach(8, 8, 0.0)  # min_agreement 0: every judge is trusted
 
 
 def test_trusted_judge_lets_the_regression_fail_the_check(tmp_path: Path) -> None:
@@ -228,7 +246,7 @@ def test_an_example_the_judge_gives_no_verdict_for_is_a_disagreement(tmp_path: P
         reply = script(spec, messages)
         return "I cannot say." if "VERDICT: FAIL" in reply else reply  # no verdict line, even when asked again
 
-    repo = make_repo(tmp_path / "repo", AGREEING)
+    repo = make_repo(tmp_path / "repo", AGREEING, min_agreement=0.6)  # reachable until the last wave is in
     config, _ = load_config(repo)
     session = Session.open(repo, config, backend=ScriptedBackend(script=mute_on_junk))
     calibration = asyncio.run(calibrate_judge(Scorer(session.gateway, config, discover(repo, config)[0])))

@@ -10,6 +10,11 @@ input it sees is the example's `input:` verbatim, or the prompt rendered with th
 gives no verdict for counts as a disagreement): accuracy with its
 Wilson interval and Cohen's kappa with a bootstrap interval (`gradgate.core.stats.agreement`). Below
 `judge.min_agreement` (accuracy) the judge is not trusted.
+
+The examples are judged in waves of `models.concurrency`, in file order; once the disagreements alone put
+`min_agreement` out of reach (even if every example left agreed), the rest are not judged: the judge is not
+trusted either way, and an untrusted judge's suite is not scored (`gradgate.gate.check`), so those calls
+would buy nothing. Waves keep the result deterministic: the same examples are judged on every run.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class JudgeCalibration:
     min_agreement: float
     examples: tuple[ExampleVerdict, ...] = ()
     incomplete: str | None = None  # why some examples were not judged (the budget ran out)
+    not_needed: int = 0  # examples left unjudged: the disagreements had already settled "not trusted"
 
     @property
     def disagree(self) -> int:
@@ -58,7 +64,7 @@ class JudgeCalibration:
 
     @property
     def trusted(self) -> bool:
-        return self.incomplete is None and self.accuracy >= self.min_agreement
+        return self.incomplete is None and not self.not_needed and self.accuracy >= self.min_agreement
 
     def summary(self) -> str:
         text = (
@@ -70,6 +76,11 @@ class JudgeCalibration:
         text += f"; min_agreement {self.min_agreement:g})"
         if self.unjudged:
             text += f"; {self.unjudged} got no verdict from the judge (counted as disagreements)"
+        if self.not_needed:
+            text += (
+                f"; {self.not_needed} more not judged: even agreeing on all of them, it could not reach "
+                f"min_agreement {self.min_agreement:g}"
+            )
         if self.incomplete:
             text += f"; incomplete: {self.incomplete}"
         return text
@@ -132,7 +143,7 @@ async def calibrate_judge(scorer: Scorer, prompt: Prompt | None = None) -> Judge
     """Judge the suite's labeled examples with the scorer's judge; None when there are none (or no judge).
 
     `prompt` renders the inputs (default: the scorer's own). Examples the budget cut short are left out and
-    the calibration is marked incomplete (so it is not trusted)."""
+    the calibration is marked incomplete (so it is not trusted); so are those not needed (module docstring)."""
     if not has_examples(scorer):
         return None
     judge = scorer.judge
@@ -149,9 +160,16 @@ async def calibrate_judge(scorer: Scorer, prompt: Prompt | None = None) -> Judge
             return ExampleVerdict(example.id, example.label, not example.label, verdict.raw)
         return ExampleVerdict(example.id, example.label, verdict.score >= judge.pass_threshold, verdict.raw)
 
-    results = await asyncio.gather(*(one(e) for e in prepared))
+    results: list[ExampleVerdict | str] = []
+    wave = scorer.gateway.models.concurrency
+    for start in range(0, len(prepared), wave):
+        results += await asyncio.gather(*(one(e) for e in prepared[start : start + wave]))
+        disagree = sum(1 for r in results if isinstance(r, ExampleVerdict) and r.label != r.judged)
+        if any(isinstance(r, str) for r in results) or cannot_reach(disagree, len(prepared), judge.min_agreement):
+            break
     done = [r for r in results if isinstance(r, ExampleVerdict)]
-    missing = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, str)]  # what the budget said
+    left = len(prepared) - len(results)
     stats = agreement([int(r.label) for r in done], [int(r.judged) for r in done])
     return JudgeCalibration(
         n=stats.n,
@@ -164,8 +182,14 @@ async def calibrate_judge(scorer: Scorer, prompt: Prompt | None = None) -> Judge
         kappa_high=stats.kappa_high,
         min_agreement=judge.min_agreement,
         examples=tuple(done),
-        incomplete=f"{len(missing)} of {len(prepared)} examples not judged: {missing[0]}" if missing else None,
+        incomplete=f"{len(refused) + left} of {len(prepared)} examples not judged: {refused[0]}" if refused else None,
+        not_needed=0 if refused else left,
     )
+
+
+def cannot_reach(disagree: int, total: int, min_agreement: float) -> bool:
+    """True once `disagree` disagreements out of `total` examples keep the accuracy below min_agreement."""
+    return (total - disagree) < min_agreement * total
 
 
 def validate_examples(scorer: Scorer, prompt: Prompt | None = None) -> None:

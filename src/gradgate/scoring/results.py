@@ -66,6 +66,7 @@ class JudgeAgreementOut(BaseModel):
     min_agreement: float
     trusted: bool = Field(description="accuracy >= min_agreement (else check's verdicts on this suite are inconclusive).")
     disagreements: list[str] = Field(description="Ids of the examples the judge got wrong.")
+    not_needed: int = Field(0, description="Examples not judged: the disagreements had already settled 'not trusted'.")
     summary: str
 
 
@@ -133,6 +134,7 @@ def agreement_out(c: JudgeCalibration) -> JudgeAgreementOut:
         min_agreement=c.min_agreement,
         trusted=c.trusted,
         disagreements=[e.id for e in c.examples if e.label != e.judged],
+        not_needed=c.not_needed,
         summary=c.summary(),
     )
 
