@@ -69,8 +69,10 @@ TOPIC_WORDS = {"a payment": "payment", "a technical problem": "technical", "a de
 NOTE = (
     "promptfoo scores only the head versions (one pass over every test) and decides nothing; gradgate scores base "
     "and head on paired items (at the same time), stops each prompt once its verdict is settled, and judges the "
-    "suite's labeled judge examples. LLM calls are counted from the server's access log (llm-rubric grading "
-    "calls included for promptfoo; judge, judge retries and judge-calibration calls for gradgate)."
+    "suite's labeled judge examples first: a suite whose judge falls below judge.min_agreement is not scored (its "
+    "verdict is inconclusive whatever the scores), where promptfoo grades it anyway. LLM calls are counted from "
+    "the server's access log (llm-rubric grading calls included for promptfoo; judge, judge retries and "
+    "judge-calibration calls for gradgate)."
 )
 GATE_RUNNER = """
 import json, sys, time
