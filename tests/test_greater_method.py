@@ -20,6 +20,7 @@ from gradgate.optimizers.greater import search
 from gradgate.optimizers.greater.method import Greater
 from gradgate.optimizers.greater.settings import GreaterConfig, config_from_settings
 from gradgate.optimizers.registry import method_class
+from gradgate.optimizers.runner import run_optimization
 
 BOOL_ROWS = [
     ("True and False", "False"),
@@ -170,10 +171,56 @@ def test_a_search_the_budget_stops_is_reported_as_stopped_by_the_budget(tmp_path
     assert result.best.origin == "initial"
 
 
+def _loglik_bool_repo(root: Path, monkeypatch: pytest.MonkeyPatch, scoring: str) -> tuple[Path, list[GreaterConfig], list[str]]:
+    """The boolean repo with a loglik suite; GReaTer's search records its config and the phrase it trained on."""
+    configs: list[GreaterConfig] = []
+    phrases: list[str] = []
+    real_run = search.GreaterSearch.run
+
+    def run_and_keep(self: search.GreaterSearch, **kwargs: Any) -> search.GreaterResult:
+        configs.append(self.config)
+        result = real_run(self, **kwargs)
+        phrases.append(result.config["extraction_phrase"])
+        return result
+
+    monkeypatch.setattr(search.GreaterSearch, "run", run_and_keep)
+    settings = "{steps: 1, max_items: 4, num_intersections: 2, intersection_size: 2, top_k: 8, device: cpu}"
+    repo = bool_repo(root, greater=settings)
+    rows = "".join(f"  - {{id: e{i}, vars: {{expr: '{e}'}}, expected: '{a}'}}\n" for i, (e, a) in enumerate(BOOL_ROWS))
+    (repo / "evals" / "bool.jsonl").unlink()
+    (repo / "evals" / "bool.yaml").write_text(f"scoring: {{{scoring}}}\nitems:\n{rows}")
+    return repo, configs, phrases
+
+
+def _optimize(repo: Path, out: Path) -> None:
+    config, _ = load_config(repo)
+    session = Session.open(repo, config)
+    asyncio.run(run_optimization(session, discover(repo, config)[0], "greater", out_dir=out, seed=0))
+
+
+def test_a_loglik_suite_scored_without_reasoning_trains_without_reasoning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dev and test rank the options right after the prompt ("The answer is" + option), so GReaTer's loss reads the
+    gold answer at that same place: no rollouts, the scorer's answer prefix as the phrase."""
+    repo, configs, phrases = _loglik_bool_repo(tmp_path / "repo", monkeypatch, "mode: loglik, options: ['False', 'True']")
+    _optimize(repo, tmp_path / "out")
+    assert configs[0].max_new_tokens == 0 and phrases[0] == "The answer is"  # the runtime's answer prefix
+
+
+@pytest.mark.slow
+def test_a_loglik_suite_scored_after_reasoning_trains_after_reasoning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With scoring.reasoning_tokens the suite is scored after the task model's reasoning: GReaTer reasons too (the
+    preset's length) and reads the answer after the suite's extraction phrase."""
+    scoring = "mode: loglik, reasoning_tokens: 8, options: ['False', 'True']"
+    repo, configs, phrases = _loglik_bool_repo(tmp_path / "repo", monkeypatch, scoring)
+    _optimize(repo, tmp_path / "out")
+    assert configs[0].max_new_tokens == GreaterConfig().max_new_tokens > 0
+    assert phrases[0] == " Therefore, the final answer (False or True) is"
+
+
 @pytest.mark.slow
 def test_one_real_greater_run_through_the_runner(tmp_path: Path) -> None:
-    from gradgate.optimizers.runner import run_optimization
-
     repo = bool_repo(tmp_path / "repo")
     config, _ = load_config(repo)
     session = Session.open(repo, config)

@@ -162,7 +162,11 @@ class GreaterSettings(MethodSettings):
         None, ge=1, description="Training items used per step (paper: 50). " + _preset_note("max_items")
     )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Reasoning tokens; shorter reasoning is cut before the answer. " + _preset_note("max_new_tokens")
+        None,
+        ge=0,
+        description="Reasoning tokens; shorter reasoning is cut before the answer. 0: no reasoning, the answer follows "
+        "the prompt directly (the default for a loglik suite without scoring.reasoning_tokens, which is scored that "
+        "way). " + _preset_note("max_new_tokens"),
     )
     answer_tokens: int = Field(8, ge=1, description="Greedy tokens read after the phrase when answers are generated.")
     past_end: PastEnd = Field(

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from gradgate.core.prompts import render_template
 from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine
-from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, label_variants
+from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, direct_phrase, label_variants
 from gradgate.optimizers.greater.settings import WHERE, GreaterConfig
 from gradgate.scoring.answers import build_extraction_phrase, label_set
 
@@ -34,8 +34,11 @@ class AnswerSpec:
 
 
 def resolve_phrase(config: GreaterConfig, answers: Sequence[str], spec: AnswerSpec) -> tuple[str, tuple[str, ...]]:
-    """(extraction phrase, answer labels): the setting's phrase, else the suite's, else one built from the answers."""
-    if config.extraction_phrase is not None:
+    """(extraction phrase, answer labels): the setting's phrase, else the suite's, else one built from the answers.
+    With no reasoning (max_new_tokens 0) the phrase is the one the scorer ranks a loglik suite's options after."""
+    if config.extraction_phrase is None and config.max_new_tokens == 0:
+        phrase = direct_phrase(spec.phrase)
+    elif config.extraction_phrase is not None:
         phrase = build_extraction_phrase(answers, override=config.extraction_phrase, where=f"{WHERE}.extraction_phrase")
     else:
         phrase = build_extraction_phrase(answers, options=spec.options, override=spec.phrase, where=spec.where)

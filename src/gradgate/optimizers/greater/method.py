@@ -34,6 +34,12 @@ def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
     )
 
 
+def ranks_without_reasoning(ctx: OptimizeContext) -> bool:
+    """A loglik suite without `scoring.reasoning_tokens` is scored on the answer right after the prompt."""
+    scoring = ctx.target.suite.spec.scoring
+    return scoring.mode == "loglik" and scoring.reasoning_tokens is None
+
+
 class Greater(Optimizer):
     """GReaTer behind the shared interface: a local model optimizes the prompt from token gradients.
 
@@ -47,6 +53,9 @@ class Greater(Optimizer):
     greedily first, then the options are ranked as the answer after its reasoning and the same extraction phrase
     (scoring.answers builds it for both). Set it to `max_new_tokens` (128 on CPU) to match the training rollouts;
     an `optimize.greater.extraction_phrase` override is not seen by the scorer (use `scoring.answer_phrase`).
+    A loglik suite without it ranks the options right after the prompt, so there GReaTer trains the same way by
+    default: no reasoning (`max_new_tokens` 0) and the scorer's answer prefix as the phrase. Optimizing the answer
+    after a reasoning the scorer never produces would chase a quantity dev and test do not measure.
     """
 
     name: ClassVar[str] = "greater"
@@ -70,6 +79,8 @@ class Greater(Optimizer):
 
     async def optimize(self, ctx: OptimizeContext) -> None:
         config = config_from_settings(self.config, ctx.seed)
+        if self.config.max_new_tokens is None and ranks_without_reasoning(ctx):
+            config.max_new_tokens = 0  # train on what dev and test score (class docstring)
         model_name = self._model_name(ctx)
         task_model = ctx.gateway.spec("task").model
         on = model_name if model_name == task_model else f"{model_name} (transfer to the task model {task_model})"

@@ -1,7 +1,8 @@
 """Texts GReaTer puts in front of the model, and how a prompt body is cut around the text it optimizes.
 
 GReaTer sends no instructions to a large model: the only model-facing texts are the phrase that asks the optimized
-model for its final answer after its own reasoning, and the instruction used when a prompt has none to optimize.
+model for its final answer after its own reasoning (or, with no reasoning, the scorer's answer prefix), and the
+instruction used when a prompt has none to optimize.
 
 The extraction phrase is built from the suite (gradgate.scoring.answers, shared with the scorer, which ranks a loglik
 suite's options after it when the suite sets `scoring.reasoning_tokens`). Option labels such as "(A)" are answered as
@@ -22,10 +23,15 @@ from dataclasses import dataclass
 from gradgate.core.method_settings import SpanChoice
 from gradgate.core.prompts import VARIABLE_RE
 from gradgate.errors import ConfigError
+from gradgate.models.local.runtime import DEFAULT_ANSWER_PREFIX
 from gradgate.scoring.answers import EXTRACTION_PHRASE, answer_label
 
 # Put between the extraction phrase and the gold answer.
 ANSWER_SEPARATOR = " "
+
+# With no reasoning (max_new_tokens 0) the answer follows the prompt as the embedded runtime ranks a loglik suite's
+# options: the assistant turn opens with its answer prefix, then the suite's answer phrase if any, then the option.
+DIRECT_PHRASE = DEFAULT_ANSWER_PREFIX.rstrip()
 
 # Used when the prompt body has no free text to optimize (e.g. a body that is only "{{question}}").
 SEED_INSTRUCTION = "Let's think step by step."
@@ -37,6 +43,11 @@ _HAS_LETTER = re.compile(r"[A-Za-z]")
 def build_answer_tail(gold: str, *, phrase: str = EXTRACTION_PHRASE) -> tuple[str, str]:
     """(phrase, answer text) that follow the reasoning; the loss is taken on the answer text only."""
     return phrase, ANSWER_SEPARATOR + answer_label(gold)
+
+
+def direct_phrase(suite_phrase: str | None) -> str:
+    """The text before the answer when the model does not reason: the scorer's, so train and dev read one sequence."""
+    return DIRECT_PHRASE + (" " + suite_phrase.strip() if suite_phrase and suite_phrase.strip() else "")
 
 
 def label_variants(labels: Sequence[str]) -> tuple[str, ...]:
