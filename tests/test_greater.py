@@ -458,3 +458,25 @@ def test_one_real_step_on_smollm2(smol_model: Any) -> None:
     assert step.candidates[0].score == pytest.approx(result.initial_score)
     assert sum(c.score is not None for c in step.candidates) == 1 + min(2, len(step.candidates) - 1)
     assert all(math.isfinite(c.gradient) for c in step.candidates)
+
+
+def test_with_known_labels_an_answer_is_right_when_the_gold_label_wins_among_them() -> None:
+    """A loglik suite ranks its options: the teacher-forced mistake rate asks the same question (the gold label's
+    first token beats the other labels'), not whether it is the argmax of the whole vocabulary. Also: with
+    max_new_tokens 0 there is no reasoning, the answer follows the prompt (GReaTer on a suite scored that way)."""
+    model = tiny_llama()
+    labels = (40, 41)
+    items = [EncodedItem(before=(5 + i, 6, 7), after=(8, 9 + i), gold=(labels[i % 2],)) for i in range(8)]
+    instruction = (20, 21)
+    plain = engine_for(model, max_new_tokens=0)
+    ranked = GreaterEngine(model, plain.config, pad_id=0, eos_ids=[1], phrase_ids=[11, 12, 13], label_ids=labels)
+    by_vocab, by_label = plain.rollout([instruction], items)[0], ranked.rollout([instruction], items)[0]
+    assert by_vocab.reasoning == by_label.reasoning == [()] * len(items)
+    assert torch.equal(by_vocab.answer_loss, by_label.answer_loss)  # the loss is the same cross-entropy
+    for b, it in enumerate(items):
+        seq = list(it.before) + list(instruction) + list(it.after) + [11, 12, 13]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seq])).logits[0, -1]  # (V,) the answer's first token
+        assert bool(by_label.correct[b]) == (labels[int(logits[list(labels)].argmax())] == it.gold[0])
+        assert bool(by_vocab.correct[b]) == (int(logits.argmax()) == it.gold[0])
+    assert 0 < by_label.accuracy < 1 and by_label.accuracy > by_vocab.accuracy

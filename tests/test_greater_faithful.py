@@ -22,7 +22,7 @@ from gradgate.errors import ConfigError  # noqa: E402
 from gradgate.models.scripted import ScriptedBackend  # noqa: E402
 from gradgate.models.session import Session  # noqa: E402
 from gradgate.optimizers.greater import search  # noqa: E402
-from gradgate.optimizers.greater.encoding import AnswerSpec, Problem, banned_ids, resolve_phrase  # noqa: E402
+from gradgate.optimizers.greater.encoding import AnswerSpec, Problem, banned_ids, first_label_ids, resolve_phrase  # noqa: E402
 from gradgate.optimizers.greater.engine import Rollout, propose_candidates  # noqa: E402
 from gradgate.optimizers.greater.prompts import build_answer_tail  # noqa: E402
 from gradgate.optimizers.greater.search import GreaterSearch, advance_position  # noqa: E402
@@ -177,6 +177,22 @@ def test_banned_ids_cover_the_label_spellings(smol_tokenizer: Any) -> None:
         if len(ids) == 1:
             assert ids[0] in banned
     assert tok(" the", add_special_tokens=False)["input_ids"][0] not in banned
+
+
+@needs_smol
+def test_first_label_ids_are_the_labels_first_tokens_when_they_differ(smol_tokenizer: Any) -> None:
+    tok = smol_tokenizer
+    first = first_label_ids(tok, ["False", "True"])
+    assert first == (
+        tok(" False", add_special_tokens=False)["input_ids"][0],
+        tok(" True", add_special_tokens=False)["input_ids"][0],
+    )
+    assert first_label_ids(tok, ["(A)", "(B)"]) == (
+        tok(" A", add_special_tokens=False)["input_ids"][0],
+        tok(" B", add_special_tokens=False)["input_ids"][0],
+    )
+    assert first_label_ids(tok, ["yes"]) == ()  # one label: nothing to rank
+    assert first_label_ids(tok, ["New York", "New Delhi"]) == ()  # the same first token: checked token by token
 
 
 # ---------------------------------------------------------------------------------------------------------------

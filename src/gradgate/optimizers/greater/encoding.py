@@ -45,6 +45,18 @@ def resolve_phrase(config: GreaterConfig, answers: Sequence[str], spec: AnswerSp
     return phrase, label_set(answers, spec.options)
 
 
+def first_label_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, ...]:
+    """The first token of each label as it follows the phrase (" True"), when the labels' first tokens all differ;
+    else () (the answers are then checked token by token)."""
+    firsts = []
+    for label in labels:
+        ids = tokenizer(build_answer_tail(label, phrase="")[1], add_special_tokens=False)["input_ids"]
+        if not ids:
+            return ()
+        firsts.append(int(ids[0]))
+    return tuple(firsts) if len(set(firsts)) == len(firsts) > 1 else ()
+
+
 def banned_ids(tokenizer: Any, labels: Sequence[str]) -> frozenset[int]:
     """Token ids that spell an answer label on their own (" True", "False", " A"): never instruction tokens."""
     out: set[int] = set()

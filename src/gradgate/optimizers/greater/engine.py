@@ -52,7 +52,7 @@ class Rollout:
     reasoning: list[tuple[int, ...]]  # greedy reasoning per item (no EOS)
     answer_loss: Tensor  # (N,) mean CE over gold tokens, logits / answer_temperature
     fluency: Tensor  # (N,) mean NLL of the instruction tokens
-    correct: Tensor  # (N,) bool: greedy decoding after the phrase reproduces the gold tokens
+    correct: Tensor  # (N,) bool: the gold answer wins after the phrase (among the labels when they are known)
     topk: list[Tensor]  # N x (L+1, k): next-token ids predicted at instruction slot i (slot L extends)
     answers: list[str] = field(default_factory=list)  # generated answer text (generate_answers mode only)
     score: float = math.inf  # mean answer loss + fluency_weight * mean fluency
@@ -63,7 +63,7 @@ class Rollout:
 
     @property
     def mistake_rate(self) -> float:
-        """Share of items whose teacher-forced greedy answer misses a gold token (the paper's selection criterion)."""
+        """Share of items whose teacher-forced answer is wrong (the paper's selection criterion; see _score_gold)."""
         return 1.0 - self.accuracy
 
 
@@ -182,6 +182,7 @@ class GreaterEngine:
         phrase_ids: Sequence[int],
         meter: Meter | None = None,
         decode: Callable[[Sequence[int]], str] | None = None,
+        label_ids: Sequence[int] = (),
     ) -> None:
         self.model, self.config = model, config
         self.base = getattr(model, model.base_model_prefix)  # decoder stack without lm_head
@@ -194,6 +195,8 @@ class GreaterEngine:
         self.phrase = tuple(phrase_ids)
         self.meter = meter or Meter(None, config.budget_role)
         self.decode = decode
+        # First token of each answer label (" True", " False"), all distinct; empty when the labels are not known.
+        self.label_ids = torch.tensor(list(label_ids), dtype=torch.long, device=self.device)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) in at least float32, as the CausalLM head computes them (Gemma's soft-capping)."""
@@ -327,7 +330,12 @@ class GreaterEngine:
         return out.last_hidden_state, mask, out.past_key_values
 
     def _score_gold(self, tail_hidden: Tensor, items: Sequence[EncodedItem]) -> tuple[list[float], list[bool]]:
-        """Per row: CE of the gold tokens after the phrase (logits / answer_temperature), and an exact greedy match."""
+        """Per row: CE of the gold tokens after the phrase (logits / answer_temperature), and whether it is right.
+
+        Right: with a closed label set (``label_ids``), the gold label's first token beats the other labels' (the
+        choice the loglik scorer makes on dev and test); else greedy decoding reproduces every gold token. Over the
+        whole vocabulary a small model often prefers a filler (" correct", " a") to any label, so the argmax would
+        count answers the scorer gets right as mistakes."""
         P = len(self.phrase)
         answer_loss = [math.nan] * len(items)
         correct = [False] * len(items)
@@ -337,7 +345,10 @@ class GreaterEngine:
             logits = self.logits(tail_hidden[b, P - 1 : P - 1 + len(it.gold)])  # (G, V) predicts gold
             gold = torch.tensor(it.gold, device=self.device)
             answer_loss[b] = float(F.cross_entropy(logits / self.config.answer_temperature, gold))
-            correct[b] = bool((logits.argmax(-1) == gold).all())
+            if len(self.label_ids) and bool((self.label_ids == gold[0]).any()):
+                correct[b] = bool(self.label_ids[logits[0, self.label_ids].argmax()] == gold[0])
+            else:
+                correct[b] = bool((logits.argmax(-1) == gold).all())
         return answer_loss, correct
 
     def _greedy(

@@ -44,6 +44,7 @@ from gradgate.optimizers.greater.encoding import (
     Problem,
     banned_ids,
     encode_items,
+    first_label_ids,
     resolve_phrase,
 )
 from gradgate.optimizers.greater.engine import (
@@ -197,7 +198,7 @@ class GreaterSearch:
             self._loaded[model_name] = (model, tokenizer)
         return self._loaded[model_name]
 
-    def make_engine(self, model: Any, tokenizer: Any, meter: Meter, phrase: str) -> GreaterEngine:
+    def make_engine(self, model: Any, tokenizer: Any, meter: Meter, phrase: str, labels: Sequence[str] = ()) -> GreaterEngine:
         eos = eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
         phrase_ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
@@ -211,6 +212,7 @@ class GreaterSearch:
             phrase_ids=phrase_ids,
             meter=meter,
             decode=lambda t: tokenizer.decode(list(t), skip_special_tokens=True),
+            label_ids=first_label_ids(tokenizer, labels),
         )
 
     def run(
@@ -293,7 +295,8 @@ class GreaterSearch:
             golds = [str(it.expected) for it in items if it.expected is not None and str(it.expected).strip()]
         phrase, labels = resolve_phrase(cfg, golds, answers)
         model, tokenizer = self.load(model_name)
-        engine = self.make_engine(model, tokenizer, meter, phrase)
+        # A suite with options ranks them (loglik): an answer is right when the gold one wins among them.
+        engine = self.make_engine(model, tokenizer, meter, phrase, labels if answers.options else ())
         encoded = encode_items(tokenizer, split, items, use_chat_template=cfg.use_chat_template)
         banned = banned_ids(tokenizer, labels) if cfg.ban_labels else frozenset()
         return Problem(engine, tokenizer, split, encoded, WordFilter(tokenizer), banned, phrase, labels)
