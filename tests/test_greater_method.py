@@ -232,3 +232,24 @@ def test_one_real_greater_run_through_the_runner(tmp_path: Path) -> None:
     assert "position 0" in trajectory["gradients"][0]["summary"]
     assert session.budget.usage["optimizer"].calls > 0  # forward/backward passes are charged to the budget
     assert result.best.text.count("{{expr}}") == 1
+
+
+def test_the_search_leaves_calls_to_score_its_best_prompts_on_dev() -> None:
+    """Two dev evaluations (a judged suite: two calls an item), at most half of what is left; none unlimited."""
+    from types import SimpleNamespace
+
+    from gradgate.core.budget import BudgetTracker
+    from gradgate.core.config import BudgetConfig
+    from gradgate.optimizers.greater.method import DEV_CANDIDATES, dev_holdback
+
+    def ctx(max_calls: int | None, judged: bool = False) -> Any:
+        return SimpleNamespace(
+            budget=BudgetTracker(BudgetConfig(max_calls=max_calls)),
+            splits=SimpleNamespace(dev=[object()] * 10),
+            scorer=SimpleNamespace(uses_judge=judged),
+        )
+
+    assert DEV_CANDIDATES == 2
+    assert dev_holdback(ctx(180)) == 20 and dev_holdback(ctx(180, judged=True)) == 40
+    assert dev_holdback(ctx(30)) == 15  # half of what is left: the search still gets its share
+    assert dev_holdback(ctx(None)) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+from gradgate.core.budget import Holdback
 from gradgate.core.method_settings import GreaterSettings, parse_settings
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import LOCAL_PREFIX
@@ -21,6 +22,7 @@ from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
 from gradgate.optimizers.greater.settings import WHERE, config_from_settings
+from gradgate.optimizers.halving import calls_left
 
 
 def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
@@ -32,6 +34,17 @@ def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
         phrase=getattr(scoring, "answer_phrase", None),
         where=f"{suite.rel_path}:scoring.answer_phrase",
     )
+
+
+DEV_CANDIDATES = 2  # train-best prompts the search leaves calls for, to be scored on dev
+
+
+def dev_holdback(ctx: OptimizeContext) -> int:
+    """Calls the search leaves for scoring DEV_CANDIDATES prompts on dev (at most half of what is left)."""
+    left = calls_left(ctx.budget)
+    per_item = 2 if ctx.scorer.uses_judge else 1  # the task model's answer, and the judge's verdict
+    want = DEV_CANDIDATES * len(ctx.splits.dev) * per_item
+    return 0 if left is None else min(want, left // 2)
 
 
 def ranks_without_reasoning(ctx: OptimizeContext) -> bool:
@@ -110,23 +123,28 @@ class Greater(Optimizer):
             saved.update(greater=dict(step.state), prompts=prompts, best_key=list(best_key), last=step.prompt_text)
             ctx.save_state(dict(saved))
 
-        # The torch work blocks; a worker thread keeps the event loop (and its progress output) alive.
-        result = await asyncio.to_thread(
-            search.run,
-            prompt_body=ctx.original,
-            train=list(ctx.splits.train),
-            model_name=model_name.removeprefix(LOCAL_PREFIX),
-            budget=ctx.budget,
-            on_step=on_step,
-            state=ctx.state.get("greater"),
-            answers=answer_spec(ctx),
-        )
+        # The search leaves the calls to score its best prompts on dev: a search that spends them all proposes
+        # prompts nobody can check. The torch work blocks; a worker thread keeps the event loop (and its progress
+        # output) alive.
+        with ctx.budget.phase(Holdback(calls=dev_holdback(ctx))):
+            result = await asyncio.to_thread(
+                search.run,
+                prompt_body=ctx.original,
+                train=list(ctx.splits.train),
+                model_name=model_name.removeprefix(LOCAL_PREFIX),
+                budget=ctx.budget,
+                on_step=on_step,
+                state=ctx.state.get("greater"),
+                answers=answer_spec(ctx),
+            )
         saved["config"] = dict(result.config)  # the resolved configuration (steps, phrase, labels), kept with the run
         ctx.save_state(dict(saved))
         # Score the train-best prompts and the last one on dev with the shared scorer on the task model (cached ones
         # cost nothing); on resume the state's prompts include those of the earlier run.
+        # Best on train first (each train-best was appended when it beat the ones before), so a budget that runs out
+        # here has scored the likeliest winners.
         last = [saved["last"]] if saved.get("last") else []
-        prompts = list(dict.fromkeys([*saved.get("prompts", []), *last]))
+        prompts = list(dict.fromkeys([*reversed(saved.get("prompts", [])), *last]))
         for index, text in enumerate(p for p in prompts if p != ctx.original):
             if ctx.cached_candidate(text) is None:
                 note = f"GReaTer on {model_name}; phrase {result.config.get('extraction_phrase')!r}"
