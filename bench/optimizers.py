@@ -154,8 +154,7 @@ def run_gradgate_method(
         shutil.rmtree(run_dir)
     started = time.monotonic()
     result = asyncio.run(run_optimization(session, task.target, method, out_dir=run_dir, seed=seed))
-    # marks[0]: the end of the innermost budget phase, which is the search (the confirmation comes after).
-    end = budget.marks[0] if budget.marks else {"calls": budget.calls, "tokens": budget.tokens, "seconds": budget.elapsed}
+    end = budget.search_mark()  # the search, inner phases (GReaTer's, demos') included; not the confirmation
     return MethodRun(
         method=method,
         body=result.best.text,

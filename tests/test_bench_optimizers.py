@@ -229,3 +229,23 @@ def test_demos_and_portfolio_rows_share_the_budget_and_write_demonstrations(bbh_
     assert portfolio.calls is not None and 0 < portfolio.calls <= 80  # one budget for both members
     assert portfolio.extra["winner"] in ("demos", "gradsum") and set(portfolio.extra["member_calls"]) == {"demos", "gradsum"}
     assert portfolio.test is not None and portfolio.test.mean == 1.0
+
+
+def test_the_search_mark_counts_phases_an_optimizer_opens_inside_the_search() -> None:
+    """GReaTer holds back the dev calls in a phase of its own: the search's spend is still the end of depth 1."""
+    from bench.shootout.replay import PhaseBudget
+
+    from gradgate.core.budget import Holdback
+    from gradgate.core.config import BudgetConfig
+
+    budget = PhaseBudget(BudgetConfig(max_calls=100))
+    assert budget.search_mark()["calls"] == 0  # no phase has ended yet: now
+    with budget.phase(Holdback(calls=30)):  # the runner's search
+        with budget.phase(Holdback(calls=5)):  # the runner's cost holdback
+            with budget.phase(Holdback(calls=20)):  # an optimizer's own phase
+                budget.charge("optimizer", 10, 0, 0)
+            budget.charge("task", 15, 0, 0)  # scored on dev after the optimizer's phase
+    with budget.phase(Holdback()):  # the confirmation
+        budget.charge("task", 30, 0, 0)
+    assert [m["depth"] for m in budget.marks] == [3, 2, 1, 1]
+    assert budget.search_mark()["calls"] == 25

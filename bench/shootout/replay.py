@@ -136,18 +136,27 @@ class ReplayBackend:
 
 @dataclass
 class PhaseBudget(BudgetTracker):
-    """A budget tracker that remembers the usage at the end of each budget phase.
+    """A budget tracker that remembers the usage at the end of each budget phase, with the phase's depth.
 
-    The runner searches inside its innermost phase (the confirmation's share held back) and confirms after it,
-    so the first mark is exactly what the search spent.
+    The runner searches inside its outermost phase (the confirmation's share held back; optimizers may open
+    phases of their own inside it) and confirms after it, so the first mark at depth 1 is exactly what the search
+    spent (`search_mark`).
     """
 
     marks: list[dict[str, float]] = field(default_factory=list)
+    depth: int = 0
 
     @contextmanager
     def phase(self, hold_back: Holdback) -> Iterator[None]:
+        self.depth += 1
         with super().phase(hold_back):
             try:
                 yield
             finally:
-                self.marks.append({"calls": self.calls, "tokens": self.tokens, "seconds": self.elapsed})
+                self.marks.append({"calls": self.calls, "tokens": self.tokens, "seconds": self.elapsed, "depth": self.depth})
+                self.depth -= 1
+
+    def search_mark(self) -> dict[str, float]:
+        """Usage when the runner's search phase ended (now, when no phase has ended yet)."""
+        first = next((m for m in self.marks if m["depth"] == 1), None)
+        return first or {"calls": self.calls, "tokens": self.tokens, "seconds": self.elapsed}
