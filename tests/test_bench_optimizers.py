@@ -240,11 +240,11 @@ def test_the_search_mark_counts_phases_an_optimizer_opens_inside_the_search() ->
 
     budget = PhaseBudget(BudgetConfig(max_calls=100))
     assert budget.search_mark()["calls"] == 0  # no phase has ended yet: now
-    with budget.phase(Holdback(calls=30)):  # the runner's search
-        with budget.phase(Holdback(calls=5)):  # the runner's cost holdback
-            with budget.phase(Holdback(calls=20)):  # an optimizer's own phase
-                budget.charge("optimizer", 10, 0, 0)
-            budget.charge("task", 15, 0, 0)  # scored on dev after the optimizer's phase
+    # The runner's search, its cost holdback inside it, then an optimizer's own phase, then dev scoring after it.
+    with budget.phase(Holdback(calls=30)), budget.phase(Holdback(calls=5)):
+        with budget.phase(Holdback(calls=20)):
+            budget.charge("optimizer", 10, 0, 0)
+        budget.charge("task", 15, 0, 0)
     with budget.phase(Holdback()):  # the confirmation
         budget.charge("task", 30, 0, 0)
     assert [m["depth"] for m in budget.marks] == [3, 2, 1, 1]
