@@ -171,7 +171,9 @@ def test_a_search_the_budget_stops_is_reported_as_stopped_by_the_budget(tmp_path
     assert result.best.origin == "initial"
 
 
-def _loglik_bool_repo(root: Path, monkeypatch: pytest.MonkeyPatch, scoring: str) -> tuple[Path, list[GreaterConfig], list[str]]:
+def _loglik_bool_repo(
+    root: Path, monkeypatch: pytest.MonkeyPatch, scoring: str, extra: str = ""
+) -> tuple[Path, list[GreaterConfig], list[str]]:
     """The boolean repo with a loglik suite; GReaTer's search records its config and the phrase it trained on."""
     configs: list[GreaterConfig] = []
     phrases: list[str] = []
@@ -184,7 +186,7 @@ def _loglik_bool_repo(root: Path, monkeypatch: pytest.MonkeyPatch, scoring: str)
         return result
 
     monkeypatch.setattr(search.GreaterSearch, "run", run_and_keep)
-    settings = "{steps: 1, max_items: 4, num_intersections: 2, intersection_size: 2, top_k: 8, device: cpu}"
+    settings = "{steps: 1, num_intersections: 2, intersection_size: 2, top_k: 8, device: cpu" + extra + "}"
     repo = bool_repo(root, greater=settings)
     rows = "".join(f"  - {{id: e{i}, vars: {{expr: '{e}'}}, expected: '{a}'}}\n" for i, (e, a) in enumerate(BOOL_ROWS))
     (repo / "evals" / "bool.jsonl").unlink()
@@ -206,6 +208,7 @@ def test_a_loglik_suite_scored_without_reasoning_trains_without_reasoning(
     repo, configs, phrases = _loglik_bool_repo(tmp_path / "repo", monkeypatch, "mode: loglik, options: ['False', 'True']")
     _optimize(repo, tmp_path / "out")
     assert configs[0].max_new_tokens == 0 and phrases[0] == "The answer is"  # the runtime's answer prefix
+    assert configs[0].max_items == 50  # an item is one prompt pass: the paper's 50 (the suite has fewer)
 
 
 @pytest.mark.slow
@@ -213,7 +216,7 @@ def test_a_loglik_suite_scored_after_reasoning_trains_after_reasoning(tmp_path: 
     """With scoring.reasoning_tokens the suite is scored after the task model's reasoning: GReaTer reasons too (the
     preset's length) and reads the answer after the suite's extraction phrase."""
     scoring = "mode: loglik, reasoning_tokens: 8, options: ['False', 'True']"
-    repo, configs, phrases = _loglik_bool_repo(tmp_path / "repo", monkeypatch, scoring)
+    repo, configs, phrases = _loglik_bool_repo(tmp_path / "repo", monkeypatch, scoring, ", max_items: 4")
     _optimize(repo, tmp_path / "out")
     assert configs[0].max_new_tokens == GreaterConfig().max_new_tokens > 0
     assert phrases[0] == " Therefore, the final answer (False or True) is"

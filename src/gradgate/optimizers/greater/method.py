@@ -21,7 +21,7 @@ from gradgate.models.local import LOCAL_PREFIX
 from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
-from gradgate.optimizers.greater.settings import WHERE, config_from_settings
+from gradgate.optimizers.greater.settings import GPU_PRESET, WHERE, config_from_settings
 from gradgate.optimizers.halving import calls_left
 
 
@@ -67,7 +67,8 @@ class Greater(Optimizer):
     (scoring.answers builds it for both). Set it to `max_new_tokens` (128 on CPU) to match the training rollouts;
     an `optimize.greater.extraction_phrase` override is not seen by the scorer (use `scoring.answer_phrase`).
     A loglik suite without it ranks the options right after the prompt, so there GReaTer trains the same way by
-    default: no reasoning (`max_new_tokens` 0) and the scorer's answer prefix as the phrase. Optimizing the answer
+    default: no reasoning (`max_new_tokens` 0), the scorer's answer prefix as the phrase, and the paper's 50
+    training items (`max_items`; an item then costs one pass over the prompt, not a rollout). Optimizing the answer
     after a reasoning the scorer never produces would chase a quantity dev and test do not measure.
     """
 
@@ -94,6 +95,8 @@ class Greater(Optimizer):
         config = config_from_settings(self.config, ctx.seed)
         if self.config.max_new_tokens is None and ranks_without_reasoning(ctx):
             config.max_new_tokens = 0  # train on what dev and test score (class docstring)
+            if self.config.max_items is None:  # an item is one prompt pass now: the paper's 50 fit a CPU
+                config.max_items = max(config.max_items, GPU_PRESET["max_items"])
         model_name = self._model_name(ctx)
         task_model = ctx.gateway.spec("task").model
         on = model_name if model_name == task_model else f"{model_name} (transfer to the task model {task_model})"
