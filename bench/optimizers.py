@@ -105,7 +105,7 @@ def run_portfolio_row(
         run_cache=cache_dir / "run" / "portfolio",
         backend=backend,
     )
-    run_dir = cache_dir / "runs" / "portfolio"
+    run_dir = cache_dir / "runs" / task.name / "portfolio"  # per task: two tasks may run at once
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.monotonic()
@@ -149,7 +149,7 @@ def run_gradgate_method(
         run_cache=cache_dir / "run" / method,
         backend=backend,
     )
-    run_dir = cache_dir / "runs" / method
+    run_dir = cache_dir / "runs" / task.name / method
     if run_dir.exists():  # a stale state file would make the runner resume instead of rerunning
         shutil.rmtree(run_dir)
     started = time.monotonic()
