@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gradgate.core.files import atomic_write_text  # noqa: E402
+
 GRADGATE = ("gradsum", "gpo", "greater", "demos", "portfolio")
 
 
