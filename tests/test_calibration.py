@@ -169,6 +169,7 @@ def test_untrusted_judge_decides_nothing_and_its_items_are_not_scored(tmp_path: 
     assert notes.power is not None and notes.power.n == N_ITEMS  # what the suite could detect with a trusted judge
     report = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     assert "> [!WARNING]\n> **The judge of `notes` disagrees with 4 of 8 labeled examples**" in report
+    assert "| ❔ inconclusive | 0/12 | 8 | $0 |" in report  # 8 calls, all the judge's: no base "cached"
     # The next run asks the same judge the same questions: the response cache answers, no model call.
     again = ScriptedBackend(script=script)
     assert check(repo, tmp_path / "out2", {}, be=again).verdicts == {"notes": "inconclusive"} and again.calls == []

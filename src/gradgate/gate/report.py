@@ -193,8 +193,10 @@ def _delta(p: PromptVerdict) -> str:
 
 
 def _calls(p: PromptVerdict) -> str:
-    base = "base cached" if p.base_calls == 0 and p.verdict != "new" else f"base {p.base_calls}"
-    text = f"{p.calls} ({base})" if p.verdict != "new" else str(p.calls)
+    if p.verdict == "new" or p.items_scored == 0:  # no base side, or nothing scored (e.g. an untrusted judge)
+        text = str(p.calls)
+    else:
+        text = f"{p.calls} (base cached)" if p.base_calls == 0 else f"{p.calls} (base {p.base_calls})"
     if p.cached_calls:
         text += f" +{p.cached_calls} from cache"
     return text
