@@ -379,6 +379,11 @@ def run_benchmark(
         "command": command or "python bench/optimizers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "versions": _versions(),
     }
+    kept = report.kept_rows(Path(args.out) / f"optimizers-{task.name}.json", meta, args.methods)
+    if kept:  # a subset of methods was rerun: the others' rows stay, and the file says which ones they are
+        meta["rows_from_an_earlier_run"] = [r.method for r in kept]
+        order = {m: i for i, m in enumerate(ALL_METHODS)}
+        rows = [rows[0], *sorted([*rows[1:], *kept], key=lambda r: order.get(r.method, len(order)))]
     json_path, md_path = report.write(Path(args.out), task.name, meta, rows)
     return json_path, md_path, rows
 

@@ -182,6 +182,17 @@ def test_gradsum_run_writes_json_and_markdown_and_reruns_identically(bbh_file: P
     _, _, rows_again = run_benchmark(_args(bbh_file, tmp_path, "gradsum"), backend=again, command="bench test")
     assert again.calls == [] and calls_before > 0
     assert [(r.calls, r.test) for r in rows_again] == [(r.calls, r.test) for r in rows]
+    # Rerunning another method alone keeps gradsum's row (same split, seed and budget) and says so.
+    run_benchmark(_args(bbh_file, tmp_path, "demos"), backend=again, command="bench test")
+    merged = json.loads(json_path.read_text(encoding="utf-8"))
+    assert [r["method"] for r in merged["rows"]] == ["initial prompt", "gradsum", "demos"]
+    assert merged["rows_from_an_earlier_run"] == ["gradsum"] and merged["rows"][1] == gradsum
+    assert "| gradsum | 1.000" in md_path.read_text(encoding="utf-8")
+    # Another seed is another benchmark: nothing is kept.
+    other = _args(bbh_file, tmp_path, "demos")
+    other.seed = 4
+    run_benchmark(other, backend=again, command="bench test")
+    assert [r["method"] for r in json.loads(json_path.read_text(encoding="utf-8"))["rows"]] == ["initial prompt", "demos"]
 
 
 @pytest.mark.skipif(not HAS_DSPY, reason="dspy (and optuna) not installed")

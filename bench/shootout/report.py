@@ -114,6 +114,30 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+# What must match for an earlier run's rows to stand beside this run's: the same items, split, budget and models.
+SAME_BENCHMARK = ("task", "split_ids", "seed", "budget_calls", "task_model", "optimizer_model", "scoring", "metric", "alpha")
+
+
+def kept_rows(path: Path, meta: dict[str, Any], rerun: Sequence[str]) -> list[Row]:
+    """The rows of an earlier run of the same benchmark (SAME_BENCHMARK) at `path` for the methods not rerun now,
+    so that `--methods` with a subset updates those rows instead of dropping the others; [] when there is none."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if any(old.get(key) != meta.get(key) for key in SAME_BENCHMARK):
+            return []
+        kept = []
+        for data in old["rows"]:
+            if data["method"] in rerun or data["method"] == "initial prompt":
+                continue
+            values = dict(data)
+            values["test"] = Interval(**data["test"]) if data.get("test") else None
+            values["difference"] = Interval(**data["difference"]) if data.get("difference") else None
+            kept.append(Row(**values))
+        return kept
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # absent, from an older version, or damaged: only this run's rows
+
+
 def write(out_dir: Path, task: str, meta: dict[str, Any], rows: Sequence[Row]) -> tuple[Path, Path]:
     json_path = out_dir / f"optimizers-{task}.json"
     md_path = out_dir / f"optimizers-{task}.md"
