@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     after = evaluate(opt, prompt_body=result.best_prompt, items=test, model_name=args.model, golds=golds) if test else None
 
     payload = {
-        "task": args.task,
+        "task": Path(args.task).stem,  # the name, not this machine's path to the data file
         "model": args.model,
         "initial_prompt": args.body,
         "best_prompt": result.best_prompt,

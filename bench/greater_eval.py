@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(run_variant(search, args, train, test, base))
     assert base is not None
     payload = {
-        "task": args.task,
+        "task": Path(args.task).stem,  # the name, not this machine's path to the data file
         "model": args.model,
         "initial_prompt": args.body,
         "train_items": len(train),

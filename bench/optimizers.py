@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import logging
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -376,7 +375,7 @@ def run_benchmark(
         "margin": margin,
         "methods": list(args.methods),
         "dspy_strict": args.dspy_strict,
-        "command": command or "python bench/optimizers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command or report.portable_command("python bench/optimizers.py", sys.argv[1:]),
         "versions": _versions(),
     }
     kept = report.kept_rows(Path(args.out) / f"optimizers-{task.name}.json", meta, args.methods)

@@ -262,3 +262,11 @@ def test_the_search_mark_counts_phases_an_optimizer_opens_inside_the_search() ->
         budget.charge("task", 30, 0, 0)
     assert [m["depth"] for m in budget.marks] == [3, 2, 1, 1]
     assert budget.search_mark()["calls"] == 25
+
+
+def test_the_recorded_command_names_no_path_of_this_machine() -> None:
+    from bench.shootout.report import portable_command
+
+    argv = ["--task", "/data/shared/bbh/navigate.json", "--out", "/tmp/x", "--cache-dir=/tmp/c", "--methods", "greater"]
+    assert portable_command("python bench/optimizers.py", argv) == "python bench/optimizers.py --task navigate --methods greater"
+    assert portable_command("p", ["--task=/a/b/web_of_lies.json", "--seed", "1"]) == "p --task=web_of_lies --seed 1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,29 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+MACHINE_PATH_OPTIONS = ("--out", "--cache-dir")  # where this machine keeps things: not part of the benchmark
+
+
+def portable_command(script: str, argv: Sequence[str]) -> str:
+    """The command as anyone could rerun it: a task given as a data file becomes its name (the defaults find the
+    file), and options that only say where this machine writes are left out; no path of this machine remains."""
+    words, skip = [script], False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in MACHINE_PATH_OPTIONS:
+            skip = "=" not in arg
+            continue
+        if index > 0 and argv[index - 1] == "--task" and arg.endswith(".json"):
+            arg = Path(arg).stem
+        elif arg.startswith("--task=") and arg.endswith(".json"):
+            arg = "--task=" + Path(arg.split("=", 1)[1]).stem
+        words.append(shlex.quote(arg))
+    return " ".join(words)
 
 
 # What must match for an earlier run's rows to stand beside this run's: the same items, split, budget and models.
