@@ -65,6 +65,11 @@ class ScoringSpec(BaseModel):
         "(default: ranked right after the prompt).",
     )
 
+    @property
+    def ranks_after_reasoning(self) -> bool:
+        """Options ranked after the task model's own reasoning (else right after the prompt, or not ranked)."""
+        return self.mode == "loglik" and self.reasoning_tokens is not None
+
 
 class JudgeExample(BaseModel):
     """A judge output labeled by a person: the judge is checked against these (`gradgate.scoring.calibration`)."""

@@ -121,7 +121,7 @@ class Scorer:
                 )
         if suite.spec.scoring.mode == "loglik" and not suite.spec.scoring.options:
             raise ConfigError("loglik scoring needs `scoring.options`", where=f"{suite.rel_path}:scoring")
-        if suite.spec.scoring.mode == "loglik" and suite.spec.scoring.reasoning_tokens is not None:
+        if suite.spec.scoring.ranks_after_reasoning:
             self.reasoning_phrase = self._reasoning_phrase()
         for index, item in enumerate(suite.items):
             # Fail before any call if a row lacks a template variable.

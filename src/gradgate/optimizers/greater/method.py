@@ -50,7 +50,7 @@ def dev_holdback(ctx: OptimizeContext) -> int:
 def ranks_without_reasoning(ctx: OptimizeContext) -> bool:
     """A loglik suite without `scoring.reasoning_tokens` is scored on the answer right after the prompt."""
     scoring = ctx.target.suite.spec.scoring
-    return scoring.mode == "loglik" and scoring.reasoning_tokens is None
+    return scoring.mode == "loglik" and not scoring.ranks_after_reasoning
 
 
 class Greater(Optimizer):
