@@ -238,7 +238,8 @@ def test_one_real_greater_run_through_the_runner(tmp_path: Path) -> None:
 
 
 def test_the_search_leaves_calls_to_score_its_best_prompts_on_dev() -> None:
-    """Two dev evaluations (a judged suite: two calls an item), at most half of what is left; none unlimited."""
+    """Two dev evaluations counted as the confirmation counts them (a judged suite: the judge may be asked twice
+    an item, plus a margin for retries), at most half of what is left; none unlimited."""
     from types import SimpleNamespace
 
     from gradgate.core.budget import BudgetTracker
@@ -253,6 +254,6 @@ def test_the_search_leaves_calls_to_score_its_best_prompts_on_dev() -> None:
         )
 
     assert DEV_CANDIDATES == 2
-    assert dev_holdback(ctx(180)) == 20 and dev_holdback(ctx(180, judged=True)) == 40
+    assert dev_holdback(ctx(180)) == 24 and dev_holdback(ctx(180, judged=True)) == 68
     assert dev_holdback(ctx(30)) == 15  # half of what is left: the search still gets its share
     assert dev_holdback(ctx(None)) == 0

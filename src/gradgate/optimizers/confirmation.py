@@ -36,11 +36,17 @@ CONFIRM_COST_FACTOR = 1.5
 T = TypeVar("T")
 
 
-def calls_needed(n_test: int, uses_judge: bool) -> int:
-    """Calls to score original and best on `n_test` items; the judge may be asked twice per item."""
+def scoring_calls(n_prompts: int, n_items: int, uses_judge: bool) -> int:
+    """Calls to score `n_prompts` prompts on `n_items` items, with a margin for retries; the judge may be
+    asked twice per item."""
     per_item = 1 + (2 if uses_judge else 0)
-    calls = 2 * n_test * per_item
+    calls = n_prompts * n_items * per_item
     return calls + math.ceil(calls * CONFIRM_MARGIN) + CONFIRM_EXTRA_CALLS
+
+
+def calls_needed(n_test: int, uses_judge: bool) -> int:
+    """Calls to score original and best on `n_test` items."""
+    return scoring_calls(2, n_test, uses_judge)
 
 
 def min_test_items(alpha: float, margin: float) -> int | None:

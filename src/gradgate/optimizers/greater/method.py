@@ -19,6 +19,7 @@ from gradgate.core.method_settings import GreaterSettings, parse_settings
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import LOCAL_PREFIX
 from gradgate.optimizers.base import GradientNote, OptimizeContext, Optimizer
+from gradgate.optimizers.confirmation import scoring_calls
 from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
 from gradgate.optimizers.greater.settings import GPU_PRESET, WHERE, config_from_settings
@@ -42,8 +43,7 @@ DEV_CANDIDATES = 2  # train-best prompts the search leaves calls for, to be scor
 def dev_holdback(ctx: OptimizeContext) -> int:
     """Calls the search leaves for scoring DEV_CANDIDATES prompts on dev (at most half of what is left)."""
     left = calls_left(ctx.budget)
-    per_item = 2 if ctx.scorer.uses_judge else 1  # the task model's answer, and the judge's verdict
-    want = DEV_CANDIDATES * len(ctx.splits.dev) * per_item
+    want = scoring_calls(DEV_CANDIDATES, len(ctx.splits.dev), ctx.scorer.uses_judge)
     return 0 if left is None else min(want, left // 2)
 
 
