@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from pathlib import Path
 
@@ -82,6 +83,34 @@ def test_random_sets_are_distinct_seeded_and_start_with_the_first_demos() -> Non
     sets = demo_sets(pool, cfg, random.Random("s"), 8)
     assert sets[0] == tuple(pool[:3]) and len(sets) == len(set(sets)) == 8
     assert all(1 <= len(s) <= 3 for s in sets) and sets == demo_sets(pool, cfg, random.Random("s"), 8)
+
+
+def test_with_fixed_options_every_set_shows_the_labels_in_turns() -> None:
+    """A biased model answers mostly one label's items correctly; the sets still show both labels, alternating."""
+    import random
+
+    pool = [Demo(values=(("q", str(i)),), answer="True", item_id=f"t{i}") for i in range(6)]
+    pool[4:4] = [Demo(values=(("q", str(i)),), answer="False", item_id=f"f{i}") for i in range(2)]
+    cfg = DemosSettings(max_demos=4)
+    sets = demo_sets(pool, cfg, random.Random("s"), 8, labels=("True", "False"))
+    assert [d.item_id for d in sets[0]] == ["t0", "f0", "t1", "f1"]  # pool order, labels in turns
+    assert len(sets) == len(set(sets)) == 8 and sets == demo_sets(pool, cfg, random.Random("s"), 8, ("True", "False"))
+    for chosen in sets:
+        answers = [d.answer for d in chosen]
+        assert 2 <= len(chosen) <= 4 and {"True", "False"} <= set(answers)
+        assert all(a != b for a, b in itertools.pairwise(answers))  # no label twice in a row
+    only_true = [d for d in pool if d.answer == "True"]
+    assert demo_sets(only_true, cfg, random.Random("s"), 1, ("True", "False"))[0] == tuple(only_true[:4])
+
+
+def test_pool_is_full_only_with_each_options_share() -> None:
+    from gradgate.optimizers.demos.method import pool_is_full
+
+    cfg = DemosSettings(max_demos=4)
+    true = [Demo(values=(), answer="True", item_id=f"t{i}") for i in range(12)]
+    false = [Demo(values=(), answer="False", item_id=f"f{i}") for i in range(6)]
+    assert pool_is_full(true, cfg, ()) and not pool_is_full(true, cfg, ("True", "False"))
+    assert not pool_is_full(true + false[:5], cfg, ("True", "False")) and pool_is_full(true + false, cfg, ("True", "False"))
 
 
 def demo_task(messages: list[dict[str, str]]) -> str:

@@ -8,6 +8,12 @@ The idea of DSPy's BootstrapFewShotWithRandomSearch, on gradgate's budget and tr
 2. random search: `candidate_sets` seeded draws of 1..`max_demos` demonstrations in random order (the first is the
    first `max_demos` in bootstrap order), as many as the budget left can score, each written into the slot
    (`gradgate.core.demos`) of the prompt;
+
+   When the suite ranks fixed options, the demonstrations are drawn balanced over the answers shown. A model
+   biased towards one label answers mostly the items of that label correctly, so sets drawn from its correct
+   answers would show that label again and again and push the bias further (the majority-label bias of Zhao et
+   al., "Calibrate Before Use", 2021). Bootstrapping then also goes on until every option has its share of
+   correct answers, and every set shows the options in turns (as far as the pool has them);
 3. the sets compete on dev through successive halving (`optimizers.halving`); the zero-shot original is c0000.
 
 It needs no rewriter: it works with the weakest optimizer model, or none. GRAD-SUM and GPO can run the same search
@@ -17,6 +23,7 @@ on top of their best instructions (`demos: true` in their settings); `search_dem
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -36,8 +43,23 @@ BOOTSTRAP_CHUNK = 8  # training items answered per bootstrap round
 POOL_FACTOR = 3  # bootstrap stops once it has this many times max_demos correct answers
 
 
+def shown_labels(ctx: OptimizeContext) -> tuple[str, ...]:
+    """The answers a demonstration can show when the suite ranks fixed options; () when answers are free text."""
+    scoring = ctx.target.suite.spec.scoring
+    return tuple(dict.fromkeys(scoring.options)) if scoring.mode == "loglik" else ()
+
+
+def pool_is_full(pool: Sequence[Demo], cfg: DemosSettings, labels: Sequence[str]) -> bool:
+    """Enough correct answers to draw from: POOL_FACTOR × max_demos, and with labels each option's share of it."""
+    if len(pool) < POOL_FACTOR * cfg.max_demos:
+        return False
+    share = POOL_FACTOR * math.ceil(cfg.max_demos / len(labels)) if labels else 0
+    return all(sum(d.answer == label for d in pool) >= share for label in labels)
+
+
 async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list[Demo]:
     """Demonstrations from training items the task model answers correctly with `body` (never from dev or test)."""
+    labels = shown_labels(ctx)
     order = sorted(ctx.splits.train, key=lambda i: random.Random(f"demos:{ctx.seed}:{i.id}").random())
     order = order[: cfg.bootstrap_items]
     names = list(dict.fromkeys(ctx.target.prompt.with_body(body).variables))
@@ -53,21 +75,42 @@ async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list
             if not pool:
                 raise BudgetExhausted(f"budget exhausted while bootstrapping demonstrations: {evaluation.stopped_reason}")
             break
-        if len(pool) >= POOL_FACTOR * cfg.max_demos:
+        if pool_is_full(pool, cfg, labels):
             break
     return pool
 
 
-def demo_sets(pool: Sequence[Demo], cfg: DemosSettings, rng: random.Random, count: int) -> list[tuple[Demo, ...]]:
-    """Up to `count` distinct sets: the first `max_demos` in pool order, then seeded random sizes and orders."""
+def in_turns(groups: Sequence[Sequence[Demo]], size: int) -> tuple[Demo, ...]:
+    """Up to `size` demonstrations taken from the groups in turns (a group that runs out is skipped)."""
+    out: list[Demo] = []
+    for rank in range(max((len(g) for g in groups), default=0)):
+        out.extend(g[rank] for g in groups if rank < len(g))
+    return tuple(out[:size])
+
+
+def demo_sets(
+    pool: Sequence[Demo], cfg: DemosSettings, rng: random.Random, count: int, labels: Sequence[str] = ()
+) -> list[tuple[Demo, ...]]:
+    """Up to `count` distinct sets: the first `max_demos` in pool order, then seeded random sizes and orders.
+
+    With `labels`, every set takes the labels in turns: the first from the pool order, the others from a shuffled
+    pool with a random size of at least one demonstration per label (where max_demos allows)."""
     if not pool or count <= 0:
         return []
-    sets: list[tuple[Demo, ...]] = [tuple(pool[: cfg.max_demos])]
+    groups = [[d for d in pool if d.answer == label] for label in labels]
+    groups = [g for g in groups if g]
+    smallest = min(len(groups), cfg.max_demos) if groups else 1
+    first = in_turns(groups, cfg.max_demos) if groups else tuple(pool[: cfg.max_demos])
+    sets: list[tuple[Demo, ...]] = [first]
     attempts = 0
     while len(sets) < count and attempts < 20 * count:
         attempts += 1
-        size = rng.randint(1, min(cfg.max_demos, len(pool)))
-        drawn = tuple(rng.sample(list(pool), size))
+        size = rng.randint(smallest, min(cfg.max_demos, len(pool)))
+        if groups:
+            shuffled = [rng.sample(g, len(g)) for g in rng.sample(groups, len(groups))]
+            drawn = in_turns(shuffled, size)
+        else:
+            drawn = tuple(rng.sample(list(pool), size))
         if drawn not in sets:
             sets.append(drawn)
     return sets[:count]
@@ -92,9 +135,11 @@ async def search_demos(ctx: OptimizeContext, bases: Sequence[Candidate], cfg: De
         return []
     pool = await bootstrap(ctx, bases[0].text, cfg)
     count = affordable_sets(ctx, cfg, len(bases))
-    sets = demo_sets(pool, cfg, random.Random(f"demos:{ctx.seed}:{step}"), count)
+    labels = shown_labels(ctx)
+    sets = demo_sets(pool, cfg, random.Random(f"demos:{ctx.seed}:{step}"), count, labels)
+    per_label = " (" + ", ".join(f"{label}: {sum(d.answer == label for d in pool)}" for label in labels) + ")"
     summary = (
-        f"demos: {len(pool)} training item(s) answered correctly became demonstrations; "
+        f"demos: {len(pool)} training item(s) answered correctly became demonstrations{per_label if labels else ''}; "
         f"{len(sets)} set(s) of up to {cfg.max_demos} tried on {len(bases)} instruction(s)"
         + ("" if sets else " (no correct answer to show, or no budget left)")
     )
