@@ -111,6 +111,9 @@ def test_pool_is_full_only_with_each_options_share() -> None:
     false = [Demo(values=(), answer="False", item_id=f"f{i}") for i in range(6)]
     assert pool_is_full(true, cfg, ()) and not pool_is_full(true, cfg, ("True", "False"))
     assert not pool_is_full(true + false[:5], cfg, ("True", "False")) and pool_is_full(true + false, cfg, ("True", "False"))
+    counts = [Demo(values=(), answer=str(n), item_id=f"{n}-{i}") for n in range(4) for i in range(3)]
+    numbers = tuple(str(n) for n in range(17))  # a set shows 4 of 17 answers: 4 of them need their share
+    assert pool_is_full(counts, cfg, numbers) and not pool_is_full(counts[:-1], cfg, numbers)
 
 
 def demo_task(messages: list[dict[str, str]]) -> str:

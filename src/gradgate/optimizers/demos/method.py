@@ -50,11 +50,15 @@ def shown_labels(ctx: OptimizeContext) -> tuple[str, ...]:
 
 
 def pool_is_full(pool: Sequence[Demo], cfg: DemosSettings, labels: Sequence[str]) -> bool:
-    """Enough correct answers to draw from: POOL_FACTOR × max_demos, and with labels each option's share of it."""
+    """Enough correct answers to draw from: POOL_FACTOR × max_demos, and with labels a share of them for as many
+    options as one set can show (every option of a binary task; max_demos of seventeen counts)."""
     if len(pool) < POOL_FACTOR * cfg.max_demos:
         return False
-    share = POOL_FACTOR * math.ceil(cfg.max_demos / len(labels)) if labels else 0
-    return all(sum(d.answer == label for d in pool) >= share for label in labels)
+    if not labels:
+        return True
+    shown = min(len(labels), cfg.max_demos)
+    share = POOL_FACTOR * math.ceil(cfg.max_demos / shown)
+    return sum(sum(d.answer == label for d in pool) >= share for label in labels) >= shown
 
 
 async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list[Demo]:
