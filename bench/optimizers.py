@@ -234,6 +234,7 @@ def run_benchmark(
     args: argparse.Namespace, *, backend: Backend | None = None, command: str | None = None
 ) -> tuple[Path, Path, list[report.Row]]:
     """The whole shoot-out for one task; returns the JSON and Markdown paths and the rows."""
+    started = time.monotonic()
     cache_dir = Path(args.cache_dir).resolve()
     sizes = resolve_sizes(args.task, repo_root=REPO_ROOT, sizes=(args.train, args.dev, args.test), seed=args.seed)
     os.environ.setdefault("DSPY_CACHEDIR", str(cache_dir / "dspy"))  # DSPy's own cache (unused: cache=False)
@@ -377,6 +378,8 @@ def run_benchmark(
         "dspy_strict": args.dspy_strict,
         "command": command or report.portable_command("python bench/optimizers.py", sys.argv[1:]),
         "versions": _versions(),
+        # This invocation's wall time, replayed replies included: the methods in `methods` only.
+        "wall_seconds": round(time.monotonic() - started, 1),
     }
     kept = report.kept_rows(Path(args.out) / f"optimizers-{task.name}.json", meta, args.methods)
     if kept:  # a subset of methods was rerun: the others' rows stay, and the file says which ones they are

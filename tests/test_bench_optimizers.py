@@ -169,6 +169,7 @@ def test_gradsum_run_writes_json_and_markdown_and_reruns_identically(bbh_file: P
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert [r["method"] for r in data["rows"]] == ["initial prompt", "gradsum"]
     assert data["split"] == {"train": 6, "dev": 6, "test": 8}
+    assert data["wall_seconds"] > 0 and data["methods"] == ["gradsum"]  # what this invocation ran, and how long
     assert sorted(data["split_ids"]["test"]) == sorted(data["rows"][0]["scores"])
     gradsum = data["rows"][1]
     assert gradsum["calls"] <= 60, "the search stays within the shared budget"
