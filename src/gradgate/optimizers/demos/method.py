@@ -49,6 +49,11 @@ def shown_labels(ctx: OptimizeContext) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scoring.options)) if scoring.mode == "loglik" else ()
 
 
+def label_counts(pool: Sequence[Demo], labels: Sequence[str]) -> dict[str, int]:
+    """How many demonstrations in the pool show each label."""
+    return {label: sum(d.answer == label for d in pool) for label in labels}
+
+
 def pool_is_full(pool: Sequence[Demo], cfg: DemosSettings, labels: Sequence[str]) -> bool:
     """Enough correct answers to draw from: POOL_FACTOR × max_demos, and with labels a share of them for as many
     options as one set can show (every option of a binary task; max_demos of seventeen counts)."""
@@ -58,12 +63,12 @@ def pool_is_full(pool: Sequence[Demo], cfg: DemosSettings, labels: Sequence[str]
         return True
     shown = min(len(labels), cfg.max_demos)
     share = POOL_FACTOR * math.ceil(cfg.max_demos / shown)
-    return sum(sum(d.answer == label for d in pool) >= share for label in labels) >= shown
+    return sum(n >= share for n in label_counts(pool, labels).values()) >= shown
 
 
-async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings) -> list[Demo]:
-    """Demonstrations from training items the task model answers correctly with `body` (never from dev or test)."""
-    labels = shown_labels(ctx)
+async def bootstrap(ctx: OptimizeContext, body: str, cfg: DemosSettings, labels: Sequence[str] = ()) -> list[Demo]:
+    """Demonstrations from training items the task model answers correctly with `body` (never from dev or test);
+    with `labels` (`shown_labels`), until the pool holds a share of each (`pool_is_full`)."""
     order = sorted(ctx.splits.train, key=lambda i: random.Random(f"demos:{ctx.seed}:{i.id}").random())
     order = order[: cfg.bootstrap_items]
     names = list(dict.fromkeys(ctx.target.prompt.with_body(body).variables))
@@ -137,11 +142,11 @@ async def search_demos(ctx: OptimizeContext, bases: Sequence[Candidate], cfg: De
     """Bootstrap from the first base, then score demonstration sets written into every base's slot."""
     if not bases or not ctx.splits.train:
         return []
-    pool = await bootstrap(ctx, bases[0].text, cfg)
-    count = affordable_sets(ctx, cfg, len(bases))
     labels = shown_labels(ctx)
+    pool = await bootstrap(ctx, bases[0].text, cfg, labels)
+    count = affordable_sets(ctx, cfg, len(bases))
     sets = demo_sets(pool, cfg, random.Random(f"demos:{ctx.seed}:{step}"), count, labels)
-    per_label = " (" + ", ".join(f"{label}: {sum(d.answer == label for d in pool)}" for label in labels) + ")"
+    per_label = " (" + ", ".join(f"{label}: {n}" for label, n in label_counts(pool, labels).items()) + ")"
     summary = (
         f"demos: {len(pool)} training item(s) answered correctly became demonstrations{per_label if labels else ''}; "
         f"{len(sets)} set(s) of up to {cfg.max_demos} tried on {len(bases)} instruction(s)"
