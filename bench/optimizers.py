@@ -267,7 +267,7 @@ def run_benchmark(
     runs: list[MethodRun] = []
     for method in args.methods:
         log.info("== %s ==", method)
-        started = time.monotonic()
+        method_started = time.monotonic()
         try:
             if method in DSPY_METHODS:
                 runs.append(
@@ -297,7 +297,7 @@ def run_benchmark(
                     body=task.target.prompt.body,
                     calls=0,
                     tokens=0,
-                    seconds=time.monotonic() - started,
+                    seconds=time.monotonic() - method_started,
                     model_seconds=0.0,
                     stopped_reason=None,
                     error=f"failed: {message}",

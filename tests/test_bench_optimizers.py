@@ -234,8 +234,11 @@ def test_lenient_adapter_takes_the_whole_reply_when_markers_are_missing() -> Non
 
 def test_demos_and_portfolio_rows_share_the_budget_and_write_demonstrations(bbh_file: Path, tmp_path: Path) -> None:
     backend = ScriptedBackend(script, option_scores=option_scores)
-    _, _, rows = run_benchmark(_args(bbh_file, tmp_path, "demos,portfolio", budget=80), backend=backend, command="bench test")
+    args = _args(bbh_file, tmp_path, "demos,portfolio", budget=80)
+    json_path, _, rows = run_benchmark(args, backend=backend, command="bench test")
     initial, demos, portfolio = rows
+    # The run's wall time spans every method's search, not only the last one's.
+    assert json.loads(json_path.read_text(encoding="utf-8"))["wall_seconds"] >= (demos.seconds or 0) + (portfolio.seconds or 0)
     assert demos.error is None and portfolio.error is None, (demos.error, portfolio.error)
     assert "<!-- gradgate:demos -->" in demos.prompt and "\nAnswer: " in demos.prompt
     assert demos.test is not None and demos.test.mean == 1.0 > (initial.test.mean if initial.test else 1.0)

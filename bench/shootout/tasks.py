@@ -216,7 +216,7 @@ def bench_config(
     train, dev = sizes[0] / n, sizes[1] / n
     data: dict[str, Any] = {
         # Embedded models answer concurrent greedy requests as one batch, so concurrency helps them too.
-        "models": {"task": task_model, "judge": task_model, "optimizer": optimizer_model, "concurrency": 8},
+        "models": {"task": task_model, "judge": task_model, "optimizer": optimizer_model, "concurrency": 16},
         # DSPy's optimizers rewrite the instruction only and cannot lose the input field; repairing lost
         # placeholders puts gradgate's text optimizers on the same footing with a small rewriter.
         "optimize": {

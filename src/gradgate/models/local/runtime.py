@@ -324,7 +324,7 @@ def generate(
     """One reply from a local model (see ``generate_batch`` for the parameters).
 
     Greedy requests that arrive together from several threads (the gateway runs calls concurrently) are
-    answered by one batched ``generate`` call: on 2 CPU cores a batch of 8 runs about 5x the tokens per
+    answered by one batched ``generate`` call: on 2 CPU cores a batch of 16 runs about 4x the tokens per
     second of batch 1.
     """
     if temperature == 0 and seed is None:
@@ -338,7 +338,8 @@ class _GreedyBatcher:
     """Collects concurrent greedy requests with the same settings and runs them as one batch."""
 
     window_seconds = 0.02  # how long the first request waits for company
-    max_batch = 8
+    # SmolLM2-135M, 2 CPU cores, 256-token math answers: 16 tokens/s at batch 1, 41 at 8, 64 at 16.
+    max_batch = 16
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
