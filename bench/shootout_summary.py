@@ -18,10 +18,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench.optimizers import DSPY_METHODS, GRADGATE_METHODS  # noqa: E402
 
 from gradgate.core.files import atomic_write_text  # noqa: E402
-
-GRADGATE = ("gradsum", "gpo", "greater", "demos", "portfolio")
 
 
 def load(results: Path) -> list[dict[str, Any]]:
@@ -61,15 +62,18 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines += ["", "| task | best gradgate method | passes the rule | ≥ every DSPy optimizer on test |", "|---|---|---|---|"]
     for task in tasks:
         rows = by_task[task]
-        ours = [rows[m] for m in GRADGATE if m in rows and rows[m].get("test")]
-        peers = [r for m, r in rows.items() if m.startswith("dspy-") and r.get("test")]
+        ours = [rows[m] for m in GRADGATE_METHODS if m in rows and rows[m].get("test")]
+        peers = [rows[m] for m in DSPY_METHODS if m in rows and rows[m].get("test")]
         if not ours:
             continue
         best = max(ours, key=lambda r: r["test"]["mean"])
         at_least = all(best["test"]["mean"] >= p["test"]["mean"] for p in peers) if peers else None
+        verdict = "—" if at_least is None else "yes" if at_least else "no"
+        if len(ours) < len(GRADGATE_METHODS) or len(peers) < len(DSPY_METHODS):  # a partial task says so
+            verdict += f" ({len(ours)} of {len(GRADGATE_METHODS)} gradgate, {len(peers)} of {len(DSPY_METHODS)} DSPy rows run)"
         lines.append(
             f"| {task} | {best['method']} ({best['test']['mean']:.3f}) | {'yes' if best.get('improved') else 'no'} | "
-            + ("—" if at_least is None else "yes" if at_least else "no")
+            + verdict
             + " |"
         )
     return "\n".join(lines) + "\n"

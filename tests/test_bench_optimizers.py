@@ -274,3 +274,21 @@ def test_the_recorded_command_names_no_path_of_this_machine() -> None:
     argv = ["--task", "/data/shared/bbh/navigate.json", "--out", "/tmp/x", "--cache-dir=/tmp/c", "--methods", "greater"]
     assert portable_command("python bench/optimizers.py", argv) == "python bench/optimizers.py --task navigate --methods greater"
     assert portable_command("p", ["--task=/a/b/web_of_lies.json", "--seed", "1"]) == "p --task=web_of_lies --seed 1"
+
+
+def test_summary_says_when_a_task_ran_only_some_rows() -> None:
+    from bench.shootout_summary import table
+
+    def row(method: str, mean: float, improved: bool = False) -> dict[str, Any]:
+        return {"method": method, "test": {"mean": mean}, "difference": {"mean": mean - 0.5}, "improved": improved}
+
+    full = {
+        "task": "full",
+        "rows": [row("initial prompt", 0.5), *(row(m, 0.5) for m in ("gradsum", "gpo", "greater", "demos", "portfolio"))]
+        + [row(m, 0.4) for m in ("dspy-miprov2", "dspy-miprov2-demos", "dspy-copro", "dspy-gepa", "dspy-bootstrap-rs")],
+    }
+    partial = {"task": "part", "rows": [row("initial prompt", 0.5), row("demos", 0.6, True), row("dspy-gepa", 0.7)]}
+    text = table([full, partial])
+    assert "| full | gradsum (0.500) | no | yes |" in text
+    assert "| part | demos (0.600) | yes | no (1 of 5 gradgate, 1 of 5 DSPy rows run) |" in text
+    assert "| gpo | +0.000 | — |" in text  # a method a task did not run is a dash, not a zero
