@@ -21,6 +21,7 @@ from gradgate.models.local import load_causal_lm  # noqa: E402
 from gradgate.optimizers.greater.engine import (  # noqa: E402
     EncodedItem,
     GreaterEngine,
+    LabelChoice,
     WordFilter,
     is_word_text,
     propose_candidates,
@@ -469,7 +470,7 @@ def test_with_known_labels_an_answer_is_right_when_the_gold_label_wins_among_the
     items = [EncodedItem(before=(5 + i, 6, 7), after=(8, 9 + i), gold=(labels[i % 2],)) for i in range(8)]
     instruction = (20, 21)
     plain = engine_for(model, max_new_tokens=0)
-    ranked = GreaterEngine(model, plain.config, pad_id=0, eos_ids=[1], phrase_ids=[11, 12, 13], label_ids=labels)
+    ranked = GreaterEngine(model, plain.config, pad_id=0, eos_ids=[1], phrase_ids=[11, 12, 13], labels=LabelChoice((), labels))
     by_vocab, by_label = plain.rollout([instruction], items)[0], ranked.rollout([instruction], items)[0]
     assert by_vocab.reasoning == by_label.reasoning == [()] * len(items)
     assert torch.equal(by_vocab.answer_loss, by_label.answer_loss)  # the loss is the same cross-entropy
@@ -480,3 +481,20 @@ def test_with_known_labels_an_answer_is_right_when_the_gold_label_wins_among_the
         assert bool(by_label.correct[b]) == (labels[int(logits[list(labels)].argmax())] == it.gold[0])
         assert bool(by_vocab.correct[b]) == (int(logits.argmax()) == it.gold[0])
     assert 0 < by_label.accuracy < 1 and by_label.accuracy > by_vocab.accuracy
+
+
+def test_labels_with_shared_tokens_are_decided_where_they_differ() -> None:
+    """ " (A)" and " (B)" share " (": the answer is right when, after it, the gold letter beats the other letters."""
+    model = tiny_llama()
+    opener, letters = 30, (40, 41)
+    items = [EncodedItem(before=(5 + i, 6, 7), after=(8, 9 + i), gold=(opener, letters[i % 2], 31)) for i in range(8)]
+    instruction = (20, 21)
+    plain = engine_for(model, max_new_tokens=0)
+    choice = LabelChoice((opener,), letters)
+    ranked = GreaterEngine(model, plain.config, pad_id=0, eos_ids=[1], phrase_ids=[11, 12, 13], labels=choice)
+    rollout = ranked.rollout([instruction], items)[0]
+    for b, it in enumerate(items):
+        seq = list(it.before) + list(instruction) + list(it.after) + [11, 12, 13, opener]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seq])).logits[0, -1]  # (V,) the token after " ("
+        assert bool(rollout.correct[b]) == (letters[int(logits[list(letters)].argmax())] == it.gold[1])

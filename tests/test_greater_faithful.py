@@ -22,9 +22,20 @@ from gradgate.errors import ConfigError  # noqa: E402
 from gradgate.models.scripted import ScriptedBackend  # noqa: E402
 from gradgate.models.session import Session  # noqa: E402
 from gradgate.optimizers.greater import search  # noqa: E402
-from gradgate.optimizers.greater.encoding import AnswerSpec, Problem, banned_ids, first_label_ids, resolve_phrase  # noqa: E402
-from gradgate.optimizers.greater.engine import Rollout, propose_candidates  # noqa: E402
-from gradgate.optimizers.greater.prompts import build_answer_tail  # noqa: E402
+from gradgate.optimizers.greater.encoding import (  # noqa: E402
+    AnswerSpec,
+    Problem,
+    answer_form,
+    banned_ids,
+    label_choice,
+    resolve_phrase,
+)
+from gradgate.optimizers.greater.engine import (  # noqa: E402
+    LabelChoice,
+    Rollout,
+    propose_candidates,
+)
+from gradgate.optimizers.greater.prompts import build_answer_tail, direct_phrase  # noqa: E402
 from gradgate.optimizers.greater.search import GreaterSearch, advance_position  # noqa: E402
 from gradgate.optimizers.greater.settings import GPU_PRESET, GreaterConfig, config_from_settings  # noqa: E402
 from gradgate.scoring.answers import (  # noqa: E402
@@ -179,20 +190,38 @@ def test_banned_ids_cover_the_label_spellings(smol_tokenizer: Any) -> None:
     assert tok(" the", add_special_tokens=False)["input_ids"][0] not in banned
 
 
+def test_label_choice_is_where_the_labels_first_differ() -> None:
+    assert LabelChoice.of([[7], [9]]) == LabelChoice((), (7, 9))  # " False", " True"
+    assert LabelChoice.of([[5, 1, 6], [5, 2, 6]]) == LabelChoice((5,), (1, 2))  # " (" "A" ")", " (" "B" ")"
+    assert LabelChoice.of([[7]]) == LabelChoice()  # one label: nothing to rank
+    assert LabelChoice.of([[3], [3, 4]]) == LabelChoice()  # " 1" is a prefix of " 1" "0"
+    assert LabelChoice.of([[5, 1], [5, 1, 2], [5, 3]]) == LabelChoice()  # two labels share the deciding token
+    assert LabelChoice.of([[], [1]]) == LabelChoice()
+
+
 @needs_smol
-def test_first_label_ids_are_the_labels_first_tokens_when_they_differ(smol_tokenizer: Any) -> None:
+def test_label_choice_on_the_embedded_tokenizer(smol_tokenizer: Any) -> None:
     tok = smol_tokenizer
-    first = first_label_ids(tok, ["False", "True"])
-    assert first == (
-        tok(" False", add_special_tokens=False)["input_ids"][0],
-        tok(" True", add_special_tokens=False)["input_ids"][0],
-    )
-    assert first_label_ids(tok, ["(A)", "(B)"]) == (
-        tok(" A", add_special_tokens=False)["input_ids"][0],
-        tok(" B", add_special_tokens=False)["input_ids"][0],
-    )
-    assert first_label_ids(tok, ["yes"]) == ()  # one label: nothing to rank
-    assert first_label_ids(tok, ["New York", "New Delhi"]) == ()  # the same first token: checked token by token
+
+    def ids(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    assert label_choice(tok, ["False", "True"]) == LabelChoice((), (ids(" False")[0], ids(" True")[0]))
+    lettered = label_choice(tok, ["(A)", "(B)"])  # as a plain loglik suite ranks them
+    k = len(lettered.prefix)
+    assert lettered.ids == (ids(" (A)")[k], ids(" (B)")[k]) and ids(" (A)")[:k] == list(lettered.prefix)
+    assert label_choice(tok, ["A", "B"]) == LabelChoice((), (ids(" A")[0], ids(" B")[0]))  # as GReaTer writes them
+    assert label_choice(tok, ["yes"]) == LabelChoice()
+
+
+def test_without_reasoning_the_gold_answer_is_the_option_as_the_scorer_ranks_it() -> None:
+    spec = AnswerSpec(options=("(A)", "(B)"))
+    direct = GreaterConfig(max_new_tokens=0)
+    phrase, labels = resolve_phrase(direct, ["(A)", "(B)"], spec)
+    assert phrase == direct_phrase(None) and labels == ("(A)", "(B)") and answer_form(direct)(" (B) ") == "(B)"
+    assert build_answer_tail("(B)", phrase="", form=answer_form(direct)) == ("", " (B)")
+    reasoning = GreaterConfig(max_new_tokens=128)  # GReaTer's sequence, which the scorer ranks after reasoning
+    assert resolve_phrase(reasoning, ["(A)", "(B)"], spec)[1] == ("A", "B") and answer_form(reasoning)("(B)") == "B"
 
 
 # ---------------------------------------------------------------------------------------------------------------

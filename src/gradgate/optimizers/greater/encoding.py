@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gradgate.core.prompts import render_template
-from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine
-from gradgate.optimizers.greater.prompts import PromptSplit, build_answer_tail, direct_phrase, label_variants
+from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine, LabelChoice
+from gradgate.optimizers.greater.prompts import ANSWER_SEPARATOR, PromptSplit, build_answer_tail, direct_phrase, label_variants
 from gradgate.optimizers.greater.settings import WHERE, GreaterConfig
-from gradgate.scoring.answers import build_extraction_phrase, label_set
+from gradgate.scoring.answers import answer_label, build_extraction_phrase, label_set
 
 # Splits the chat-templated user message around the instruction; never sent to a model.
 _SENTINEL = "\u2063GRADGATE-INSTRUCTION\u2063"
@@ -33,11 +33,25 @@ class AnswerSpec:
     where: str | None = None  # where that phrase was written, for errors
 
 
+def is_direct(config: GreaterConfig) -> bool:
+    """No reasoning and no phrase of the setting's: the answer follows the prompt the way the scorer ranks a plain
+    loglik suite's options (its answer prefix, the suite's phrase, then the option as written)."""
+    return config.extraction_phrase is None and config.max_new_tokens == 0
+
+
+def answer_form(config: GreaterConfig) -> Callable[[str], str]:
+    """How a gold answer is written after the phrase, as the suite is scored: the option as written when direct
+    ("(A)"), else GReaTer's label ("(A)" -> "A"), which the scorer also ranks after reasoning."""
+    return str.strip if is_direct(config) else answer_label
+
+
 def resolve_phrase(config: GreaterConfig, answers: Sequence[str], spec: AnswerSpec) -> tuple[str, tuple[str, ...]]:
-    """(extraction phrase, answer labels): the setting's phrase, else the suite's, else one built from the answers.
-    With no reasoning (max_new_tokens 0) the phrase is the one the scorer ranks a loglik suite's options after."""
-    if config.extraction_phrase is None and config.max_new_tokens == 0:
+    """(extraction phrase, answer labels in `answer_form`): the setting's phrase, else the suite's, else one built
+    from the answers. Direct (`is_direct`), the phrase is the one the scorer ranks a loglik suite's options after."""
+    if is_direct(config):
         phrase = direct_phrase(spec.phrase)
+        if spec.options:
+            return phrase, tuple(dict.fromkeys(o.strip() for o in spec.options if o.strip()))
     elif config.extraction_phrase is not None:
         phrase = build_extraction_phrase(answers, override=config.extraction_phrase, where=f"{WHERE}.extraction_phrase")
     else:
@@ -45,16 +59,9 @@ def resolve_phrase(config: GreaterConfig, answers: Sequence[str], spec: AnswerSp
     return phrase, label_set(answers, spec.options)
 
 
-def first_label_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, ...]:
-    """The first token of each label as it follows the phrase (" True"), when the labels' first tokens all differ;
-    else () (the answers are then checked token by token)."""
-    firsts = []
-    for label in labels:
-        ids = tokenizer(build_answer_tail(label, phrase="")[1], add_special_tokens=False)["input_ids"]
-        if not ids:
-            return ()
-        firsts.append(int(ids[0]))
-    return tuple(firsts) if len(set(firsts)) == len(firsts) > 1 else ()
+def label_choice(tokenizer: Any, labels: Sequence[str]) -> LabelChoice:
+    """Where the labels, as they follow the phrase (" True", " (A)"), first differ in tokens (see LabelChoice)."""
+    return LabelChoice.of([tokenizer(ANSWER_SEPARATOR + label, add_special_tokens=False)["input_ids"] for label in labels])
 
 
 def banned_ids(tokenizer: Any, labels: Sequence[str]) -> frozenset[int]:
@@ -67,8 +74,16 @@ def banned_ids(tokenizer: Any, labels: Sequence[str]) -> frozenset[int]:
     return frozenset(out)
 
 
-def encode_items(tokenizer: Any, split: PromptSplit, items: Sequence[ItemLike], *, use_chat_template: bool) -> list[EncodedItem]:
-    """Each item's prompt as token ids before and after the instruction, and its gold answer's ids."""
+def encode_items(
+    tokenizer: Any,
+    split: PromptSplit,
+    items: Sequence[ItemLike],
+    *,
+    use_chat_template: bool,
+    form: Callable[[str], str] = answer_label,
+) -> list[EncodedItem]:
+    """Each item's prompt as token ids before and after the instruction, and its gold answer's ids (`form`: how the
+    answer is written, see `answer_form`)."""
     chat = use_chat_template and getattr(tokenizer, "chat_template", None)
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     encoded = []
@@ -90,7 +105,9 @@ def encode_items(tokenizer: Any, split: PromptSplit, items: Sequence[ItemLike], 
             before = [start_id, *before]  # a slot needs a token before it to be predicted from
         gold: list[int] = []
         if item.expected is not None and str(item.expected).strip():
-            gold = tokenizer(build_answer_tail(str(item.expected), phrase="")[1], add_special_tokens=False)["input_ids"]
+            gold = tokenizer(build_answer_tail(str(item.expected), phrase="", form=form)[1], add_special_tokens=False)[
+                "input_ids"
+            ]
         encoded.append(EncodedItem(tuple(before), tuple(after), tuple(gold), item.expected))
     return encoded
 

@@ -44,6 +44,30 @@ class EncodedItem:
     expected: str | None = None
 
 
+@dataclass(frozen=True)
+class LabelChoice:
+    """Where a closed set of answer labels, as tokens after the phrase, first differ: the tokens they share (" ("
+    for "(A)" and "(B)", " New" for "New York" and "New Delhi") and each label's own token right after them. The
+    loglik scorer's choice among the labels is decided at that token; empty when the labels are not known, or when
+    one label is a prefix of another or two share the deciding token."""
+
+    prefix: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, label_tokens: Sequence[Sequence[int]]) -> LabelChoice:
+        seqs = [tuple(s) for s in label_tokens]
+        if len(seqs) < 2 or not all(seqs):
+            return cls()
+        k = 0  # length of the shared prefix
+        while all(len(s) > k for s in seqs) and len({s[k] for s in seqs}) == 1:
+            k += 1
+        if not all(len(s) > k for s in seqs):
+            return cls()
+        ids = tuple(s[k] for s in seqs)
+        return cls(seqs[0][:k], ids) if len(set(ids)) == len(ids) else cls()
+
+
 @dataclass
 class Rollout:
     """One instruction run over all items: reasoning, per-item losses, and proposal inputs."""
@@ -182,7 +206,7 @@ class GreaterEngine:
         phrase_ids: Sequence[int],
         meter: Meter | None = None,
         decode: Callable[[Sequence[int]], str] | None = None,
-        label_ids: Sequence[int] = (),
+        labels: LabelChoice = LabelChoice(),
     ) -> None:
         self.model, self.config = model, config
         self.base = getattr(model, model.base_model_prefix)  # decoder stack without lm_head
@@ -195,8 +219,8 @@ class GreaterEngine:
         self.phrase = tuple(phrase_ids)
         self.meter = meter or Meter(None, config.budget_role)
         self.decode = decode
-        # First token of each answer label (" True", " False"), all distinct; empty when the labels are not known.
-        self.label_ids = torch.tensor(list(label_ids), dtype=torch.long, device=self.device)
+        self.labels = labels
+        self.label_ids = torch.tensor(list(labels.ids), dtype=torch.long, device=self.device)  # (n_labels,)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) in at least float32, as the CausalLM head computes them (Gemma's soft-capping)."""
@@ -332,10 +356,10 @@ class GreaterEngine:
     def _score_gold(self, tail_hidden: Tensor, items: Sequence[EncodedItem]) -> tuple[list[float], list[bool]]:
         """Per row: CE of the gold tokens after the phrase (logits / answer_temperature), and whether it is right.
 
-        Right: with a closed label set (``label_ids``), the gold label's first token beats the other labels' (the
-        choice the loglik scorer makes on dev and test); else greedy decoding reproduces every gold token. Over the
-        whole vocabulary a small model often prefers a filler (" correct", " a") to any label, so the argmax would
-        count answers the scorer gets right as mistakes."""
+        Right: with a closed label set (``labels``), the gold label's deciding token beats the other labels' after
+        their shared tokens (the choice the loglik scorer makes on dev and test); else greedy decoding reproduces
+        every gold token. Over the whole vocabulary a small model often prefers a filler (" correct", " a") to any
+        label, so the argmax would count answers the scorer gets right as mistakes."""
         P = len(self.phrase)
         answer_loss = [math.nan] * len(items)
         correct = [False] * len(items)
@@ -345,8 +369,9 @@ class GreaterEngine:
             logits = self.logits(tail_hidden[b, P - 1 : P - 1 + len(it.gold)])  # (G, V) predicts gold
             gold = torch.tensor(it.gold, device=self.device)
             answer_loss[b] = float(F.cross_entropy(logits / self.config.answer_temperature, gold))
-            if len(self.label_ids) and bool((self.label_ids == gold[0]).any()):
-                correct[b] = bool(self.label_ids[logits[0, self.label_ids].argmax()] == gold[0])
+            k = len(self.labels.prefix)  # the deciding token's index in the gold answer
+            if self.labels.ids and it.gold[:k] == self.labels.prefix and len(it.gold) > k and it.gold[k] in self.labels.ids:
+                correct[b] = bool(self.label_ids[logits[k, self.label_ids].argmax()] == gold[k])
             else:
                 correct[b] = bool((logits.argmax(-1) == gold).all())
         return answer_loss, correct

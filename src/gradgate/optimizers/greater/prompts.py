@@ -5,8 +5,10 @@ model for its final answer after its own reasoning (or, with no reasoning, the s
 instruction used when a prompt has none to optimize.
 
 The extraction phrase is built from the suite (gradgate.scoring.answers, shared with the scorer, which ranks a loglik
-suite's options after it when the suite sets `scoring.reasoning_tokens`). Option labels such as "(A)" are answered as
-"A" (``answer_label``) in the phrase, in the loss and when generated answers are matched.
+suite's options after it when the suite sets `scoring.reasoning_tokens`). After reasoning, option labels such as "(A)"
+are answered as "A" (``answer_label``) in the phrase, in the loss and when generated answers are matched; with no
+reasoning the option is written as the scorer ranks it, "(A)" (encoding.answer_form), and a right answer is decided
+at the token where the options first differ (engine.LabelChoice).
 
 Optimizable span: the free text of the prompt body outside ``{{variable}}`` placeholders, either after the last
 placeholder (``suffix``) or before the first (``prefix``); ``auto`` takes the suffix when it holds a letter, else the
@@ -17,7 +19,7 @@ prefix. Whitespace around the span and all text between placeholders stay fixed.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gradgate.core.method_settings import SpanChoice
@@ -40,9 +42,12 @@ _LABEL_LINE = re.compile(r"[A-Za-z][\w ]{0,30}:")  # "A:", "Answer:": kept fixed
 _HAS_LETTER = re.compile(r"[A-Za-z]")
 
 
-def build_answer_tail(gold: str, *, phrase: str = EXTRACTION_PHRASE) -> tuple[str, str]:
-    """(phrase, answer text) that follow the reasoning; the loss is taken on the answer text only."""
-    return phrase, ANSWER_SEPARATOR + answer_label(gold)
+def build_answer_tail(
+    gold: str, *, phrase: str = EXTRACTION_PHRASE, form: Callable[[str], str] = answer_label
+) -> tuple[str, str]:
+    """(phrase, answer text) that follow the reasoning; the loss is taken on the answer text only. `form` writes the
+    answer: GReaTer's label ("(A)" -> "A") by default."""
+    return phrase, ANSWER_SEPARATOR + form(gold)
 
 
 def direct_phrase(suite_phrase: str | None) -> str:

@@ -42,9 +42,10 @@ from gradgate.optimizers.greater.encoding import (
     AnswerSpec,
     ItemLike,
     Problem,
+    answer_form,
     banned_ids,
     encode_items,
-    first_label_ids,
+    label_choice,
     resolve_phrase,
 )
 from gradgate.optimizers.greater.engine import (
@@ -57,6 +58,7 @@ from gradgate.optimizers.greater.engine import (
 )
 from gradgate.optimizers.greater.prompts import split_prompt
 from gradgate.optimizers.greater.settings import GreaterConfig
+from gradgate.scoring.answers import answer_label
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ class GreaterSearch:
             phrase_ids=phrase_ids,
             meter=meter,
             decode=lambda t: tokenizer.decode(list(t), skip_special_tokens=True),
-            label_ids=first_label_ids(tokenizer, labels),
+            labels=label_choice(tokenizer, labels),
         )
 
     def run(
@@ -297,8 +299,10 @@ class GreaterSearch:
         model, tokenizer = self.load(model_name)
         # A suite with options ranks them (loglik): an answer is right when the gold one wins among them.
         engine = self.make_engine(model, tokenizer, meter, phrase, labels if answers.options else ())
-        encoded = encode_items(tokenizer, split, items, use_chat_template=cfg.use_chat_template)
-        banned = banned_ids(tokenizer, labels) if cfg.ban_labels else frozenset()
+        encoded = encode_items(tokenizer, split, items, use_chat_template=cfg.use_chat_template, form=answer_form(cfg))
+        # Both spellings of a lettered option are answers: "(A)" as ranked directly, "A" as GReaTer writes it.
+        spellings = tuple(dict.fromkeys((*labels, *(answer_label(label) for label in labels))))
+        banned = banned_ids(tokenizer, spellings) if cfg.ban_labels else frozenset()
         return Problem(engine, tokenizer, split, encoded, WordFilter(tokenizer), banned, phrase, labels)
 
     def _prepare(
