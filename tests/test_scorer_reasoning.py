@@ -42,14 +42,18 @@ class RecordingBackend(ScriptedBackend):
         super().__init__(**kwargs)
         self.max_tokens: list[int] = []
         self.ranked: list[list[str]] = []
+        self.prefixes: list[str | None] = []
 
     async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], **kwargs: Any) -> BackendReply:
         self.max_tokens.append(kwargs["max_tokens"])
         return await super().complete(spec, messages, **kwargs)
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
         self.ranked.append(options)
-        return await super().score_options(spec, messages, options)
+        self.prefixes.append(answer_prefix)
+        return await super().score_options(spec, messages, options, answer_prefix=answer_prefix)
 
 
 def prefers_b(messages: list[dict[str, str]], options: list[str]) -> list[float]:
@@ -72,6 +76,7 @@ def test_the_options_are_ranked_after_the_models_reasoning_and_the_phrase(tmp_pa
     # The reasoning (stripped) and the phrase GReaTer builds, then each option as GReaTer reads it ("(A)" -> "A").
     shared = f"Both sides are False. {PHRASE}"
     assert backend.ranked == [[f"{shared} A", f"{shared} B"]] * 2
+    assert backend.prefixes == ["", ""]  # no "The answer is " before the reasoning: GReaTer's training sequence
     # The ranking sees the prompt alone as the messages: the reasoning is part of the scored continuation.
     assert all(m[-1]["content"].startswith("Is it true?") for _, m in backend.calls)
     assert [i.output for i in evaluation.items] == ["(B)", "(B)"]  # the option as written: metrics unchanged
@@ -107,6 +112,7 @@ def test_without_reasoning_tokens_the_options_follow_the_prompt(tmp_path: Path) 
     scorer, session = scorer_for(make_repo(tmp_path / "repo", "{mode: loglik, options: ['(A)', '(B)']}"), backend)
     evaluation = asyncio.run(scorer.score(scorer.target.prompt, scorer.target.suite.items[:1]))
     assert backend.max_tokens == [] and backend.ranked == [["(A)", "(B)"]] and session.budget.calls == 1
+    assert backend.prefixes == [None]  # the runtime's own answer prefix
     assert evaluation.items[0].reasoning is None
 
 
@@ -145,7 +151,6 @@ def test_reasoning_then_ranking_on_the_embedded_model(tmp_path: Path) -> None:
     """Real SmolLM2: 16 reasoning tokens, then the ranking; every option's continuation spells the shared text
     (reasoning and phrase) with the same token ids, as the runtime tokenizes it."""
     from gradgate.models.local import load_causal_lm
-    from gradgate.models.local.runtime import DEFAULT_ANSWER_PREFIX
 
     repo = make_repo(tmp_path / "repo", "{mode: loglik, options: ['(A)', '(B)'], reasoning_tokens: 16}")
     config, _ = load_config(repo)
@@ -154,9 +159,12 @@ def test_reasoning_then_ranking_on_the_embedded_model(tmp_path: Path) -> None:
     inner = session.gateway.backend
     real_score = inner.score_options
 
-    async def recording(spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def recording(
+        spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
+        assert answer_prefix == ""
         ranked.append(options)
-        return await real_score(spec, messages, options)
+        return await real_score(spec, messages, options, answer_prefix=answer_prefix)
 
     inner.score_options = recording  # type: ignore[method-assign]
     [target] = discover(repo, config)
@@ -165,8 +173,8 @@ def test_reasoning_then_ranking_on_the_embedded_model(tmp_path: Path) -> None:
     assert all(i.output in ("(A)", "(B)") and i.reasoning for i in evaluation.items)
     assert session.budget.calls == 4 and len(ranked) == 2
     _, tokenizer = load_causal_lm(SMOL.removeprefix("local/"))
-    # The runtime tokenizes each continuation after its answer prefix's trailing spaces (runtime.score_options).
-    spaces = DEFAULT_ANSWER_PREFIX[len(DEFAULT_ANSWER_PREFIX.rstrip(" ")) :]
+    # With no answer prefix the runtime tokenizes each continuation as written (runtime.score_options).
+    spaces = ""
     for item in evaluation.items:  # the items run concurrently: find each one's ranking by its reasoning
         shared = f"{item.reasoning} {PHRASE}"
         [options] = [r for r in ranked if r == [f"{shared} A", f"{shared} B"]][:1]

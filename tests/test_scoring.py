@@ -145,6 +145,18 @@ def test_cache_makes_a_rerun_free(tmp_path: Path) -> None:
     assert third.text == "never called"
 
 
+def test_an_answer_prefix_is_its_own_cache_key_and_the_default_keeps_the_old_one(tmp_path: Path) -> None:
+    gw = gateway(lambda spec, m: "", cache=tmp_path, option_scores=lambda m, o: [1.0, 2.0])
+    asyncio.run(gw.score_options("task", MSG, ["a", "b"]))
+    asyncio.run(gw.score_options("task", MSG, ["a", "b"], answer_prefix=""))
+    assert gw.budget.calls == 2  # the empty prefix is another request
+    asyncio.run(gw.score_options("task", MSG, ["a", "b"], answer_prefix=""))
+    assert gw.budget.calls == 2 and gw.budget.usage["task"].cached_calls == 1
+    spec = gw.spec("task")
+    unchanged = {"kind": "loglik", "model": spec.model, "api_base": spec.api_base, "messages": MSG, "options": ["a", "b"]}
+    assert gw.cache is not None and gw.cache.get(ResponseCache.key(unchanged)) == {"scores": [1.0, 2.0]}
+
+
 def test_retries_with_backoff_then_succeeds() -> None:
     gw = gateway(lambda spec, m: "ok", fail_first=2)
     assert asyncio.run(gw.complete("task", MSG)).text == "ok"

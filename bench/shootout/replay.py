@@ -112,8 +112,12 @@ class ReplayBackend:
         self._store(path, {"reply": asdict(reply), "seconds": seconds})
         return reply
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
         request = {"kind": "loglik", "model": spec.model, "api_base": spec.api_base, "messages": messages, "options": options}
+        if answer_prefix is not None:  # only when given: earlier replies keep their keys
+            request["answer_prefix"] = answer_prefix
         _, path = self._key(request)
         self.stats.requests += 1
         if (hit := self._load(path)) is not None:
@@ -121,7 +125,7 @@ class ReplayBackend:
             self.stats.model_seconds += float(hit.get("seconds", 0.0))
             return [float(x) for x in hit["scores"]]
         started = time.monotonic()
-        scores = await self.inner.score_options(spec, messages, options)
+        scores = await self.inner.score_options(spec, messages, options, answer_prefix=answer_prefix)
         seconds = time.monotonic() - started
         self.stats.model_seconds += seconds
         self._store(path, {"scores": [float(x) for x in scores], "seconds": seconds})

@@ -124,9 +124,11 @@ class _CountingBackend:
         self.calls += 1
         return await self.inner.complete(spec, messages, **kwargs)
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
         self.calls += 1
-        return await self.inner.score_options(spec, messages, options)
+        return await self.inner.score_options(spec, messages, options, answer_prefix=answer_prefix)
 
     def validate(self, spec: ModelSpec) -> None:
         self.inner.validate(spec)

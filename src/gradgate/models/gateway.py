@@ -79,7 +79,10 @@ class Backend(Protocol):
         timeout: float,
     ) -> BackendReply: ...
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]: ...
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
+        """`answer_prefix`: the text the assistant turn opens with before each option (None: the model's default)."""
 
     def validate(self, spec: ModelSpec) -> None: ...
 
@@ -203,10 +206,15 @@ class Gateway:
             self.cache.put(key, {k: v for k, v in asdict(completion).items() if k != "cached"})
         return completion
 
-    async def score_options(self, role: str, messages: list[dict[str, str]], options: list[str]) -> list[float]:
-        """Log-likelihood of each option as the answer (embedded models)."""
+    async def score_options(
+        self, role: str, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
+        """Log-likelihood of each option as the answer (embedded models), after `answer_prefix` (None: the runtime's
+        "The answer is ")."""
         spec = self.spec(role)
-        request = self._request("loglik", spec, messages, options=options)
+        # The prefix joins the cache key only when given, so the keys of every earlier request stay valid.
+        extra = {} if answer_prefix is None else {"answer_prefix": answer_prefix}
+        request = self._request("loglik", spec, messages, options=options, **extra)
         key = ResponseCache.key(request)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.budget.record_cached(role)
@@ -214,7 +222,7 @@ class Gateway:
         tokens = estimate_tokens(messages) * len(options)
 
         async def run(timeout: float) -> BackendReply:
-            scores = await self.backend.score_options(spec, messages, options)
+            scores = await self.backend.score_options(spec, messages, options, answer_prefix=answer_prefix)
             return BackendReply(text=json.dumps(scores), prompt_tokens=tokens, completion_tokens=0, cost_usd=0.0)
 
         reply = await self._call(role, spec, tokens, 0, run)

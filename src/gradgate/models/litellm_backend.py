@@ -194,7 +194,9 @@ class LiteLLMBackend:
                 raise RetryableError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
             raise ModelError(f"{spec.model} failed: {redact(str(exc))[:400]}") from None
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
         if not spec.is_local:
             raise ModelError(
                 f"log-likelihood scoring needs an embedded model, not {spec.model!r}",
@@ -202,7 +204,9 @@ class LiteLLMBackend:
             )
         from gradgate.models.local import runtime as local_models
 
-        return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
+        if answer_prefix is None:
+            return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
+        return await asyncio.to_thread(local_models.score_options, spec.model, messages, options, answer_prefix=answer_prefix)
 
 
 def _reply_text(spec: ModelSpec, response: Any) -> str:

@@ -48,7 +48,9 @@ class ScriptedBackend:
         prompt_tokens = sum(len((m.get("content") or "").split()) for m in messages)
         return BackendReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(text.split()), cost_usd=0.0)
 
-    async def score_options(self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str]) -> list[float]:
+    async def score_options(
+        self, spec: ModelSpec, messages: list[dict[str, str]], options: list[str], *, answer_prefix: str | None = None
+    ) -> list[float]:
         self.calls.append((spec.model, messages))
         if self.option_scores is None:
             return [0.0 for _ in options]

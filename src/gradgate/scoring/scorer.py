@@ -186,12 +186,12 @@ class Scorer:
         # The embedded runtime tokenizes each continuation on its own. The shared text ends in a non-space character
         # (reasoning, phrase and labels stripped) and one space opens each label, which starts a new pre-token in a
         # byte-level BPE tokenizer: the shared text gets the same ids before every option, so the options' scores
-        # differ only in their label tokens. (The runtime puts its answer prefix, "The answer is ", before every
-        # continuation, where GReaTer's sequence has none: the same for every option, but not the training text.)
+        # differ only in their label tokens. No answer prefix: the assistant turn is the reasoning, then the phrase
+        # and the label, the sequence GReaTer trains on.
         reasoning = reply.text.strip()
         shared = f"{reasoning} {phrase}" if reasoning else phrase
         ranked = [f"{shared} {answer_label(o)}" for o in scoring.options]
-        scores = await self.gateway.score_options("task", messages, ranked)
+        scores = await self.gateway.score_options("task", messages, ranked, answer_prefix="")
         return Answer(best_option(scoring.options, scores), reasoning)
 
     async def score_item(self, prompt: Prompt, item: Item, *, sample: int = 0) -> ItemResult:
