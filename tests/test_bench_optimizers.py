@@ -237,8 +237,9 @@ def test_demos_and_portfolio_rows_share_the_budget_and_write_demonstrations(bbh_
     args = _args(bbh_file, tmp_path, "demos,portfolio", budget=80)
     json_path, _, rows = run_benchmark(args, backend=backend, command="bench test")
     initial, demos, portfolio = rows
-    # The run's wall time spans every method's search, not only the last one's.
-    assert json.loads(json_path.read_text(encoding="utf-8"))["wall_seconds"] >= (demos.seconds or 0) + (portfolio.seconds or 0)
+    # The run's wall time spans every method's search, not only the last one's (three values rounded to 0.1 s).
+    wall = json.loads(json_path.read_text(encoding="utf-8"))["wall_seconds"]
+    assert wall >= (demos.seconds or 0) + (portfolio.seconds or 0) - 0.15
     assert demos.error is None and portfolio.error is None, (demos.error, portfolio.error)
     assert "<!-- gradgate:demos -->" in demos.prompt and "\nAnswer: " in demos.prompt
     assert demos.test is not None and demos.test.mean == 1.0 > (initial.test.mean if initial.test else 1.0)
