@@ -204,8 +204,6 @@ class LiteLLMBackend:
             )
         from gradgate.models.local import runtime as local_models
 
-        if answer_prefix is None:
-            return await asyncio.to_thread(local_models.score_options, spec.model, messages, options)
         return await asyncio.to_thread(local_models.score_options, spec.model, messages, options, answer_prefix=answer_prefix)
 
 

@@ -408,10 +408,11 @@ def score_options(
     messages: Sequence[dict[str, Any]],
     options: Sequence[str],
     *,
-    answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+    answer_prefix: str | None = None,
     reduction: Literal["sum", "mean"] = "sum",
 ) -> list[float]:
-    """Log-likelihood of each option as the continuation of the prompt followed by ``answer_prefix``.
+    """Log-likelihood of each option as the continuation of the prompt followed by ``answer_prefix`` (None:
+    ``DEFAULT_ANSWER_PREFIX``).
 
     The prompt is chat-templated with the generation prompt (plain text for a base model).
     ``reduction="sum"`` (the default) is the log-probability of the whole option, fair for short
@@ -429,7 +430,7 @@ def score_options(
 
     lm, tokenizer = load_causal_lm(model)
     prompt, special = render_prompt(tokenizer, messages)
-    context = prompt + answer_prefix
+    context = prompt + (DEFAULT_ANSWER_PREFIX if answer_prefix is None else answer_prefix)
     # Trailing spaces belong to the option ("is" + " blue"), as BPE vocabularies spell words with their
     # leading space.
     stripped = context.rstrip(" ")

@@ -56,11 +56,13 @@ def direct_phrase(suite_phrase: str | None) -> str:
 
 
 def label_variants(labels: Sequence[str]) -> tuple[str, ...]:
-    """Spellings of each label a tokenizer may give its own token: with and without a leading space, as written,
-    lower case and capitalized. Their tokens are banned from the instruction (the answer must not leak in)."""
+    """Spellings of each label a tokenizer may give its own token: with and without a leading space, as written and
+    as GReaTer writes it ("(A)" and "A"), lower case and capitalized. Their tokens are banned from the instruction
+    (the answer must not leak in)."""
     out: dict[str, None] = {}
-    for label in labels:
-        for form in (label, label.lower(), label.capitalize()):
+    spellings = dict.fromkeys(s for label in labels for s in (label, answer_label(label)))
+    for spelling in spellings:
+        for form in (spelling, spelling.lower(), spelling.capitalize()):
             out[form] = out[" " + form] = None
     return tuple(out)
 

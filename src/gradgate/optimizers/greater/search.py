@@ -58,7 +58,6 @@ from gradgate.optimizers.greater.engine import (
 )
 from gradgate.optimizers.greater.prompts import split_prompt
 from gradgate.optimizers.greater.settings import GreaterConfig
-from gradgate.scoring.answers import answer_label
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +299,7 @@ class GreaterSearch:
         # A suite with options ranks them (loglik): an answer is right when the gold one wins among them.
         engine = self.make_engine(model, tokenizer, meter, phrase, labels if answers.options else ())
         encoded = encode_items(tokenizer, split, items, use_chat_template=cfg.use_chat_template, form=answer_form(cfg))
-        # Both spellings of a lettered option are answers: "(A)" as ranked directly, "A" as GReaTer writes it.
-        spellings = tuple(dict.fromkeys((*labels, *(answer_label(label) for label in labels))))
-        banned = banned_ids(tokenizer, spellings) if cfg.ban_labels else frozenset()
+        banned = banned_ids(tokenizer, labels) if cfg.ban_labels else frozenset()
         return Problem(engine, tokenizer, split, encoded, WordFilter(tokenizer), banned, phrase, labels)
 
     def _prepare(
