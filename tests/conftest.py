@@ -38,3 +38,15 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not beside the repository")
     return SHARED
+
+
+def script_sessions(monkeypatch: pytest.MonkeyPatch, backend: object) -> None:
+    """Every Session the CLI opens from now on talks to `backend` (a ScriptedBackend) instead of a model."""
+    from gradgate.models.session import Session
+
+    original = Session.open.__func__  # type: ignore[attr-defined]
+
+    def open_scripted(cls: type[Session], repo: Path, config: object, **kwargs: object) -> Session:
+        return original(cls, repo, config, **{**kwargs, "backend": backend})  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Session, "open", classmethod(open_scripted))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import script_sessions
+
 
 def gradgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """In-process (fast); `test_the_console_script_runs` covers the real entry point."""
@@ -80,7 +82,6 @@ def test_api_keys_never_reach_the_output(tmp_path: Path, monkeypatch: pytest.Mon
     """A run that passes validation, with a scripted model whose every reply echoes the credentials: none of
     them may reach stdout, stderr, results.json, report.md or the response cache."""
     from gradgate.models.scripted import ScriptedBackend
-    from gradgate.models.session import Session
 
     named = "canary-named-" + "7" * 20  # an unremarkable variable name: only gradgate.yaml says it is a key
     by_name = "canary-by-name-" + "3" * 20  # a *_TOKEN variable
@@ -96,10 +97,7 @@ def test_api_keys_never_reach_the_output(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "a.yaml").write_text("items: [{vars: {name: Ada}, expected: hello}, {vars: {name: Bo}, expected: hi}]")
     backend = ScriptedBackend(lambda spec, messages: f"key {named}, token {by_name}, pat {shaped}")
-    original = Session.open.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        Session, "open", classmethod(lambda cls, repo, config, **kw: original(cls, repo, config, **{**kw, "backend": backend}))
-    )
+    script_sessions(monkeypatch, backend)
 
     result = gradgate("-vv", "eval", "--repo", str(tmp_path), "--out", str(tmp_path / "out"))
 

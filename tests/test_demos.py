@@ -7,21 +7,36 @@ import asyncio
 import itertools
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from gradgate.app.optimize_job import run_optimize_job
-from gradgate.core.demos import CLOSE_MARKER, OPEN_MARKER, find_slot, slot_content, with_slot, without_slot
+from gradgate.cli import main
+from gradgate.core.demos import (
+    CLOSE_MARKER,
+    OPEN_MARKER,
+    find_slot,
+    marker_lines,
+    slot_content,
+    slot_problem,
+    strip_slot_markers,
+    with_slot,
+    without_slot,
+)
 from gradgate.core.discovery import discover
 from gradgate.core.method_settings import DemosSettings, parse_settings
 from gradgate.core.prompts import load_prompt, prompt_file_bytes, template_variables
 from gradgate.core.suites import split_items
 from gradgate.errors import ConfigError
-from gradgate.models.scripted import last_user_text
+from gradgate.models.scripted import ScriptedBackend, last_user_text
 from gradgate.optimizers.demos.method import demo_sets
 from gradgate.optimizers.demos.prompts import Demo, format_demos, parse_demos
 from gradgate.optimizers.report import pr_body
 from gradgate.optimizers.runner import run_optimization
+from tests.conftest import script_sessions
+from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture
 from tests.test_gradsum import Script, config_for, make_repo, open_session
 
 BODY = "Answer the question.\n\nQuestion: {{question}}\n"
@@ -190,3 +205,134 @@ def test_config_errors_come_before_any_call(tmp_path: Path) -> None:
         )
     assert not script.asked["task"]
     assert config_for().optimize.demos == DemosSettings()
+
+
+# -- the slot's marker lines come from pull requests: zero or one well-formed slot, else exit 2 before any call --
+
+HEAD = "---\nid: qa\ndescription: Add one to a number.\nsuite: evals/qa.yaml\n---\n"  # make_repo's: 5 lines
+OPEN, CLOSE = OPEN_MARKER, CLOSE_MARKER
+MALFORMED = {  # body, the file line of the offending marker (the body starts on line 6)
+    "twice": (f"Q\n{OPEN}\nx\n{CLOSE}\n{OPEN}\ny\n{CLOSE}\n\nQuestion: {{{{question}}}}\n", 10),
+    "unclosed": (f"Q\n{OPEN}\nold\nQuestion: {{{{question}}}}\n", 7),
+    "nested": (f"Q\n{OPEN}\n{OPEN}\nx\n{CLOSE}\n{CLOSE}\nQuestion: {{{{question}}}}\n", 8),
+    "close_only": (f"Q\n{CLOSE}\nold\nQuestion: {{{{question}}}}\n", 7),
+    "reversed": (f"Q\n{CLOSE}\nQuestion: {{{{question}}}}\n{OPEN}\nend\n", 7),
+    "spaced_close": (f"Q\n{OPEN}\nx\n<!-- / gradgate:demos -->\nQuestion: {{{{question}}}}\n", 9),
+    "other_case_inside": (f"Q\n{OPEN}\nx\n<!-- GradGate:Demos -->\n{CLOSE}\nQuestion: {{{{question}}}}\n", 9),
+    "inline": (f"Q {OPEN}\nx\n{CLOSE}\nQuestion: {{{{question}}}}\n", 6),
+}
+
+
+def demos_repo(root: Path, body: str, **files: str) -> Path:
+    """make_repo's prompt and suite with `body`, a gradgate.yaml for the scripted models, committed with real git."""
+    repo = make_repo(root, n_items=40, body=body)
+    (repo / "gradgate.yaml").write_text(
+        "models: {task: fake/task, judge: fake/judge, optimizer: fake/optimizer, editor: fake/editor, max_retries: 0}\n"
+        "budget: {max_calls: 200}\noptimize: {alpha: 0.1, demos: {max_demos: 2}}\n"
+    )
+    for rel, text in files.items():
+        (repo / rel).write_text(text)
+    git(repo, "init", "--quiet", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "--quiet", "-m", "initial")
+    return repo
+
+
+@pytest.fixture
+def scripted_cli(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every Session the CLI opens answers with DemoScript; returns the list of model calls."""
+    backend = ScriptedBackend(DemoScript(lambda m: ""))
+    script_sessions(monkeypatch, backend)
+    return backend.calls
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_slot_is_refused_at_load_naming_the_file_and_the_marker_line(tmp_path: Path, case: str) -> None:
+    body, line = MALFORMED[case]
+    repo = make_repo(tmp_path / "repo", body=body)
+    with pytest.raises(ConfigError) as caught:
+        load_prompt(repo / "prompts" / "qa.md", repo)
+    assert caught.value.where == f"prompts/qa.md:{line}" and f"line {line} " in caught.value.message
+    assert caught.value.hint is not None and "at most one demonstrations slot" in caught.value.hint
+    assert slot_problem(body, first_line=6) is not None
+
+
+@pytest.mark.parametrize(("case", "command"), [(c, "optimize") for c in MALFORMED] + [("unclosed", "eval")])
+def test_a_malformed_slot_exits_2_before_any_model_call_and_nothing_is_written(
+    tmp_path: Path, scripted_cli: list[Any], case: str, command: str
+) -> None:
+    body, line = MALFORMED[case]
+    repo = demos_repo(tmp_path / "repo", body)
+    before = (repo / "prompts" / "qa.md").read_bytes()
+    extra = ["--method", "demos", "--write"] if command == "optimize" else []
+    code, output = run_cli(command, "--repo", str(repo), "--out", str(tmp_path / "out"), *extra)
+    assert code == 2, output
+    assert f"prompts/qa.md:{line}" in output and "demonstrations slot" in output and "Traceback" not in output
+    assert scripted_cli == []
+    assert (repo / "prompts" / "qa.md").read_bytes() == before
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_an_included_file_cannot_bring_or_complete_a_marker(tmp_path: Path, scripted_cli: list[Any]) -> None:
+    """The slot lives in the prompt file (the only file write-back changes); an included file is shared."""
+    in_part = demos_repo(
+        tmp_path / "a", "Q\n{{> part.md}}\nQuestion: {{question}}\n", **{"prompts/part.md": f"Shared.\n{OPEN}\nx\n{CLOSE}\n"}
+    )
+    code, output = run_cli("optimize", "--repo", str(in_part), "--out", str(tmp_path / "out"), "--method", "demos", "--write")
+    assert code == 2 and "prompts/part.md:2" in output and "prompts/qa.md includes this file" in output, output
+    completed = make_repo(tmp_path / "b", body="Q\n<!-- gradgate:{{> part.md}} -->\nx\n{{question}}\n")
+    (completed / "prompts" / "part.md").write_text("demos")
+    with pytest.raises(ConfigError) as caught:  # no marker line in either file, one once expanded
+        load_prompt(completed / "prompts" / "qa.md", completed)
+    assert caught.value.where == "prompts/qa.md:7" and "include" in caught.value.message
+    assert scripted_cli == []
+
+
+WELL_FORMED = {
+    "no slot": "Answer the question.\n\nQuestion: {{question}}\n",
+    "one slot": f"Answer the question.\n\n{OPEN}\nExamples:\n\nInput: old\nAnswer: old\n{CLOSE}\n\nQuestion: {{{{question}}}}\n",
+    "spaced markers": "Answer.\n\n  <!--gradgate:demos-->\t\nExamples:\n\n<!--  /gradgate:demos  -->\n\nQuestion: {{question}}\n",
+}
+
+
+@pytest.mark.parametrize("case", list(WELL_FORMED))
+def test_a_well_formed_slot_or_none_loads_and_writes_back_byte_stably(tmp_path: Path, scripted_cli: list[Any], case: str) -> None:
+    body = WELL_FORMED[case]
+    repo = demos_repo(tmp_path / "repo", body.replace("\n", "\r\n"))  # CRLF on disk: kept outside the slot
+    before = (repo / "prompts" / "qa.md").read_bytes()
+    prompt = load_prompt(repo / "prompts" / "qa.md", repo)
+    assert prompt.body == body and slot_problem(prompt.body) is None
+    assert "gradgate" not in prompt.render({"question": "What is 1+1?"})  # marker lines, spaced or not, never sent
+    code, output = run_cli("optimize", "--repo", str(repo), "--out", str(tmp_path / "out"), "--method", "demos", "--write")
+    assert code == 0 and "wrote prompts/qa.md" in output, output
+    after = (repo / "prompts" / "qa.md").read_bytes()
+    assert [m.kind for m in marker_lines(after.decode())] == ["open", "close"]
+    start, end = after.index(b"gradgate:demos"), after.index(b"/gradgate:demos")
+    if find_slot(body) is None:  # inserted before the question, then a blank line
+        assert after[: after.index(b"<!--")] + after[after.index(b"\r\n", end) + 4 :] == before
+    else:  # only the bytes between the marker lines changed
+        old_end = before.index(b"/gradgate:demos")
+        assert after[: after.index(b"\r\n", start)] == before[: before.index(b"\r\n", start)]
+        assert after[after.rindex(b"\r\n", 0, end) :] == before[before.rindex(b"\r\n", 0, old_end) :]
+    reloaded = load_prompt(repo / "prompts" / "qa.md", repo)
+    assert re.search(r"Input: What is \d+\+1\?\nAnswer: \d+\n", slot_content(reloaded.body)) and scripted_cli
+
+
+def test_a_model_written_body_gets_exactly_one_slot() -> None:
+    """Candidates are not loaded files: CRLF newlines, or stray marker lines a rewriter left (never sent to a model)."""
+    crlf = f"Q\r\n{OPEN}\r\nold\r\n{CLOSE}\r\n\r\nQuestion: {{{{question}}}}\r\n"
+    assert with_slot(crlf, "new\n") == f"Q\r\n{OPEN}\r\nnew\n{CLOSE}\r\n\r\nQuestion: {{{{question}}}}\r\n"
+    assert without_slot(crlf) == "Q\r\nQuestion: {{question}}\r\n"
+    written = f"Q\nold\n{OPEN}\nnew\n{CLOSE}\n\nQuestion: {{{{question}}}}\n"  # what a model sees of the rest: unchanged
+    for stray in (
+        f"Q\n{OPEN}\nold\nQuestion: {{{{question}}}}\n",
+        f"Q\n{OPEN}\n{OPEN}\nold\n{CLOSE}\n{CLOSE}\nQuestion: {{{{question}}}}\n",
+        f"Q\n{CLOSE}\nold\n{OPEN}\nQuestion: {{{{question}}}}\n",
+    ):
+        assert with_slot(stray, "new\n") == written and strip_slot_markers(stray) == "Q\nold\nQuestion: {{question}}\n"
+    assert [m.kind for m in marker_lines(written)] == ["open", "close"] and slot_problem(written) is None

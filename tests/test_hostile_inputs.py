@@ -31,6 +31,7 @@ from gradgate.core.prompts import load_prompt
 from gradgate.core.suites import load_suite
 from gradgate.errors import ConfigError
 from gradgate.scoring.metrics import parse_metrics
+from tests.conftest import script_sessions
 
 SETTINGS = settings(
     max_examples=50,
@@ -370,16 +371,9 @@ GOOD_SUITE = "items: [{vars: {name: x}, expected: x}]"
 def scripted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every Session gets a scripted backend; returns its list of calls (must stay empty on bad input)."""
     from gradgate.models.scripted import ScriptedBackend
-    from gradgate.models.session import Session
 
     backend = ScriptedBackend(lambda spec, messages: "x")
-    original = Session.open.__func__  # type: ignore[attr-defined]
-
-    def open_scripted(cls: type[Session], repo: Path, config: Any, **kwargs: Any) -> Session:
-        kwargs["backend"] = backend
-        return original(cls, repo, config, **kwargs)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(Session, "open", classmethod(open_scripted))
+    script_sessions(monkeypatch, backend)
     return backend.calls
 
 

@@ -25,7 +25,7 @@ from gradgate.optimizers.registry import METHOD_NAMES
 
 T = TypeVar("T")
 log = logging.getLogger("gradgate")
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, emoji=False)  # ":id:" in a message is a key, not an emoji
 
 
 def _setup_logging(verbose: int) -> None:
@@ -71,24 +71,32 @@ def _repo(path: str) -> Path:
 _SYSTEM_DIRS = (Path("/dev"), Path("/proc"), Path("/sys"))
 
 
-def _out_dir(path: str) -> Path:
-    """`--out`, checked before any model call: a directory to create or reuse, never a file or a device."""
-    hint = "pass a directory for the reports, e.g. --out gradgate-out"
-    if not path.strip() or "\x00" in path:
-        raise UsageError(f"--out {path!r} is not a directory name", hint=hint)
-    out = Path(path)
-    try:
-        resolved = out.resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--out {path!r} cannot be resolved: {exc}", hint=hint) from None
+def _out_dir(path: str, repo: Path) -> Path:
+    """`--out`, checked before any model call: a directory to create or reuse, never a file, a device or `.git/`."""
+    return _output(path, repo, option="--out", directory=True, hint="pass a directory for the reports, e.g. --out gradgate-out")
+
+
+def _junit(path: str | None, repo: Path) -> Path | None:
+    """`--junit`, checked before any model call like `--out`: a file whose folder exists or can be made."""
+    if path is None:
+        return None
+    return _output(path, repo, option="--junit", directory=False, hint="pass a file name, e.g. --junit gradgate-out/junit.xml")
+
+
+def _output(path: str, repo: Path, *, option: str, directory: bool, hint: str) -> Path:
+    from gradgate.core.files import output_location
+
+    resolved = output_location(repo, path, what=option, hint=hint)
     if any(resolved == root or root in resolved.parents for root in _SYSTEM_DIRS):
-        raise UsageError(f"--out {path!r} is a system path ({resolved}), not a directory for reports", hint=hint)
-    probe = resolved
+        raise UsageError(f"{option} {path!r} is a system path ({resolved}), not a place for reports", hint=hint)
+    if not directory and resolved.is_dir():
+        raise UsageError(f"{option} {path!r} is a directory, not a file", hint=hint)
+    probe = resolved if directory else resolved.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"--out {path!r}: {probe} exists and is not a directory", hint=hint)
-    return out
+        raise UsageError(f"{option} {path!r}: {probe} exists and is not a directory", hint=hint)
+    return Path(path)
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -159,7 +167,8 @@ def eval_command(
 
     def job() -> int:
         repo = _repo(repo_path)
-        out = _out_dir(out_dir)
+        out = _out_dir(out_dir, repo)
+        junit = _junit(junit_path, repo)
         part = Shard.parse(shard) if shard is not None else None
         config = _load(repo, config_path, task=model, judge=judge_model)
         session = Session.open(repo, config, use_cache=not no_cache)
@@ -174,10 +183,10 @@ def eval_command(
                     on_start=on_start,
                     on_item=on_item,
                     shard=part,
-                    junit=Path(junit_path) if junit_path else None,
+                    junit=junit,
                 )
             )
-        print_table(outcome.results, Console())
+        print_table(outcome.results, Console(emoji=False))
         click.echo(f"wrote {outcome.results_path}, {outcome.report_path} and report.html" + (f" (shard {part})" if part else ""))
         if outcome.error is not None:
             stderr.print(f"[bold red]error:[/] {escape(redact(str(outcome.error)))}", highlight=False)
@@ -229,11 +238,13 @@ def check_command(
     from gradgate.app.shards import Shard
 
     def job() -> int:
-        out = _out_dir(out_dir)
+        repo = _repo(repo_path)
+        out = _out_dir(out_dir, repo)
+        junit = _junit(junit_path, repo)
         part = Shard.parse(shard) if shard is not None else None
         with open_progress(stderr) as progress:
             outcome = run_check(
-                repo=_repo(repo_path),
+                repo=repo,
                 base_ref=base_ref,
                 head_ref=head_ref,
                 config_path=Path(config_path) if config_path else None,
@@ -245,7 +256,7 @@ def check_command(
                 comment=comment,
                 fail_on_regression=fail_on_regression,
                 shard=part,
-                junit=Path(junit_path) if junit_path else None,
+                junit=junit,
                 progress=progress,
             )
         click.echo(redact(outcome.markdown))
@@ -276,7 +287,9 @@ def check_command(
 @click.option("--optimizer-model", default=None, help="Model that writes gradients and candidates.")
 @click.option("--budget-calls", type=click.IntRange(min=1), default=None, help="Hard limit on LLM calls.")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Hard limit on tokens.")
-@click.option("--budget-usd", type=click.FloatRange(min=0), callback=_finite, default=None, help="Hard limit on cost in USD.")
+@click.option(
+    "--budget-usd", type=click.FloatRange(min=0, min_open=True), callback=_finite, default=None, help="Hard limit on cost in USD."
+)
 @click.option(
     "--budget-seconds",
     type=click.FloatRange(min=0, min_open=True),
@@ -284,7 +297,9 @@ def check_command(
     default=None,
     help="Hard limit on wall time.",
 )
-@click.option("--seed", type=int, default=None, help="Seed for splits and sampling (default: gradgate.yaml).")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed for splits and sampling (default: gradgate.yaml)."
+)
 @click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for the artifacts.")
 @click.option("--write", is_flag=True, help="Write the best prompt back into its file (front matter kept).")
 @click.option("--open-pr", is_flag=True, help="Commit to gradgate/tune-<ids>, push and open or update one pull request.")
@@ -313,7 +328,7 @@ def optimize_command(
 
     def job() -> int:
         repo = _repo(repo_path)
-        out = _out_dir(out_dir)
+        out = _out_dir(out_dir, repo)
         config = _load(repo, config_path, task=model, judge=judge_model, optimizer=optimizer_model)
         config = config.model_copy(
             update={
@@ -337,7 +352,7 @@ def optimize_command(
                     progress=progress,
                 )
             )
-        stdout = Console()
+        stdout = Console(emoji=False)
         if stdout.is_terminal:  # a table on a terminal; the Markdown (also in report.md) when piped
             print_optimize_table(outcome.results, stdout)
             click.echo(f"full report: {outcome.report_path} and report.html beside it")
@@ -365,16 +380,17 @@ def merge_command(
     from gradgate.scoring.results import print_table
 
     def job() -> int:
+        here = Path.cwd()
         outcome = run_merge(
             [Path(d) for d in directories],
-            out_dir=_out_dir(out_dir),
+            out_dir=_out_dir(out_dir, here),
             env=dict(os.environ),
             comment=comment,
             fail_on_regression=fail_on_regression,
-            junit=Path(junit_path) if junit_path else None,
+            junit=_junit(junit_path, here),
         )
         if outcome.results is not None:
-            print_table(outcome.results, Console())
+            print_table(outcome.results, Console(emoji=False))
         else:
             click.echo(redact(outcome.markdown))
         if outcome.check is not None and outcome.check.error:

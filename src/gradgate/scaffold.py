@@ -10,8 +10,8 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from gradgate.core.files import atomic_write_text
-from gradgate.errors import ConfigError
+from gradgate.core.files import atomic_write_text, outside_git_dir, resolve_inside
+from gradgate.errors import ConfigError, GradgateError
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,12 @@ def init_repository(target: Path) -> list[Path]:
     Nothing is written when any of them already exists: the ``ConfigError`` lists every clash.
     """
     target = Path(target)
+    outside_git_dir(target, what="init directory", hint="pass the repository's work tree, not its .git directory")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file, not a directory", hint="pass the repository's directory")
+    # A symlinked `prompts/` or `.github/` must not carry the starter files out of the directory.
+    for relative in TEMPLATES.values():
+        resolve_inside(target, relative, what="starter file", where=str(target), hint="remove the symlink, then rerun")
     destinations = [target / relative for relative in TEMPLATES.values()]
     clashes = [path for path in destinations if path.exists() or path.is_symlink()]
     if clashes:
@@ -49,6 +53,9 @@ def init_repository(target: Path) -> list[Path]:
     # Read every template before writing anything, so a broken install cannot leave half a setup behind.
     texts = [template_text(name) for name in TEMPLATES]
     for path, text in zip(destinations, texts, strict=True):
-        atomic_write_text(path, text)
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            raise GradgateError(f"cannot write {path}: {exc.strerror or exc}", hint="pass a directory you can write to") from None
         logger.info("wrote %s", path)
     return destinations

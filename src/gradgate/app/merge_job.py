@@ -13,12 +13,13 @@ same code as `gradgate check` (`check_job.publish`). A missing, repeated or fore
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 
 from gradgate.app.check_job import CheckOutcome, publish
 from gradgate.app.eval_job import write_eval_reports
@@ -42,24 +43,102 @@ class MergeOutcome:
     check: CheckOutcome | None = None  # check
 
 
-def merge_budgets(budgets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Calls, tokens and USD summed, per role too; seconds of the longest shard; the first stop reason."""
-    present = [b for b in budgets if b]
-    if not present:
+_Count = Annotated[int, Field(ge=0)]
+_Amount = Annotated[float, Field(ge=0)]  # finite: the models refuse NaN and infinity
+
+
+def _limit(value: Any) -> int | float | None:
+    if value is None or (type(value) in (int, float) and math.isfinite(value) and value >= 0):
+        return value  # type: ignore[no-any-return]
+    raise ValueError("a limit is a finite number, not negative, or null")
+
+
+_Limit = Annotated[Any, PlainValidator(_limit)]
+
+
+class RoleBudget(BaseModel):
+    """One role's usage in a shard's `budget.by_role` (as `gradgate.core.budget.RoleUsage` writes it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    calls: _Count = 0
+    cached_calls: _Count = 0
+    retries: _Count = 0
+    prompt_tokens: _Count = 0
+    completion_tokens: _Count = 0
+    cost_usd: _Amount = 0.0
+
+
+class ShardBudget(BaseModel):
+    """A shard's `budget` section (as `BudgetTracker.snapshot` writes it): read as untrusted input."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    limits: dict[str, _Limit] = Field(default_factory=dict)
+    calls: _Count = 0
+    tokens: _Count = 0
+    cost_usd: _Amount = 0.0
+    seconds: _Amount = 0.0
+    stopped_reason: str | None = None
+    by_role: dict[str, RoleBudget] = Field(default_factory=dict)
+
+
+def shard_budget(raw: Mapping[str, Any], where: str, *, complete: bool = False) -> ShardBudget | None:
+    """A shard's budget section, validated: None when empty (the shard made no call), else finite non-negative
+    numbers of the right types; with `complete`, every key a snapshot writes. UsageError (exit 2) naming
+    `where` (the file) and the key otherwise."""
+    if not raw and not complete:
+        return None
+    try:
+        budget = ShardBudget.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0] if errors else {"loc": (), "msg": "invalid"}
+        raise _malformed(where, ("budget", *first.get("loc", ())), str(first.get("msg", "invalid"))) from None
+    if complete:
+        missing: list[tuple[str, ...]] = [
+            ("budget", name) for name in ShardBudget.model_fields if name not in budget.model_fields_set
+        ]
+        missing += [
+            ("budget", "by_role", role, name)
+            for role, usage in budget.by_role.items()
+            for name in RoleBudget.model_fields
+            if name not in usage.model_fields_set
+        ]
+        if missing:
+            raise _malformed(where, missing[0], "missing")
+    return budget
+
+
+def _malformed(where: str, loc: Sequence[Any], message: str) -> UsageError:
+    key = ".".join(str(part)[:80] for part in loc)
+    return UsageError(
+        f"cannot merge: a malformed shard result: {message}",
+        where=f"{where}:{key}",
+        hint="pass the --out directories of unmodified shards (numbers must be finite and not negative)",
+    )
+
+
+def merge_budgets(budgets: Sequence[Mapping[str, Any] | ShardBudget]) -> dict[str, Any]:
+    """Calls, tokens and USD summed, per role too; seconds of the longest shard; the first stop reason.
+    Mappings are validated first (UsageError naming the shard by its position and the key)."""
+    present = [b if isinstance(b, ShardBudget) else shard_budget(b, f"shard {n}") for n, b in enumerate(budgets, start=1) if b]
+    parts = [b for b in present if b is not None]
+    if not parts:
         return {}
     by_role: dict[str, dict[str, Any]] = {}
-    for budget in present:
-        for role, usage in budget.get("by_role", {}).items():
+    for budget in parts:
+        for role, usage in budget.by_role.items():
             merged = by_role.setdefault(role, {})
-            for key, value in usage.items():
+            for key, value in usage.model_dump(exclude_unset=True).items():
                 merged[key] = merged.get(key, 0) + value
     return {
-        "limits": present[0].get("limits", {}),
-        "calls": sum(int(b.get("calls", 0)) for b in present),
-        "tokens": sum(int(b.get("tokens", 0)) for b in present),
-        "cost_usd": round(sum(float(b.get("cost_usd", 0.0)) for b in present), 6),
-        "seconds": max(float(b.get("seconds", 0.0)) for b in present),
-        "stopped_reason": next((b["stopped_reason"] for b in present if b.get("stopped_reason")), None),
+        "limits": dict(parts[0].limits),
+        "calls": sum(b.calls for b in parts),
+        "tokens": sum(b.tokens for b in parts),
+        "cost_usd": round(sum(b.cost_usd for b in parts), 6),
+        "seconds": max(b.seconds for b in parts),
+        "stopped_reason": next((b.stopped_reason for b in parts if b.stopped_reason), None),
         "by_role": {role: by_role[role] for role in sorted(by_role)},
     }
 
@@ -89,12 +168,15 @@ def _same(values: Sequence[Any], what: str) -> Any:
 
 def _merge_eval(found: Found, out_dir: Path, junit: Path | None) -> MergeOutcome:
     adapter = TypeAdapter(EvalResults)
-    parts: list[EvalResults] = [_read(directory / "results.json", adapter) for directory, _ in found]
+    paths = [directory / "results.json" for directory, _ in found]
+    parts: list[EvalResults] = [_read(path, adapter) for path in paths]
+    # An eval shard always writes its whole budget: the report reads every key of it.
+    budgets = [shard_budget(p.budget, str(path), complete=True) for p, path in zip(parts, paths, strict=True)]
     errors = [p.error for p in parts if p.error]
     results = EvalResults(
         created_at=max(p.created_at for p in parts),
         models=_same([p.models for p in parts], "models"),
-        budget=merge_budgets([p.budget for p in parts]),
+        budget=merge_budgets([b for b in budgets if b is not None]),
         prompts=_ordered(found, [p.prompts for p in parts], "id"),
         complete=all(p.complete for p in parts),
         error="; ".join(dict.fromkeys(errors)) or None,
@@ -124,7 +206,10 @@ def _merge_check(
     github_options: Mapping[str, Any] | None,
 ) -> MergeOutcome:
     adapter = TypeAdapter(CheckSummary)
-    parts: list[CheckSummary] = [_read(directory / "check.json", adapter) for directory, _ in found]
+    paths = [directory / "check.json" for directory, _ in found]
+    parts: list[CheckSummary] = [_read(path, adapter) for path in paths]
+    # Empty when a shard had nothing to score; otherwise whole, as a check writes it.
+    budgets = [shard_budget(p.budget, str(path), complete=bool(p.budget)) for p, path in zip(parts, paths, strict=True)]
     first = parts[0]
     prompts = tuple(_ordered(found, [p.prompts for p in parts], "prompt_id"))
     error = "; ".join(dict.fromkeys(p.error for p in parts if p.error)) or None
@@ -141,7 +226,7 @@ def _merge_check(
         overall="error" if error is not None and not prompts else overall_verdict(prompts),
         exit_code=merged_exit_code(prompts, codes, fail_on_regression),
         error=error,
-        budget=merge_budgets([p.budget for p in parts]),
+        budget=merge_budgets([b for b in budgets if b is not None]),
     )
     check = publish(summary, out_dir, env, comment=comment, github_options=github_options, junit=junit)
     return MergeOutcome("check", check.exit_code, check.markdown, check.report_path, check=check)

@@ -11,7 +11,6 @@ outside: a check one prompt at a time (`gate_with_progress`: task-model requests
 optimization through the budget and the trajectory.json each run rewrites after every candidate
 (`optimize_stage`). Every status shows the calls used and the budget left. On a terminal the display redraws
 ten times a second; elsewhere a line is written when a stage starts and ends, and at least once a minute.
-
 `quiet_libraries(verbose)` runs once at start-up: at the default verbosity third-party warnings, deprecation
 notices, GGUF conversion and weight-loading bars are off; `-v` turns them back on.
 """
@@ -38,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradgate.core.budget import BudgetTracker
+from gradgate.optimizers.base import UNREADABLE
 
 if TYPE_CHECKING:  # the CLI imports this module at start-up (quiet_libraries): no scipy, torch or litellm here
     from gradgate.core.discovery import Target
@@ -410,18 +410,20 @@ async def gate_with_progress(session: Session, changes: ChangeSet, done: list[Pr
 
 
 def trajectories_detail(directory: Path) -> Detail:
-    """Each method's candidates and best dev score so far, from the trajectory.json files under a prompt's
-    directory (a run rewrites its file after every candidate; a file is read again only when it changed)."""
+    """Each method's candidates and best dev score so far, from the trajectory.json files a run rewrites."""
     seen: dict[Path, tuple[int, str]] = {}
 
     def detail() -> str:
         for path in sorted(directory.glob("*/trajectory.json")):
             mtime = path.stat().st_mtime_ns
-            if path not in seen or seen[path][0] != mtime:
-                candidates = json.loads(path.read_text(encoding="utf-8")).get("candidates", [])
-                scores = [c["dev_score"] for c in candidates if c.get("dev_score") is not None]
-                best = f", best dev {max(scores):.3f}" if scores else ""
-                seen[path] = (mtime, f"{path.parent.name}: {len(scores)} candidates{best}")
+            try:  # a half-written or damaged file: the line waits for the next write
+                if path not in seen or seen[path][0] != mtime:
+                    candidates = json.loads(path.read_text(encoding="utf-8")).get("candidates", [])
+                    scores = [float(c["dev_score"]) for c in candidates if c.get("dev_score") is not None]
+                    best = f", best dev {max(scores):.3f}" if scores else ""
+                    seen[path] = (mtime, f"{path.parent.name}: {len(scores)} candidates{best}")
+            except UNREADABLE:
+                continue
         return "; ".join(text for _, text in seen.values())
 
     return detail

@@ -32,7 +32,8 @@ from gradgate.gate.changes import ChangeSet, Status
 MANIFEST = "shard.json"
 MANIFEST_VERSION = 1
 WORK: tuple[Status, ...] = ("changed", "new")  # the statuses a check scores; the rest are listed by every shard alike
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SHARD = re.compile(r"^\s*(\d{1,9})\s*/\s*(\d{1,9})\s*$")
+MAX_SHARDS = 256  # a GitHub Actions matrix runs at most 256 jobs
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         match = _SHARD.match(text or "")
-        if match is None or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        if match is None or not 1 <= int(match.group(1)) <= int(match.group(2)) <= MAX_SHARDS:
             raise UsageError(
-                f"--shard {text!r} is not K/N with 1 ≤ K ≤ N",
+                f"--shard {text!r} is not K/N with 1 ≤ K ≤ N ≤ {MAX_SHARDS}",
                 hint="pass e.g. --shard 2/3 for the second of three shards (in a matrix: ${{ matrix.shard }}/3)",
             )
         return cls(int(match.group(1)), int(match.group(2)))

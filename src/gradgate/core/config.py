@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from gradgate.core.files import has_control_chars, parse_yaml, read_text, resolve_inside
+from gradgate.core.files import has_control_chars, outside_git_dir, parse_yaml, read_text, resolve_inside
+from gradgate.core.git import tracked_files
 from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings, GreaterSettings
 from gradgate.core.secrets import register_env_secret
 from gradgate.errors import ConfigError
@@ -28,6 +29,7 @@ CONFIG_FILENAMES = ("gradgate.yaml", "gradgate.yml")
 LOCAL_PREFIX = "local/"  # models gradgate runs in process (gradgate.models.local)
 DEFAULT_MODEL = f"{LOCAL_PREFIX}smollm2-135m-instruct"
 ROLES = ("task", "judge", "optimizer", "editor")
+MAX_SEED = 2**32 - 1  # numpy and torch generators take seeds up to here (GReaTer derives per-step seeds from it)
 
 
 class _Strict(BaseModel):
@@ -122,10 +124,11 @@ class ModelsConfig(_Strict):
 class BudgetConfig(_Strict):
     """Hard limits for one run. `None` means unlimited; the run stops cleanly at the first limit."""
 
-    max_calls: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=0)
-    max_usd: float | None = Field(None, ge=0)
-    max_seconds: float | None = Field(None, ge=0)
+    # A zero limit would stop every run before its first call: refused (exit 2), as on the command line.
+    max_calls: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    max_usd: float | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0)
 
 
 class JudgeConfig(_Strict):
@@ -181,7 +184,7 @@ class SplitConfig(_Strict):
 
 
 class OptimizeConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds splits and sampling.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     margin: float = Field(0.0, ge=0, le=1, description="A new prompt must beat the original on test by more than this.")
     alpha: float = Field(0.1, gt=0, lt=1, description="Significance level for 'beats the original'.")
@@ -376,6 +379,32 @@ def check_cache_dir(repo: Path, config: Config, where: str) -> Path | None:
     )
 
 
+def check_cache_untracked(repo: Path, cache_dir: str, where: str = "cache_dir") -> Path:
+    """The resolved cache directory, refused (exit 2) when git tracks any file in it: the caches are trusted as
+    gradgate's own earlier answers, so a commit placing files there could forge model replies and scores past
+    the gate. Outside a git work tree there is no commit to fear and nothing is checked. Run it before the
+    first model call of every run that reads a cache."""
+    hint = "point cache_dir (and any symlink on its way, e.g. .gradgate) at a directory inside the repository"
+    directory = resolve_inside(repo, cache_dir, what="cache_dir", where=where, hint=hint)
+    root = repo.resolve()
+    rel = directory.relative_to(root).as_posix() if directory != root else "."
+    tracked = tracked_files(root, Path(rel))
+    if not tracked:
+        return directory
+    shown = ", ".join(_printable(name) for name in tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
+    raise ConfigError(
+        f"the cache directory {_printable(rel)}/ holds files committed to the repository ({shown}): "
+        "a commit could forge model replies and scores",
+        where=where,
+        hint=f"`git rm -r --cached {_printable(rel)}` and add it to .gitignore (keep it between CI runs with actions/cache)",
+    )
+
+
+def _printable(text: str) -> str:
+    """A file name fit for a message: control characters shown as `?`, at most 200 characters."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:200])
+
+
 def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | None]:
     """Load `path` (or the repository's gradgate.yaml); no file means the documented defaults."""
     if path is None:
@@ -385,8 +414,10 @@ def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | No
             config = Config()
             check_cache_dir(repo, config, "cache_dir (default)")
             return config, None
-    elif not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="pass --config with an existing file, or omit it")
+    else:
+        outside_git_dir(path, what="config file", hint="pass --config with a gradgate.yaml of the work tree")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", hint="pass --config with an existing file, or omit it")
     data = parse_yaml(read_text(path, what="config file"), where=str(path))
     config = parse_config(data, str(path))
     check_cache_dir(repo, config, f"{path}:cache_dir")

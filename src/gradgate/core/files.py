@@ -7,8 +7,10 @@ hostile input ends as a `ConfigError` (exit 2, with the file and a hint), never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +23,7 @@ import yaml
 from gradgate.core.secrets import redact
 from gradgate.errors import ConfigError, PathInGitDirError, PathOutsideRepoError
 
+log = logging.getLogger(__name__)
 BOM = "\ufeff"
 GIT_DIR = ".git"
 MAX_NESTING = 64  # levels of lists/mappings in any config, front matter, suite or JSONL row
@@ -83,6 +86,46 @@ def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None
     return resolved
 
 
+def outside_git_dir(path: str | Path, *, what: str, hint: str, where: str | None = None) -> Path:
+    """`path` resolved (symlinks followed); refused when it names or leads into a `.git` directory, which holds
+    the job's token under actions/checkout and the repository's hooks."""
+    given = Path(path)
+    try:
+        resolved = given.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{what} {_shown(path)} cannot be resolved: {exc}", where=where, hint=hint) from None
+    if _git_parts(Path(os.path.abspath(given)).parts) or _git_parts(resolved.parts):
+        raise PathInGitDirError(
+            f"{what} {_shown(path)} leads into a .git directory",
+            where=where,
+            hint="gradgate never reads or writes under .git/ (it holds credentials and hooks); " + hint,
+        )
+    return resolved
+
+
+def output_location(repo: Path, path: str | Path, *, what: str, hint: str) -> Path:
+    """An output path a command names (`--out`, `--junit`), checked before any model call.
+
+    The person running gradgate may put reports anywhere, except under a `.git` directory (hooks, the job's
+    token). A path that lies inside the repository must stay there once symlinks are followed: the repository's
+    contents are untrusted, and a committed `gradgate-out` link to `.git` or to a folder outside would otherwise
+    receive the reports.
+    """
+    text = str(path)
+    if not text.strip() or "\x00" in text:
+        raise ConfigError(f"{what} {_shown(path)} is not a usable path", hint=hint)
+    lexical = Path(os.path.abspath(text))  # `..` folded, no symlink followed
+    resolved = outside_git_dir(text, what=what, hint=hint)
+    root, repo_lexical = repo.resolve(), Path(os.path.abspath(repo))
+    in_repo = any(lexical == r or r in lexical.parents for r in (root, repo_lexical))
+    if in_repo and resolved != root and root not in resolved.parents:
+        raise PathOutsideRepoError(
+            f"{what} {_shown(path)} is inside the repository but a symlink leads it out (to {_shown(resolved)})",
+            hint="remove the symlink from the repository, or name a folder outside it; " + hint,
+        )
+    return resolved
+
+
 def strip_bom(text: str) -> str:
     """A UTF-8 byte-order mark is an encoding artefact, not content (editors on Windows add it)."""
     return text[1:] if text.startswith(BOM) else text
@@ -98,6 +141,11 @@ def read_text(path: Path, *, what: str) -> str:
         raise ConfigError(f"{what} does not exist", where=str(path), hint="check the path") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{what} cannot be read: {exc}", where=str(path)) from None
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} holds a NUL byte (line {line}): not a text file", where=str(path), hint="save the file as UTF-8 text"
+        )
     try:
         text = strip_bom(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -222,10 +270,57 @@ def _check_string(text: str, *, where: str, path: str) -> None:
             where=f"{where}:{path}" if path else where,
             hint="remove the escape or write the character itself",
         )
+    if "\x00" in text:
+        raise ConfigError(
+            "holds a NUL character (\\u0000), which no prompt or answer needs",
+            where=f"{where}:{path}" if path else where,
+            hint="remove it; a NUL often means a binary file or a broken export",
+        )
 
 
 def has_control_chars(text: str) -> bool:
     return _CONTROL_RE.search(text) is not None
+
+
+class DistrustedFiles:
+    """Reads back files gradgate wrote earlier (its caches) as untrusted input: damaged or planted ones are misses.
+
+        reader = DistrustedFiles("response cache entry", "the request is sent to the model again", root=repo)
+        raw = reader.read(path)          # None: absent, unreadable or too big
+        reader.malformed(path, "why")    # the first one of a run is a warning, later ones debug lines
+
+    One warning per reader: a damaged cache must neither flood the log nor go unnoticed. `root` (the repository)
+    only shortens the file names shown."""
+
+    def __init__(self, what: str, consequence: str, *, max_bytes: int, root: Path | None = None) -> None:
+        self.what, self.consequence, self.max_bytes, self.root = what, consequence, max_bytes, root
+        self._warned = False
+
+    def read(self, path: Path) -> bytes | None:
+        try:
+            if path.stat().st_size > self.max_bytes:
+                self.malformed(path, f"larger than {self.max_bytes} bytes")
+                return None
+            return path.read_bytes()
+        except OSError:
+            return None  # absent (the usual miss) or unreadable
+
+    def malformed(self, path: Path, why: str) -> None:
+        if self._warned:
+            log.debug("malformed %s %s ignored: %s", self.what, path, why)
+            return
+        self._warned = True
+        shown = path
+        if self.root is not None:
+            with contextlib.suppress(ValueError):
+                shown = path.relative_to(self.root)
+        log.warning(
+            "malformed %s %s ignored (%s): %s; further malformed files are not reported",
+            self.what,
+            shown,
+            why[:200],
+            self.consequence,
+        )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -237,8 +332,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates 0600; a report must stay readable to later workflow steps. Keep an existing file's mode.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        # mkstemp creates 0600; a report must stay readable to later workflow steps. An existing file keeps its
+        # mode (an executable bit, say), made readable to all.
+        os.chmod(tmp, (path.stat().st_mode & 0o777) | 0o444 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

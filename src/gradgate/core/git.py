@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,3 +81,21 @@ class Git:
     def out(self, *args: str) -> str:
         """stdout of a git command that must succeed, stripped."""
         return str(self.run(*args).stdout).strip()
+
+
+def tracked_files(repo: Path, path: Path) -> list[str] | None:
+    """The files git tracks (its index: committed or staged) at or under `path`, relative to `repo`, in git's
+    order; None when `repo` is in no git work tree (or git is not installed). GitError when git fails otherwise,
+    e.g. refuses a repository another user owns: the answer is then unknown, not "none"."""
+    if shutil.which("git") is None:
+        log.debug("git is not installed: cannot list tracked files under %s", path)
+        return None
+    git = Git(repo, hint="check the repository, or mark it safe: git config --global --add safe.directory DIR")
+    # Literal pathspecs: a directory named `*` or `:(glob)x` means itself, never a pattern.
+    done = git.run("ls-files", "-z", "--", str(path), check=False, env={"GIT_LITERAL_PATHSPECS": "1"})
+    if done.returncode != 0:
+        detail = str(done.stderr).strip()
+        if "not a git repository" in detail:
+            return None
+        raise GitError(redact(f"git ls-files failed: {detail[:500]}"), hint=git.hint)
+    return [name for name in str(done.stdout).split("\0") if name]

@@ -191,7 +191,9 @@ class GreaterSettings(MethodSettings):
     grad_batch_size: int | None = Field(
         None, ge=1, description="Rows per gradient pass (activation memory). " + _preset_note("grad_batch_size")
     )
-    seed: int | None = Field(None, description="Item order and subset sampling; null: optimize.seed (or --seed).")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Item order and subset sampling; null: optimize.seed (or --seed)."
+    )
     device: str | None = Field(None, description="A torch device (cpu, cuda, cuda:1); null: cuda when present, else cpu.")
     dtype: Dtype | None = Field(None, description="null: bfloat16 on cuda, float32 on cpu.")
 

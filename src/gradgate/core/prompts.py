@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.core.demos import strip_slot_markers
+from gradgate.core.demos import SLOT_HINT, marker_lines, slot_problem, strip_slot_markers
 from gradgate.core.files import BOM, atomic_write_bytes, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
@@ -135,8 +135,14 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
         raise ConfigError(
             f"prompt id {prompt_id!r} is not valid", where=f"{rel}:id", hint="use letters, digits, '-', '_' and '.'"
         )
+    body_line = head.count("\n") + 1
+    problem = slot_problem(body, first_line=body_line)
+    if problem is not None:
+        raise ConfigError(problem.message, where=f"{rel}:{problem.line}", hint=SLOT_HINT)
     includes: list[Path] = []
-    expanded = _expand_includes(body, path, repo, includes, depth=0, where=rel)
+    spans: list[tuple[int, int, int]] = []
+    expanded = _expand_includes(body, path, repo, includes, depth=0, where=rel, spans=spans)
+    _check_expanded_markers(body, expanded, spans, rel, body_line)
     declared = meta.get("variables")
     if declared is not None:
         if not isinstance(declared, list) or not all(isinstance(v, str) for v in declared):
@@ -158,8 +164,42 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
         suite=meta.get("suite"),
         includes=tuple(includes),
         expanded=expanded,
-        body_line=head.count("\n") + 1,
+        body_line=body_line,
     )
+
+
+def _check_expanded_markers(body: str, expanded: str, spans: list[tuple[int, int, int]], rel: str, body_line: int) -> None:
+    """The includes must leave the body's marker lines as they are: none can be formed across an include's edge
+    (`<!-- gradgate:{{> x}} -->`) or swallowed into an include directive (included files' own are refused)."""
+    have = marker_lines(body)
+    got = marker_lines(expanded)
+    if [(m.kind, m.text) for m in have] == [(m.kind, m.text) for m in got]:
+        return
+    index = next((i for i, (a, b) in enumerate(zip(have, got, strict=False)) if (a.kind, a.text) != (b.kind, b.text)), None)
+    index = min(len(have), len(got)) if index is None else index
+    swallowed = index < len(have) and any(start <= have[index].start < end for start, end, _ in spans)
+    if index < len(got) and not swallowed:
+        offset, shown = _body_offset(got[index].start, spans), got[index].text
+    else:
+        offset, shown = have[index].start, have[index].text
+    line = body_line + body.count("\n", 0, offset)
+    raise ConfigError(
+        f"line {line}: an include makes or swallows a demonstrations marker line ({shown.strip()[:80]!r})",
+        where=f"{rel}:{line}",
+        hint="write each marker line out in the prompt file, not completed or swallowed by a `{{> include}}`; " + SLOT_HINT,
+    )
+
+
+def _body_offset(offset: int, spans: list[tuple[int, int, int]]) -> int:
+    """Where an offset of the expanded body lies in the body: an include's expansion maps to its directive."""
+    shift = 0
+    for start, end, length in spans:
+        if offset < start + shift:
+            break
+        if offset < start + shift + length:
+            return start
+        shift += length - (end - start)
+    return offset - shift
 
 
 def _check_front_matter(meta: dict[Any, Any], rel: str) -> None:
@@ -193,7 +233,20 @@ def _check_front_matter(meta: dict[Any, Any], rel: str) -> None:
             raise ConfigError(f"`{key}` must be a list of names", where=f"{rel}:{key}", hint=f"e.g. `{key}: [question]`")
 
 
-def _expand_includes(text: str, origin: Path, repo: Path, acc: list[Path], *, depth: int, where: str) -> str:
+def _expand_includes(
+    text: str,
+    origin: Path,
+    repo: Path,
+    acc: list[Path],
+    *,
+    depth: int,
+    where: str,
+    spans: list[tuple[int, int, int]] | None = None,
+) -> str:
+    """`text` with its includes expanded; `spans` gets (start, end, expanded length) of each of its own directives.
+
+    An included file may hold no demonstrations marker: the slot lives in the prompt file, the only file that
+    write-back changes, and an included file is shared (a marker there would be stripped but never be the slot)."""
     if depth > MAX_INCLUDE_DEPTH:
         raise ConfigError("includes nest too deeply (a cycle?)", where=where, hint=f"at most {MAX_INCLUDE_DEPTH} levels")
 
@@ -206,7 +259,19 @@ def _expand_includes(text: str, origin: Path, repo: Path, acc: list[Path], *, de
         relative = origin.parent.relative_to(root) / include if origin.parent.is_relative_to(root) else origin.parent / include
         target = resolve_inside(repo, relative, what=f"include {{{{> {shown}}}}}: file", where=where)
         acc.append(target)
-        return _expand_includes(read_text(target, what="included file"), target, repo, acc, depth=depth + 1, where=where)
+        included = read_text(target, what="included file")
+        for marker in marker_lines(included)[:1]:
+            name = target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
+            raise ConfigError(
+                f"line {marker.line} holds a demonstrations marker ({marker.text.strip()[:80]!r}), "
+                f"and {where} includes this file ({{{{> {shown}}}}})",
+                where=f"{name}:{marker.line}",
+                hint="the demonstrations slot lives in the prompt file itself; remove the marker lines from the included file",
+            )
+        expanded = _expand_includes(included, target, repo, acc, depth=depth + 1, where=where)
+        if spans is not None:
+            spans.append((match.start(), match.end(), len(expanded)))
+        return expanded
 
     return INCLUDE_RE.sub(replace, text)
 

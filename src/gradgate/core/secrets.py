@@ -31,7 +31,7 @@ _SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_PAT|_APIKEY)$|^(KEY|TOKEN|APIKEY)$|SEC
 # inside JSON or Markdown keeps the document well-formed.
 _TOKEN_SHAPES = re.compile(
     r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"
-    r"|(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{16,}"
+    r"|(?<![A-Za-z0-9_])sk-[A-Za-z0-9_-]{16,}"
 )
 _TOKEN_CHARS = r"[A-Za-z0-9._~+/=-]"
 _AUTH_SCHEMES = re.compile(

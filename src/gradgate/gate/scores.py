@@ -22,18 +22,21 @@ import asyncio
 import copy
 import json
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from gradgate.core.config import Config, ModelSpec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gradgate.core.config import Config, ModelSpec, check_cache_untracked
 from gradgate.core.discovery import Target
-from gradgate.core.files import atomic_write_text, digest
+from gradgate.core.files import DistrustedFiles, atomic_write_text, digest
 from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted
 from gradgate.gate.changes import config_sections
-from gradgate.models.gateway import Backend, BackendReply, Gateway
+from gradgate.models.gateway import Backend, BackendReply, Gateway, validation_summary
 from gradgate.models.session import Session
 from gradgate.scoring.scorer import Scorer
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 SCORE_CACHE_VERSION = 2
 SCORE_CACHE_DIR = "gate-scores"
 UNSCORED_JUDGE_KEYS = ("min_agreement", "score_untrusted")
+MAX_SCORE_FILE_BYTES = 64 * 1024 * 1024  # a bigger file is not one gradgate wrote: a miss
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,32 @@ def item_key(item: Item) -> str:
     return digest([item.id, item.vars, item.expected, list(item.assertions)])
 
 
-class ScoreCache:
-    """Per-item scores of prompt versions, by content hash (see the module docstring)."""
+class _StoredScores(BaseModel):
+    """A score cache file, validated strictly: the cache directory is read back as untrusted input."""
 
-    def __init__(self, directory: Path | None) -> None:
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    # item content hash -> [mean score, samples passed, samples]
+    items: dict[str, tuple[Annotated[float, Field(ge=0, le=1)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]]
+
+    @field_validator("items")
+    @classmethod
+    def _passes_within_samples(cls, items: dict[str, tuple[float, int, int]]) -> dict[str, tuple[float, int, int]]:
+        for key, (_, passes, samples) in items.items():
+            if passes > samples:
+                raise ValueError(f"item {key[:80]!r}: {passes} samples passed out of {samples}")
+        return items
+
+
+class ScoreCache:
+    """Per-item scores of prompt versions, by content hash (see the module docstring).
+
+    A malformed file (undecodable, too deep, a field missing or out of range) is a miss, logged once per cache,
+    never a crash. `root` (the repository) only shortens the file names in that warning."""
+
+    def __init__(self, directory: Path | None, *, root: Path | None = None) -> None:
         self.directory = directory
+        self.files = DistrustedFiles("score cache file", "its items are scored again", max_bytes=MAX_SCORE_FILE_BYTES, root=root)
 
     @staticmethod
     def key(target: Target, config: Config) -> str:
@@ -90,12 +115,15 @@ class ScoreCache:
         path = self._path(key)
         if path is None:
             return {}
+        raw = self.files.read(path)
+        if raw is None:
+            return {}  # absent (the usual miss), unreadable or too big: score again
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            entries = data["items"]
-            return {str(k): ItemScore(float(v[0]), int(v[1]), int(v[2])) for k, v in entries.items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return {}  # absent, from an older version, or damaged: score again
+            stored = _StoredScores.model_validate_json(raw)
+        except ValidationError as exc:  # from an older version, or damaged: score again
+            self.files.malformed(path, validation_summary(exc))
+            return {}
+        return {k: ItemScore(mean, passes, samples) for k, (mean, passes, samples) in stored.items.items()}
 
     def save(self, key: str, scores: Mapping[str, ItemScore]) -> None:
         path = self._path(key)
@@ -108,9 +136,23 @@ class ScoreCache:
             log.warning("could not write the gate's score cache: %s", exc)
 
 
+# One score cache per run (its gateway), so a run that gates its prompts one at a time warns once.
+_RUN_CACHES: weakref.WeakKeyDictionary[Gateway, ScoreCache] = weakref.WeakKeyDictionary()
+
+
 def score_cache_for(session: Session) -> ScoreCache:
+    """The session's score cache (none when caching is off). ConfigError (exit 2), before any call, when git
+    tracks a file in the cache directory: a pull request could commit forged scores."""
     config = session.config
-    return ScoreCache(session.repo / config.cache_dir / SCORE_CACHE_DIR if config.cache_dir else None)
+    if not config.cache_dir:
+        return ScoreCache(None)
+    directory = session.repo / config.cache_dir / SCORE_CACHE_DIR
+    known = _RUN_CACHES.get(session.gateway)
+    if known is not None and known.directory == directory:
+        return known
+    check_cache_untracked(session.repo, config.cache_dir)
+    cache = _RUN_CACHES[session.gateway] = ScoreCache(directory, root=session.repo)
+    return cache
 
 
 @dataclass

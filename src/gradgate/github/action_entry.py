@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from gradgate.core.environment import prepare_process_env
 from gradgate.core.git import Git
+from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_USAGE, GitError, UsageError
 from gradgate.github.actions import escape_data
 from gradgate.github.context import dig, read_event
@@ -449,8 +450,8 @@ def main() -> NoReturn:
         inputs = parse_action_inputs(env, read_event(env.get("GITHUB_EVENT_PATH")) or None)
     except UsageError as exc:
         if in_actions:
-            print(f"::error title=gradgate action inputs::{escape_data(exc.message)}")
-        print(f"gradgate: {exc}", file=sys.stderr)
+            print(f"::error title=gradgate action inputs::{escape_data(redact(exc.message))}")
+        print(f"gradgate: {redact(str(exc))}", file=sys.stderr)
         sys.stdout.flush()
         sys.exit(EXIT_USAGE)
     for name in inputs.ignored:
@@ -465,7 +466,7 @@ def main() -> NoReturn:
             print(f"gradgate: cannot enter the workspace {workspace}: {exc}", file=sys.stderr)
             sys.exit(EXIT_INFRA)
     args = to_cli_args(inputs)
-    logger.info("running: gradgate %s", " ".join(args))
+    logger.info("running: gradgate %s", redact(" ".join(args)))
     sys.stdout.flush()
     sys.stderr.flush()
     # exec keeps the CLI's exit code, signals and output ordering exactly as if it were the entry point.

@@ -59,8 +59,8 @@ def read_event(path: str | None) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("could not read the GitHub event file %s (%s); assuming no pull request", path, exc)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a hostile, deeply nested payload
+        logger.warning("could not read the GitHub event file %s (%s); assuming no pull request", path, type(exc).__name__)
         return {}
     if not isinstance(data, dict):
         logger.warning("the GitHub event file %s is not a JSON object; assuming no pull request", path)

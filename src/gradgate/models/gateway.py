@@ -24,18 +24,22 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from gradgate.core.budget import BudgetTracker
-from gradgate.core.config import ModelsConfig, ModelSpec
-from gradgate.core.files import atomic_write_text, digest
+from gradgate.core.config import ModelsConfig, ModelSpec, check_cache_untracked
+from gradgate.core.files import DistrustedFiles, atomic_write_text, digest
 from gradgate.errors import ConfigError, MissingPackageError, ModelError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+MAX_CACHE_ENTRY_BYTES = 32 * 1024 * 1024  # a bigger entry is not one gradgate wrote: a miss
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,49 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
     return sum(math.ceil(len(m.get("content") or "") / 2) + 8 for m in messages)
 
 
-class ResponseCache:
-    """One JSON file per request, named by the SHA-256 of the canonical request."""
+class _CachedCompletion(BaseModel):
+    """A cached chat reply, validated strictly: the cache directory is read back as untrusted input."""
 
-    def __init__(self, directory: Path) -> None:
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    text: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cost_usd: float = Field(ge=0)
+    model: str
+
+
+class _CachedScores(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    scores: list[float]
+
+    @field_validator("scores")
+    @classmethod
+    def _no_nan(cls, scores: list[float]) -> list[float]:
+        # Log-likelihoods: -inf is an answer the model rules out; NaN and +inf are never real.
+        if any(math.isnan(s) or s == math.inf for s in scores):
+            raise ValueError("a score is NaN or +inf")
+        return scores
+
+
+_Entry = TypeVar("_Entry")
+_ANY_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+class ResponseCache:
+    """One JSON file per request, named by the SHA-256 of the canonical request.
+
+    Entries are read back as untrusted input: anything malformed (undecodable, too deep, too big, a field
+    missing or of the wrong type, a reply for another model) is a cache miss, logged once per cache, never a
+    crash. `root` (the repository) only shortens the file names in that warning. A cache whose files are
+    committed to git is refused before the first call (`gradgate.core.config.check_cache_untracked`)."""
+
+    def __init__(self, directory: Path, *, root: Path | None = None) -> None:
         self.directory = directory
+        self.files = DistrustedFiles(
+            "response cache entry", "the request is sent to the model again", max_bytes=MAX_CACHE_ENTRY_BYTES, root=root
+        )
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
@@ -107,18 +149,56 @@ class ResponseCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+    def _validated(self, key: str, parse: Callable[[bytes], _Entry]) -> _Entry | None:
+        path = self._path(key)
+        raw = self.files.read(path)
+        if raw is None:
             return None
-        return data if isinstance(data, dict) else None
+        try:
+            return parse(raw)
+        except ValidationError as exc:
+            self.files.malformed(path, validation_summary(exc))
+            return None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The entry as a JSON object, or None (absent or malformed). Prefer `completion` and `scores`."""
+        return self._validated(key, _ANY_OBJECT.validate_json)
+
+    def completion(self, key: str, model: str) -> Completion | None:
+        """The cached reply of `model` for `key`, or None: absent, malformed, or written for another model."""
+        entry = self._validated(key, _CachedCompletion.model_validate_json)
+        if entry is None:
+            return None
+        if entry.model != model:
+            self.files.malformed(self._path(key), f"a reply of {entry.model[:80]!r}, not of {model!r}")
+            return None
+        return Completion(**entry.model_dump(), cached=True)
+
+    def scores(self, key: str, count: int) -> list[float] | None:
+        """The cached log-likelihoods of `count` options for `key`, or None: absent or malformed."""
+        entry = self._validated(key, _CachedScores.model_validate_json)
+        if entry is None:
+            return None
+        if len(entry.scores) != count:
+            self.files.malformed(self._path(key), f"{len(entry.scores)} scores for {count} options")
+            return None
+        return list(entry.scores)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         try:
             atomic_write_text(self._path(key), json.dumps(value, ensure_ascii=False))
         except OSError as exc:  # a read-only cache must not fail the run
             log.warning("could not write the response cache: %s", exc)
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """The first problem pydantic found, without echoing the (untrusted, maybe huge) input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
 
 
 class Gateway:
@@ -181,9 +261,9 @@ class Gateway:
             "chat", spec, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, sample=sample
         )
         key = ResponseCache.key(request)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if self.cache is not None and (hit := self.cache.completion(key, spec.model)) is not None:
             self.budget.record_cached(role)
-            return Completion(**{**hit, "cached": True})
+            return hit
         reply = await self._call(
             role,
             spec,
@@ -216,9 +296,9 @@ class Gateway:
         extra = {} if answer_prefix is None else {"answer_prefix": answer_prefix}
         request = self._request("loglik", spec, messages, options=options, **extra)
         key = ResponseCache.key(request)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if self.cache is not None and (cached := self.cache.scores(key, len(options))) is not None:
             self.budget.record_cached(role)
-            return [float(x) for x in hit["scores"]]
+            return cached
         tokens = estimate_tokens(messages) * len(options)
 
         async def run(timeout: float) -> BackendReply:
@@ -338,6 +418,12 @@ def _seconds(value: float) -> str:
 def gateway_from_config(
     repo: Path, models: ModelsConfig, budget: BudgetTracker, *, cache_dir: str | None, backend: Backend | None = None
 ) -> Gateway:
-    """The gateway a run uses: the repository's cache directory unless caching is off (None)."""
-    cache = ResponseCache(repo / cache_dir) if cache_dir else None
+    """The gateway a run uses: the repository's cache directory unless caching is off (None).
+
+    ConfigError (exit 2), before any call, when git tracks a file in the cache directory: a pull request
+    could commit forged replies (see `check_cache_untracked`)."""
+    cache = None
+    if cache_dir:
+        check_cache_untracked(repo, cache_dir)
+        cache = ResponseCache(repo / cache_dir, root=repo)
     return Gateway(models, budget=budget, cache=cache, backend=backend)

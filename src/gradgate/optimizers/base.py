@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 TRAJECTORY_VERSION = 1
 
 
+# What reading a JSON file gradgate wrote earlier can raise when the file was damaged or planted instead: I/O,
+# bad UTF-8 or JSON (ValueError), nesting too deep, fields of the wrong shape.
+UNREADABLE = (OSError, ValueError, RecursionError, TypeError, AttributeError, KeyError)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One prompt body an optimizer proposed, with what it scored and what it cost."""
@@ -148,15 +153,19 @@ class Trajectory:
         trajectory = cls(path=path, method=method, prompt_id=prompt_id)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            if data.get("version") != TRAJECTORY_VERSION or data.get("method") != method or data.get("prompt_id") != prompt_id:
+                return trajectory
+            candidates = [Candidate(**c) for c in data.get("candidates", [])]
+            gradients = [
+                GradientNote(**{**g, "per_item": tuple(g.get("per_item", ())), "children": tuple(g.get("children", ()))})
+                for g in data.get("gradients", [])
+            ]
+        except FileNotFoundError:
             return trajectory
-        if data.get("version") != TRAJECTORY_VERSION or data.get("method") != method or data.get("prompt_id") != prompt_id:
+        except UNREADABLE as exc:  # a damaged or planted file: start afresh rather than fail the run
+            log.warning("ignoring unreadable trajectory %s (%s)", path, type(exc).__name__)
             return trajectory
-        trajectory.candidates = [Candidate(**c) for c in data.get("candidates", [])]
-        trajectory.gradients = [
-            GradientNote(**{**g, "per_item": tuple(g.get("per_item", ())), "children": tuple(g.get("children", ()))})
-            for g in data.get("gradients", [])
-        ]
+        trajectory.candidates, trajectory.gradients = candidates, gradients
         return trajectory
 
 
@@ -183,8 +192,10 @@ class RunState:
             return cls(path=path, fingerprint=fingerprint)
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring unreadable state file %s", path)
+            if not isinstance(stored, dict) or not isinstance(stored.get("data", {}), dict):
+                raise TypeError("not a state object")
+        except UNREADABLE as exc:
+            log.warning("ignoring unreadable state file %s (%s)", path, type(exc).__name__)
             return cls(path=path, fingerprint=fingerprint)
         if stored.get("fingerprint") != fingerprint:
             log.info("state file %s belongs to another run (prompt, suite, method or seed changed); starting afresh", path)

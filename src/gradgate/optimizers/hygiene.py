@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from gradgate.core.demos import without_slot
+from gradgate.core.demos import slot_problem, without_slot
 from gradgate.core.prompts import INCLUDE_RE, template_variables
 
 # A candidate may be this many times as long as the original (slot excluded), and at least MIN_LENGTH_CAP characters.
@@ -92,6 +92,9 @@ def screen(original: str, candidate: str) -> str | None:
     includes = new_includes(original, candidate)
     if includes:
         return f"writes an include ({', '.join(includes)[:120]}): model-written text never reads files"
+    problem = slot_problem(candidate)
+    if problem is not None:  # the tuning pull request would write a file that no longer loads
+        return f"demonstrations markers: {problem.message}"
     length, cap = len(without_slot(candidate)), length_cap(original)
     if length > cap:
         return f"{length} characters, over the cap of {cap}"

@@ -31,7 +31,7 @@ from gradgate.core.suites import Item, Splits, split_items
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.session import Session
 from gradgate.optimizers import confirmation
-from gradgate.optimizers.base import Candidate, OptimizeContext, Optimizer, RunState, Trajectory
+from gradgate.optimizers.base import UNREADABLE, Candidate, OptimizeContext, Optimizer, RunState, Trajectory
 from gradgate.optimizers.registry import method_class
 from gradgate.optimizers.results import Confirmation, OptimizeResult, RunUsage, spread
 from gradgate.scoring.scorer import PromptEval, Scorer
@@ -59,7 +59,7 @@ class _RecordingScorer(Scorer):
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.seen = {str(k): [float(x) for x in v] for k, v in data.items()}
-        except (OSError, ValueError, TypeError, AttributeError):
+        except UNREADABLE:
             log.warning("ignoring unreadable %s", self.path)
 
     async def score(self, prompt: Any, items: Sequence[Item], **kwargs: Any) -> PromptEval:
