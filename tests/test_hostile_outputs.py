@@ -184,3 +184,21 @@ def test_a_candidate_with_broken_demonstration_markers_is_screened_out() -> None
     assert screen(original, original.replace("Answer.", "Answer briefly.")) is None
     reason = screen(original, original + "<!-- gradgate:demos -->\n")
     assert reason is not None and reason.startswith("demonstrations markers")
+
+
+@pytest.mark.parametrize(
+    ("scoring", "needles"),
+    [
+        ("{mode: loglik, options: [x, x]}", ["evals/a.yaml", "options", "twice"]),
+        ("{mode: loglik, options: ['', x]}", ["evals/a.yaml", "options", "blank"]),
+        ("{mode: loglik, options: [y, z]}", ["evals/a.yaml:items[0]", "expected 'x'"]),  # no option can ever pass
+    ],
+)
+def test_loglik_options_that_cannot_score_are_refused(
+    tmp_path: Path, scripted: list[Any], scoring: str, needles: list[str]
+) -> None:
+    repo = small_repo(tmp_path)
+    write(repo, "evals/a.yaml", f"scoring: {scoring}\n{GOOD_SUITE}")
+    code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
+    assert code == 2 and all(n in output for n in needles), output
+    assert scripted == []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gradgate.core.config import JudgeConfig, check_metric_entries, format_validation_error
 from gradgate.core.files import check_tree, digest, parse_json, parse_yaml, read_text, resolve_inside
@@ -64,6 +64,17 @@ class ScoringSpec(BaseModel):
         "temperature 0), then the options are ranked after its reasoning and the answer phrase, as GReaTer trains "
         "(default: ranked right after the prompt).",
     )
+
+    @field_validator("options")
+    @classmethod
+    def _distinct_options(cls, options: list[str]) -> list[str]:
+        if any(not o.strip() for o in options):
+            raise ValueError("an option is blank: every option must be an answer the model can give")
+        stripped = [o.strip() for o in options]
+        if len(set(stripped)) != len(stripped):
+            repeated = next(o for o in stripped if stripped.count(o) > 1)
+            raise ValueError(f"option {repeated!r} is listed twice: ranking needs distinct options")
+        return options
 
     @property
     def ranks_after_reasoning(self) -> bool:

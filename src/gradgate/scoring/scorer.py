@@ -123,9 +123,30 @@ class Scorer:
             raise ConfigError("loglik scoring needs `scoring.options`", where=f"{suite.rel_path}:scoring")
         if suite.spec.scoring.ranks_after_reasoning:
             self.reasoning_phrase = self._reasoning_phrase()
+        if suite.spec.scoring.mode == "loglik":
+            self._check_answerable()
         for index, item in enumerate(suite.items):
             # Fail before any call if a row lacks a template variable.
             self.target.prompt.render(item.vars, where=f"{suite.rel_path}:items[{index}]")
+
+    def _check_answerable(self) -> None:
+        """A loglik answer is one of the options: an item no option gets credit for (from its deterministic metrics,
+        the judge left aside) is a suite error, not a prompt's failure: it would score 0 whatever the prompt says."""
+        suite = self.target.suite
+        options = suite.spec.scoring.options
+        for index, item in enumerate(suite.items):
+            specs = [
+                s
+                for s in self.metrics + parse_metrics(list(item.assertions), f"{suite.rel_path}:items[{index}].assert")
+                if s.type != JUDGE
+            ]
+            if specs and not any(score_metric(s, o, item.expected).score > 0 for s in specs for o in options):
+                raise ConfigError(
+                    f"no option of `scoring.options` {options!r} gets any credit from this row's metrics "
+                    f"({', '.join(s.type for s in specs)}) against expected {item.expected!r}",
+                    where=f"{suite.rel_path}:items[{index}]",
+                    hint="make `expected` one of the options (as written), or add the missing option",
+                )
 
     @property
     def uses_judge(self) -> bool:
