@@ -202,3 +202,23 @@ def test_loglik_options_that_cannot_score_are_refused(
     code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
     assert code == 2 and all(n in output for n in needles), output
     assert scripted == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("gradgate.yaml", "metrics: [exact]\nmetrics: [contains]\n", "gradgate.yaml"),
+        ("prompts/a.md", "---\nsuite: evals/a.yaml\nsuite: evals/b.yaml\n---\nHi {{name}}", "prompts/a.md"),
+        ("evals/a.yaml", "items: [{vars: {name: x, name: y}, expected: x}]", "evals/a.yaml"),
+        ("evals/a.jsonl", '{"name": "x", "name": "y"}\n', "evals/a.jsonl"),
+        ("evals/a.csv", "name,name\nx,y\n", "evals/a.csv"),
+    ],
+)
+def test_a_key_written_twice_is_refused(tmp_path: Path, scripted: list[Any], name: str, text: str, needle: str) -> None:
+    repo = small_repo(tmp_path)
+    if name.startswith("evals/"):
+        (repo / "evals" / "a.yaml").unlink()
+    write(repo, name, text)
+    code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
+    assert code == 2 and needle in output and "twice" in output, output
+    assert scripted == []

@@ -180,11 +180,38 @@ def _parse_failure(exc: BaseException, *, fmt: str, where: str, label: str) -> C
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping: YAML would keep the last silently, so a
+    second `metrics:` in a pull request could quietly replace the first. Keys brought in by a `<<` merge may
+    still be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key_node.value[:80]!r} appears twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key[:80]!r} appears twice in one object")
+        data[key] = value
+    return data
+
+
 def parse_yaml(text: str, *, where: str, label: str = "") -> Any:
     """`yaml.safe_load` of untrusted text: any failure (syntax, bad tags, deep nesting, huge numbers) is a
     ConfigError, and the result passes `check_tree`."""
     try:
-        data = yaml.safe_load(strip_bom(text))
+        data = yaml.load(strip_bom(text), Loader=_UniqueKeyLoader)
     except Exception as exc:  # the parser raises many types on hostile text (ValueError, AttributeError, ...)
         raise _parse_failure(exc, fmt="YAML", where=where, label=label) from None
     check_tree(data, where=where)
@@ -198,7 +225,7 @@ def _no_constants(name: str) -> Any:
 def parse_json(text: str, *, where: str, label: str = "") -> Any:
     """`json.loads` of untrusted text (NaN and Infinity refused); failures are ConfigErrors."""
     try:
-        data = json.loads(strip_bom(text), parse_constant=_no_constants)
+        data = json.loads(strip_bom(text), parse_constant=_no_constants, object_pairs_hook=_unique_pairs)
     except Exception as exc:
         raise _parse_failure(exc, fmt="JSON", where=where, label=label) from None
     check_tree(data, where=where)

@@ -229,6 +229,9 @@ def _read_csv(text: str, rel: str) -> list[dict[str, Any]]:
         raise ConfigError(f"is not valid CSV: {exc}", where=rel) from None
     if reader.fieldnames is None:
         raise ConfigError("has no header row", where=rel, hint="the first line names the columns")
+    if len(set(reader.fieldnames)) != len(reader.fieldnames):
+        repeated = next(n for n in reader.fieldnames if reader.fieldnames.count(n) > 1)  # a header is short
+        raise ConfigError(f"the header names the column {repeated[:80]!r} twice", where=rel, hint="rename one of them")
     for number, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):
             raise ConfigError(f"row on line {number} has a different number of fields than the header", where=rel)
