@@ -222,3 +222,26 @@ def test_a_key_written_twice_is_refused(tmp_path: Path, scripted: list[Any], nam
     code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
     assert code == 2 and needle in output and "twice" in output, output
     assert scripted == []
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"gradgate.yaml": "models: {task: nope/xyz}"}, "models.task: unknown model 'nope/xyz'"),
+        ({"prompts/a.md": "---\nsuite: evals/missing.yaml\n---\nHi {{name}}"}, "prompts/a.md:suite"),
+    ],
+)
+def test_errors_name_the_key_that_holds_the_bad_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], needle: str
+) -> None:
+    from gradgate.models.scripted import ScriptedBackend
+    from tests.conftest import script_sessions
+
+    backend = ScriptedBackend(lambda spec, messages: "x", unknown_models=("nope/xyz",))
+    script_sessions(monkeypatch, backend)
+    repo = small_repo(tmp_path)
+    for name, text in files.items():
+        write(repo, name, text)
+    code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
+    assert code == 2 and needle in output, output
+    assert backend.calls == []

@@ -50,7 +50,16 @@ def find_prompt_files(repo: Path, config: Config) -> list[Path]:
 
 def suite_path_for(prompt: Prompt, repo: Path, config: Config) -> Path:
     if prompt.suite:
-        return resolve_inside(repo, prompt.suite, what="suite", where=f"{prompt.rel_path}:suite")
+        where = f"{prompt.rel_path}:suite"
+        path = resolve_inside(repo, prompt.suite, what="suite", where=where)
+        if not path.is_file():
+            raise ConfigError(
+                f"the suite {prompt.suite!r} is not a file of the repository",
+                where=where,
+                hint=f"fix the path in the front matter (relative to the repository root), or remove `suite:` to use "
+                f"{config.suites_dir}/{prompt.id}.yaml",
+            )
+        return path
     for suffix in SUITE_SUFFIXES:
         candidate = repo / config.suites_dir / f"{prompt.id}{suffix}"
         if candidate.exists() or candidate.is_symlink():

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec, check_cache_untracked
 from gradgate.core.files import DistrustedFiles, atomic_write_text, digest
-from gradgate.errors import ConfigError, MissingPackageError, ModelError
+from gradgate.errors import ConfigError, GradgateError, MissingPackageError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,13 @@ class Gateway:
         """Before any call: every role's model exists and its API key variable is set (else exit 2)."""
         for role in roles:
             spec = self.spec(role)
-            self.backend.validate(spec)
+            key = "optimizer" if role == "editor" and self.models.editor is None else role
+            try:
+                self.backend.validate(spec)
+            except GradgateError as exc:  # say which key names the model (a --model flag sets the same key)
+                exc.where = exc.where or f"models.{key}"
+                raise
             if spec.api_key_env and not os.environ.get(spec.api_key_env):
-                key = "optimizer" if role == "editor" and self.models.editor is None else role
                 raise ConfigError(
                     f"environment variable {spec.api_key_env} is not set (the API key of the {role} model {spec.model})",
                     where=f"models.{key}.api_key_env",
