@@ -293,3 +293,20 @@ def test_summary_says_when_a_task_ran_only_some_rows() -> None:
     assert "| full | gradsum (0.500) | no | yes |" in text
     assert "| part | demos (0.600) | yes | no (1 of 5 gradgate, 1 of 5 DSPy rows run) |" in text
     assert "| gpo | +0.000 | — |" in text  # a method a task did not run is a dash, not a zero
+
+
+def test_label_prior_reads_prior_and_signal_apart() -> None:
+    from bench.label_prior import best_shift, describe
+
+    options = ("False", "True")
+    # Every item leans to "False" by 2 nats; the true items lean 1 nat less: a prior that hides a perfect signal.
+    gold = ["True", "False", "True", "False"]
+    scores = [[0.0, -1.0], [0.0, -2.0], [0.0, -1.0], [0.0, -2.0]]
+    row = describe("p", scores, gold, options, fit=scores)
+    assert row["accuracy"] == 0.5 and row["predicted"] == {"False": 4} and row["majority_share"] == 1.0
+    assert row["auc"] == 1.0 and row["best_shift"] == 1.0
+    assert row["calibrated"] == 1.0  # the mean over the fit items sits between the two groups
+    # No signal: margins unrelated to the answer, so no threshold beats the majority label.
+    assert sum(best_shift([1.0, 1.0, 2.0, 2.0], [True, False, True, False])) == 2  # of 4: the majority label's share
+    flat = describe("q", [[0.0, -1.0], [0.0, -1.0]], ["True", "False"], options, fit=[[0.0, -1.0]])
+    assert flat["auc"] == 0.5 and flat["best_shift"] == 0.5
