@@ -245,3 +245,18 @@ def test_errors_name_the_key_that_holds_the_bad_value(
     code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"))
     assert code == 2 and needle in output, output
     assert backend.calls == []
+
+
+@pytest.mark.parametrize("inside", ["Input: {{name}}", "{{> part.md}}"])
+def test_a_variable_or_include_inside_the_demonstrations_slot_is_refused(
+    tmp_path: Path, scripted: list[Any], inside: str
+) -> None:
+    repo = small_repo(tmp_path)
+    write(repo, "prompts/part.md", "shared text")
+    body = (
+        f"---\nid: a\n---\nAnswer.\n\n<!-- gradgate:demos -->\nExamples:\n{inside}\n<!-- /gradgate:demos -->\n\nHi {{{{name}}}}\n"
+    )
+    write(repo, "prompts/a.md", body)
+    code, output = run_cli("eval", "--repo", str(repo), "--out", str(tmp_path / "out"), "--prompt", "a")
+    assert code == 2 and "prompts/a.md:8" in output and "slot" in output, output
+    assert scripted == []

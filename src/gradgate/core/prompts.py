@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradgate.core.demos import SLOT_HINT, marker_lines, slot_problem, strip_slot_markers
+from gradgate.core.demos import SLOT_HINT, find_slot, marker_lines, slot_problem, strip_slot_markers
 from gradgate.core.files import BOM, atomic_write_bytes, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
@@ -139,6 +139,15 @@ def load_prompt(path: Path, repo: Path) -> Prompt:
     problem = slot_problem(body, first_line=body_line)
     if problem is not None:
         raise ConfigError(problem.message, where=f"{rel}:{problem.line}", hint=SLOT_HINT)
+    span = find_slot(body)
+    if span is not None and "{{" in body[span[0] : span[1]]:
+        # The optimizers rewrite the slot whole: a variable there would be lost, an include silently replaced.
+        line = body_line + body.count("\n", 0, span[0] + body[span[0] : span[1]].index("{{"))
+        raise ConfigError(
+            "the demonstrations slot holds `{{`: a variable or include inside it would be lost when an optimizer writes the slot",
+            where=f"{rel}:{line}",
+            hint="move the variable or `{{> include}}` outside the two marker lines (write a literal brace pair as `{ {`)",
+        )
     includes: list[Path] = []
     spans: list[tuple[int, int, int]] = []
     expanded = _expand_includes(body, path, repo, includes, depth=0, where=rel, spans=spans)
