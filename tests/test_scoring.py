@@ -364,3 +364,45 @@ def test_eval_keeps_what_was_scored_when_the_model_fails_midway(examples_copy: P
     assert "Incomplete run" in outcome.report_path.read_text(encoding="utf-8")
     # Four answers, one call and its retry, and at most one call the semaphore let through as the model failed.
     assert 4 + 2 <= outcome.results.budget["calls"] <= 4 + 2 + 1
+
+
+def test_eval_says_when_a_ranked_answer_follows_a_label_prior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from gradgate.cli import main
+    from tests.conftest import script_sessions
+
+    items = [{"vars": {"q": f"q{i}"}, "expected": "True" if i % 2 else "False"} for i in range(20)]
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "p.md").write_text("Answer: {{q}}")
+    (tmp_path / "evals").mkdir()
+    suite = {"scoring": {"mode": "loglik", "options": ["False", "True"]}, "items": items}
+    (tmp_path / "evals" / "p.yaml").write_text(json.dumps(suite))
+
+    prefer_false_on = [0]
+
+    def scores(messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        # The model ranks "False" first on the first `prefer_false_on` items, "True" on the rest.
+        index = int(messages[-1]["content"].split("q")[-1])
+        return [1.0, 0.0] if index < prefer_false_on[0] else [0.0, 1.0]
+
+    script_sessions(monkeypatch, ScriptedBackend(lambda spec, m: "", option_scores=scores))
+
+    def run(false_on: int) -> tuple[str, dict[str, Any]]:
+        prefer_false_on[0] = false_on
+        out = tmp_path / f"out{false_on}"
+        result = CliRunner().invoke(main, ["eval", "--repo", str(tmp_path), "--out", str(out), "--no-cache"])
+        assert result.exit_code in (0, 1), result.output
+        return result.stdout, json.loads((out / "results.json").read_text())["prompts"][0]
+
+    text, prompt = run(false_on=18)  # "False" on 18 of 20 items; the suite expects it on 10
+    assert prompt["answer_skew"] == {
+        "answer": "False",
+        "chosen": 18,
+        "expected": 10,
+        "n": 20,
+        "line": prompt["answer_skew"]["line"],
+    }
+    assert "answers 'False' on 18 of 20 items" in text
+    _, balanced = run(false_on=10)  # as often as the suite expects it: no skew
+    assert balanced["answer_skew"] is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,14 @@ class PowerOut(BaseModel):
     line: str
 
 
+class AnswerSkewOut(BaseModel):
+    answer: str = Field(description="The option the task model ranked first most often.")
+    chosen: int = Field(description="Scored items it was chosen for.")
+    expected: int = Field(description="Scored items whose expected answer it is.")
+    n: int
+    line: str
+
+
 class JudgeAgreementOut(BaseModel):
     n: int = Field(description="Labeled judge examples judged.")
     agree: int
@@ -86,6 +96,9 @@ class PromptOut(BaseModel):
     stopped_reason: str | None = None
     power: PowerOut | None = None
     judge_agreement: JudgeAgreementOut | None = None
+    answer_skew: AnswerSkewOut | None = Field(
+        None, description="Ranked options only: one option chosen far more often than the suite expects it."
+    )
     items: list[ItemOut]
 
 
@@ -121,6 +134,30 @@ def power_out(scores: list[float], gate: GateConfig) -> PowerOut:
     return PowerOut(detectable_drop=found.drop, exact=binary, basis=basis, line=detectable_line(found.drop, binary, basis))
 
 
+SKEW_SHARE = 0.8  # one option ranked first on at least this share of the scored items...
+SKEW_EXCESS = 0.2  # ...and at least this much more often than the suite expects it
+SKEW_MIN_ITEMS = 10
+
+
+def answer_skew(evaluation: PromptEval, options: Sequence[str]) -> AnswerSkewOut | None:
+    """When the task model ranks one option first on most items, far more often than the suite's expected answers
+    say, its answers follow a label prior more than the input (a small model's usual failure on ranked options):
+    a prompt change can then move the score by moving that prior alone. None when there is no such skew."""
+    picked = [i for i in evaluation.scored if i.output in options]
+    if not options or len(picked) < SKEW_MIN_ITEMS:
+        return None
+    answer, chosen = Counter(i.output for i in picked).most_common(1)[0]
+    expected = sum(1 for i in picked if (i.expected or "").strip() == answer.strip())
+    if chosen < SKEW_SHARE * len(picked) or (chosen - expected) < SKEW_EXCESS * len(picked):
+        return None
+    line = (
+        f"the model answers {answer!r} on {chosen} of {len(picked)} items, the suite expects it on {expected}: its "
+        "answers follow a label prior more than the input, and a prompt change can move this score by moving that "
+        "prior alone"
+    )
+    return AnswerSkewOut(answer=answer, chosen=chosen, expected=expected, n=len(picked), line=line)
+
+
 def agreement_out(c: JudgeCalibration) -> JudgeAgreementOut:
     return JudgeAgreementOut(
         n=c.n,
@@ -146,9 +183,12 @@ def prompt_out(
     suite: str,
     gate: GateConfig | None = None,
     calibration: JudgeCalibration | None = None,
+    options: Sequence[str] = (),
 ) -> PromptOut:
+    """`options`: the suite's ranked answers (loglik scoring), read for `answer_skew`."""
     interval = mean_interval([i.score for i in evaluation.scored])
     return PromptOut(
+        answer_skew=answer_skew(evaluation, options),
         power=power_out([i.score for i in evaluation.scored], gate) if gate is not None and evaluation.scored else None,
         judge_agreement=agreement_out(calibration) if calibration is not None else None,
         id=evaluation.prompt_id,
@@ -236,7 +276,9 @@ def render_markdown(results: EvalResults) -> str:
         if p.judge_agreement is not None:
             mark = "" if p.judge_agreement.trusted else "⚠️ below min_agreement: check's verdicts on it are inconclusive; "
             lines.append(f"- `{p.id}`: {mark}{p.judge_agreement.summary}")
-    if any(p.power is not None or p.judge_agreement is not None for p in results.prompts):
+        if p.answer_skew is not None:
+            lines.append(f"- `{p.id}`: {p.answer_skew.line}")
+    if any(p.power or p.judge_agreement or p.answer_skew for p in results.prompts):
         lines.append("")
     for p in results.prompts:
         failing = [i for i in p.items if not i.passed and i.error is None and not i.unjudged][:5]
@@ -275,6 +317,8 @@ def print_table(results: EvalResults, console: Console) -> None:
             console.print(
                 f"{p.id}: {'' if p.judge_agreement.trusted else 'WARNING '}{p.judge_agreement.summary}", highlight=False
             )
+        if p.answer_skew is not None:
+            console.print(f"{p.id}: {p.answer_skew.line}", highlight=False, markup=False)
     b = results.budget
     console.print(
         f"calls {b['calls']}, tokens {b['tokens']}, cost {fmt_usd(b['cost_usd'])}, {b['seconds']:.1f} s"
