@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from gradgate import __version__
 from gradgate.core.environment import prepare_process_env
+from gradgate.core.files import output_location
 from gradgate.core.interrupts import interrupts_raise
 from gradgate.core.secrets import RedactingFilter, redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
@@ -68,34 +69,17 @@ def _repo(path: str) -> Path:
     return repo
 
 
-_SYSTEM_DIRS = (Path("/dev"), Path("/proc"), Path("/sys"))
-
-
 def _out_dir(path: str, repo: Path) -> Path:
-    """`--out`, checked before any model call: a directory to create or reuse, never a file, a device or `.git/`."""
-    return _output(path, repo, option="--out", directory=True, hint="pass a directory for the reports, e.g. --out gradgate-out")
+    """`--out`, checked before any model call (`output_location`)."""
+    output_location(repo, path, what="--out", hint="pass a directory for the reports, e.g. --out gradgate-out", directory=True)
+    return Path(path)
 
 
 def _junit(path: str | None, repo: Path) -> Path | None:
-    """`--junit`, checked before any model call like `--out`: a file whose folder exists or can be made."""
+    """`--junit`, checked before any model call like `--out`."""
     if path is None:
         return None
-    return _output(path, repo, option="--junit", directory=False, hint="pass a file name, e.g. --junit gradgate-out/junit.xml")
-
-
-def _output(path: str, repo: Path, *, option: str, directory: bool, hint: str) -> Path:
-    from gradgate.core.files import output_location
-
-    resolved = output_location(repo, path, what=option, hint=hint)
-    if any(resolved == root or root in resolved.parents for root in _SYSTEM_DIRS):
-        raise UsageError(f"{option} {path!r} is a system path ({resolved}), not a place for reports", hint=hint)
-    if not directory and resolved.is_dir():
-        raise UsageError(f"{option} {path!r} is a directory, not a file", hint=hint)
-    probe = resolved if directory else resolved.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{option} {path!r}: {probe} exists and is not a directory", hint=hint)
+    output_location(repo, path, what="--junit", hint="pass a file name, e.g. --junit gradgate-out/junit.xml", directory=False)
     return Path(path)
 
 

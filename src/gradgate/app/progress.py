@@ -394,17 +394,17 @@ def _requests_since(budget: BudgetTracker, start: int) -> Probe:
 
 async def gate_with_progress(session: Session, changes: ChangeSet, done: list[PromptVerdict], progress: Progress) -> None:
     """`gate_changes`, one prompt at a time, so progress can say which prompt runs and what it decided."""
-    from gradgate.gate.check import gate_changes
+    from gradgate.gate.check import gate_changes, score_cache_for
 
     progress.watch(session.budget)
-    repeats = session.config.gate.repeats
+    repeats, cache = session.config.gate.repeats, score_cache_for(session)  # one cache: a damaged one is told once
     for change in changes.with_status("changed", "new"):
         start = task_requests(session.budget)
         probe = _requests_since(session.budget, start)
         progress.stage(Stage(f"check {change.prompt_id}", request_bound(change, repeats), "requests", probe))
         before = len(done)
         try:
-            await gate_changes(session, replace(changes, changes=(change,)), done)
+            await gate_changes(session, replace(changes, changes=(change,)), done, cache)
         finally:
             progress.finish(verdict_line(done[-1]) if len(done) > before else f"{change.prompt_id}: not decided")
 

@@ -103,13 +103,16 @@ def outside_git_dir(path: str | Path, *, what: str, hint: str, where: str | None
     return resolved
 
 
-def output_location(repo: Path, path: str | Path, *, what: str, hint: str) -> Path:
-    """An output path a command names (`--out`, `--junit`), checked before any model call.
+_SYSTEM_DIRS = (Path("/dev"), Path("/proc"), Path("/sys"))
 
-    The person running gradgate may put reports anywhere, except under a `.git` directory (hooks, the job's
-    token). A path that lies inside the repository must stay there once symlinks are followed: the repository's
-    contents are untrusted, and a committed `gradgate-out` link to `.git` or to a folder outside would otherwise
-    receive the reports.
+
+def output_location(repo: Path, path: str | Path, *, what: str, hint: str, directory: bool) -> Path:
+    """An output path a command names (`--out`: a `directory`; `--junit`: a file), checked before any model call:
+    a folder to create or reuse (or a file in one), never a device or system path, never under `.git`.
+
+    The person running gradgate may put reports anywhere else. A path that lies inside the repository must stay
+    there once symlinks are followed: the repository's contents are untrusted, and a committed `gradgate-out` link
+    to `.git` or to a folder outside would otherwise receive the reports.
     """
     text = str(path)
     if not text.strip() or "\x00" in text:
@@ -123,6 +126,15 @@ def output_location(repo: Path, path: str | Path, *, what: str, hint: str) -> Pa
             f"{what} {_shown(path)} is inside the repository but a symlink leads it out (to {_shown(resolved)})",
             hint="remove the symlink from the repository, or name a folder outside it; " + hint,
         )
+    if any(resolved == system or system in resolved.parents for system in _SYSTEM_DIRS):
+        raise ConfigError(f"{what} {_shown(path)} is a system path ({resolved}), not a place for reports", hint=hint)
+    if not directory and resolved.is_dir():
+        raise ConfigError(f"{what} {_shown(path)} is a directory, not a file", hint=hint)
+    probe = resolved if directory else resolved.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {_shown(path)}: {probe} exists and is not a directory", hint=hint)
     return resolved
 
 

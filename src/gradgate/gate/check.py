@@ -392,9 +392,10 @@ def _eval_sd(scores: list[float]) -> float | None:
     return 2**0.5 * statistics.stdev(scores) if len(scores) > 1 else None
 
 
-async def gate_changes(session: Session, changes: ChangeSet, done: list[PromptVerdict]) -> None:
-    """Score every changed and new prompt, appending each verdict to `done` as it is reached."""
-    cache = score_cache_for(session)
+async def gate_changes(session: Session, changes: ChangeSet, done: list[PromptVerdict], cache: ScoreCache | None = None) -> None:
+    """Score every changed and new prompt, appending each verdict to `done` as it is reached (`cache`: the run's
+    score cache, when the caller gates prompts one call at a time; else one is made)."""
+    cache = cache if cache is not None else score_cache_for(session)
     for change in changes.changes:
         if change.status == "changed":
             done.append(await _gate_changed(session, change, cache, changes.git_prefix))

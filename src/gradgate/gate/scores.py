@@ -22,7 +22,6 @@ import asyncio
 import copy
 import json
 import logging
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,23 +135,16 @@ class ScoreCache:
             log.warning("could not write the gate's score cache: %s", exc)
 
 
-# One score cache per run (its gateway), so a run that gates its prompts one at a time warns once.
-_RUN_CACHES: weakref.WeakKeyDictionary[Gateway, ScoreCache] = weakref.WeakKeyDictionary()
-
-
 def score_cache_for(session: Session) -> ScoreCache:
     """The session's score cache (none when caching is off). ConfigError (exit 2), before any call, when git
-    tracks a file in the cache directory: a pull request could commit forged scores."""
+    tracks a file in the cache directory: a pull request could commit forged scores. Make one per run and pass
+    it on (`gate_changes(cache=...)`), so a damaged cache is reported once."""
     config = session.config
     if not config.cache_dir:
         return ScoreCache(None)
-    directory = session.repo / config.cache_dir / SCORE_CACHE_DIR
-    known = _RUN_CACHES.get(session.gateway)
-    if known is not None and known.directory == directory:
-        return known
-    check_cache_untracked(session.repo, config.cache_dir)
-    cache = _RUN_CACHES[session.gateway] = ScoreCache(directory, root=session.repo)
-    return cache
+    if session.gateway.cache is None:  # else gateway_from_config checked this same directory already
+        check_cache_untracked(session.repo, config.cache_dir)
+    return ScoreCache(session.repo / config.cache_dir / SCORE_CACHE_DIR, root=session.repo)
 
 
 @dataclass
