@@ -307,3 +307,43 @@ def test_lost_placeholders_are_rejected_by_default_and_repaired_on_request(tmp_p
     [candidate] = [c for c in repaired.candidates if c.origin != "initial"]
     assert candidate.rejected is None and candidate.dev_score is not None
     assert candidate.text.endswith("Question: {{question}}\n") and "repaired" in (candidate.note or "")
+
+
+def test_the_report_says_when_a_ranked_answer_follows_a_label_prior(tmp_path: Path, fixed_method: None) -> None:
+    from rich.console import Console
+
+    from gradgate.app.progress import print_optimize_table
+    from gradgate.core.suites import split_items
+    from tests.test_gradsum import config_for
+
+    repo = make_repo(tmp_path / "repo", n_items=60)
+    # Ranked options; "True" is right on half of the items.
+    items = "\n".join(
+        f'  - {{id: q{i}, vars: {{question: "Is {i} a multiple of 2?"}}, expected: "{i % 2 == 0}"}}' for i in range(60)
+    )
+    (repo / "evals" / "qa.yaml").write_text(f'scoring: {{mode: loglik, options: ["False", "True"]}}\nitems:\n{items}\n')
+
+    def ranked(messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        text = messages[-1]["content"]
+        if "GOOD" not in text:
+            return [1.0, 0.0]  # the original answers "False" whatever the input says
+        n = int(text.split("Is ")[1].split(" ")[0])
+        return [0.0, 1.0] if n % 2 == 0 else [1.0, 0.0]  # the fixed candidate reads the input
+
+    backend = ScriptedBackend(Script(sequence_editor(GOOD)), option_scores=ranked)
+    session = Session.open(repo, config_for(), backend=backend, use_cache=False, roles=("task", "judge", "optimizer", "editor"))
+    out = tmp_path / "out"
+    outcome = asyncio.run(run_optimize_job(session, methods=["fixed"], out_dir=out, seed=0, write=False, open_pr=False, env={}))
+    [result] = outcome.results
+    test = split_items(discover(repo, session.config)[0].suite.items, seed=0, train=0.5, dev=0.25).test
+    n, expected = len(test), sum(1 for i in test if int(i.id[1:]) % 2 != 0)
+    assert result.test_best is not None and result.test_best.mean == 1.0 and expected < n
+    said = f"the original answers 'False' on {n} of {n} test items (the suite expects it on {expected})"
+    assert result.label_prior is not None and result.label_prior.startswith(said + ": where one option dominates")
+    assert result.best.id not in result.label_prior  # the candidate that reads the input has no skew
+    assert f"Label prior: {said}" in (out / "report.md").read_text()
+    assert f"Label prior: {said}".replace("'", "&#x27;") in (out / "report.html").read_text()
+    assert json.loads((out / "result.json").read_text())["results"][0]["label_prior"] == result.label_prior
+    console = Console(record=True, width=400)
+    print_optimize_table(outcome.results, console)
+    assert f"qa / fixed: {said}" in console.export_text()

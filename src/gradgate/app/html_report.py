@@ -340,6 +340,7 @@ def _run_section(r: OptimizeResult) -> str:
     ]
     gradients = "".join(f"<li>iteration {g.step + 1}, from {esc(g.parent)}: {esc(g.summary, 1500)}</li>" for g in r.gradients)
     stopped = f" The search stopped early: {esc(r.stopped_reason)}." if r.stopped_reason else ""
+    stopped += f" Label prior: {esc(r.label_prior)}." if r.label_prior else ""
     proposed = badge("improved", "proposed") if r.improved else badge("unchanged", "not proposed")
     return "\n".join(
         [

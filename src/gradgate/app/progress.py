@@ -486,15 +486,11 @@ def print_optimize_table(results: Sequence[OptimizeResult], console: Console) ->
 
     for r in results:
         diff = r.difference
-        table.add_row(
-            r.prompt_id,
-            r.method,
-            r.best.id,
-            pair(r.dev_original, r.dev_best),
-            pair(r.test_original, r.test_best),
-            f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff is not None else "—",
-            f"{r.p_value:.3g}" if r.p_value is not None else "—",
-            str(r.usage.calls),
-            "[green]yes[/]" if r.improved else "no",
-        )
+        interval = f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]" if diff is not None else "—"
+        p_value = f"{r.p_value:.3g}" if r.p_value is not None else "—"
+        proposed = "[green]yes[/]" if r.improved else "no"
+        dev, test = pair(r.dev_original, r.dev_best), pair(r.test_original, r.test_best)
+        table.add_row(r.prompt_id, r.method, r.best.id, dev, test, interval, p_value, str(r.usage.calls), proposed)
     console.print(table)
+    for r in (r for r in results if r.label_prior):  # model-derived option text: printed without markup
+        console.print(f"{r.prompt_id} / {r.method}: {r.label_prior}", highlight=False, markup=False, emoji=False)

@@ -22,6 +22,7 @@ from gradgate.core.suites import Item, split_items
 from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, OptimizeContext
 from gradgate.optimizers.results import Confirmation
+from gradgate.scoring.results import answer_skew
 from gradgate.scoring.scorer import PromptEval
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ CONFIRM_EXTRA_CALLS = 2
 CONFIRM_COST_FACTOR = 1.5
 
 T = TypeVar("T")
+LABEL_PRIOR_NOTE = (
+    ": where one option dominates, the score follows a label prior more than the input, and part of any change may "
+    "be that prior moving"
+)
 
 
 def scoring_calls(n_prompts: int, n_items: int, uses_judge: bool) -> int:
@@ -160,8 +165,32 @@ def _decide(
     else:
         decision = f"{best.id} looks better but without statistical support: {delta}; {support_text}"
     return replace(
-        intervals, improved=beats and supported, decision=decision, difference=difference, p_value=p_value, test_used=test_used
+        intervals,
+        improved=beats and supported,
+        decision=decision,
+        difference=difference,
+        p_value=p_value,
+        test_used=test_used,
+        label_prior=label_prior(ctx, best, test_original, test_best),
     )
+
+
+def label_prior(ctx: OptimizeContext, best: Candidate, test_original: PromptEval, test_best: PromptEval) -> str | None:
+    """On ranked options, say which of the two prompts answers one option far more often than the suite expects
+    (`scoring.results.answer_skew`) on test: a small model's score there moves with that prior, so a gain that
+    comes with a new or stronger skew may not carry to items whose answers are distributed differently."""
+    spec = ctx.target.suite.spec.scoring
+    if spec.mode != "loglik":
+        return None
+    parts = []
+    for who, evaluation in (("the original", test_original), (best.id, test_best)):
+        skew = answer_skew(evaluation, spec.options)
+        if skew is not None:
+            expects = f"the suite expects it on {skew.expected}"
+            parts.append(f"{who} answers {skew.answer!r} on {skew.chosen} of {skew.n} test items ({expects})")
+    if not parts:
+        return None
+    return "; ".join(parts) + LABEL_PRIOR_NOTE
 
 
 def _interval(scores: Sequence[float] | PromptEval | None, *, confidence: float, resamples: int, seed: int) -> Interval | None:

@@ -94,6 +94,7 @@ def _decisions(results: Sequence[OptimizeResult]) -> list[str]:
     out = []
     for r in results:
         stop = f" The search stopped early: {r.stopped_reason}." if r.stopped_reason else ""
+        stop += f" Label prior: {_cell(r.label_prior)}." if r.label_prior else ""
         train, dev, test = r.split_sizes
         out.append(
             f"- **{r.prompt_id} / {r.method}** (split {train}/{dev}/{test}, seed {r.seed}, "

@@ -32,6 +32,9 @@ class Confirmation:
     difference: Interval | None = None  # best − original on test, paired
     p_value: float | None = None
     test_used: str = "none"  # "mcnemar-exact", "paired-bootstrap" or "none"
+    # On ranked options (loglik): a sentence when either prompt answers one option on most test items far more
+    # often than the suite expects, so a change in score may be a moved label prior, not better reading.
+    label_prior: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class OptimizeResult:
     stopped_reason: str | None
     split_sizes: tuple[int, int, int]
     trajectory_path: str | None = None
+    label_prior: str | None = None
 
     @property
     def best_is_original(self) -> bool:
