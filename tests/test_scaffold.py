@@ -26,9 +26,41 @@ def _front_matter(text: str) -> tuple[dict, str]:
 
 
 def test_init_writes_every_file(tmp_path: Path) -> None:
-    written = init_repository(tmp_path)
+    scaffold = init_repository(tmp_path)
+    written = scaffold.created
     assert [p.relative_to(tmp_path).as_posix() for p in written] == EXPECTED
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    assert scaffold.gitignore == f"created {tmp_path / '.gitignore'} (.gradgate/, gradgate-out/)"
+    assert (tmp_path / ".gitignore").read_text().splitlines()[1:] == [".gradgate/", "gradgate-out/"]
+
+
+def test_init_adds_only_the_missing_ignore_lines_and_keeps_the_rest(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules\n/.gradgate")  # one of the two, no final newline
+    scaffold = init_repository(tmp_path)
+    assert scaffold.gitignore == f"added gradgate-out/ to {tmp_path / '.gitignore'}"
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[:2] == ["node_modules", "/.gradgate"] and lines[3:] == ["gradgate-out/"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".gitignore").write_text(".gradgate/\ngradgate-out\n")
+    assert init_repository(tmp_path / "other").gitignore is None  # nothing missing: left as it was
+    assert (tmp_path / "other" / ".gitignore").read_text() == ".gradgate/\ngradgate-out\n"
+    (tmp_path / "third" / ".gitignore").mkdir(parents=True)
+    assert "add .gradgate/, gradgate-out/ to your ignore rules by hand" in (init_repository(tmp_path / "third").gitignore or "")
+
+
+def test_the_ignore_lines_keep_the_outputs_out_of_git(tmp_path: Path) -> None:
+    import subprocess
+
+    init_repository(tmp_path)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for output in (".gradgate/cache/ab/cd.json", "gradgate-out/report.md"):
+        (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / output).write_text("{}")
+    status = subprocess.run(
+        ["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
+    assert ".gitignore" in status.stdout and "prompts/example.md" in status.stdout
+    assert ".gradgate" not in status.stdout and "gradgate-out" not in status.stdout
 
 
 def test_generated_files_parse(tmp_path: Path) -> None:
@@ -90,7 +122,7 @@ def test_target_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_creates_missing_target_directory(tmp_path: Path) -> None:
-    written = init_repository(tmp_path / "new" / "repo")
+    written = init_repository(tmp_path / "new" / "repo").created
     assert len(written) == len(TEMPLATES)
 
 

@@ -391,8 +391,11 @@ def init_command(directory: str) -> None:
     from gradgate.scaffold import init_repository
 
     def job() -> int:
-        for path in init_repository(Path(directory)):
+        scaffold = init_repository(Path(directory))
+        for path in scaffold.created:
             click.echo(f"created {path}")
+        if scaffold.gitignore:
+            click.echo(scaffold.gitignore)
         return EXIT_OK
 
     sys.exit(_run(job))
