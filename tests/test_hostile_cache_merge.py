@@ -127,7 +127,7 @@ def test_a_committed_cache_exits_2_before_any_model_call(tmp_path: Path, scripte
     code, output = run_cli(*args)
     assert code == 2, output
     assert_clean(output)
-    assert "cache_dir" in output and "committed" in output and "git rm -r --cached .gradgate/cache" in output, output
+    assert "cache_dir" in output and "committed" in output and "git rm -r --cached '.gradgate/cache'" in output, output
     assert scripted.calls == []
     assert FORGED not in output
     if command == "eval":

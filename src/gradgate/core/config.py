@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from gradgate.core.files import has_control_chars, outside_git_dir, parse_yaml, read_text, resolve_inside
+from gradgate.core.files import has_control_chars, outside_git_dir, parse_yaml, read_text, resolve_inside, shown
 from gradgate.core.git import tracked_files
 from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings, GreaterSettings
 from gradgate.core.secrets import register_env_secret
@@ -391,18 +391,13 @@ def check_cache_untracked(repo: Path, cache_dir: str, where: str = "cache_dir") 
     tracked = tracked_files(root, Path(rel))
     if not tracked:
         return directory
-    shown = ", ".join(_printable(name) for name in tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
+    listed = ", ".join(shown(name) for name in tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
     raise ConfigError(
-        f"the cache directory {_printable(rel)}/ holds files committed to the repository ({shown}): "
+        f"the cache directory {shown(rel)} holds files committed to the repository ({listed}): "
         "a commit could forge model replies and scores",
         where=where,
-        hint=f"`git rm -r --cached {_printable(rel)}` and add it to .gitignore (keep it between CI runs with actions/cache)",
+        hint=f"`git rm -r --cached {shown(rel)}` and add it to .gitignore (keep it between CI runs with actions/cache)",
     )
-
-
-def _printable(text: str) -> str:
-    """A file name fit for a message: control characters shown as `?`, at most 200 characters."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:200])
 
 
 def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | None]:

@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from gradgate.core.files import shown
+
 OPEN_MARKER = "<!-- gradgate:demos -->"
 CLOSE_MARKER = "<!-- /gradgate:demos -->"
 SLOT_HINT = (
@@ -90,9 +92,9 @@ def slot_problem(text: str, first_line: int = 1) -> SlotProblem | None:
     opened: MarkerLine | None = None
     closed: MarkerLine | None = None
     for marker in marker_lines(text, first_line):
-        shown = _shown(marker.text)
+        line_text = shown(marker.text.strip(), limit=80)
         if marker.kind == "bad":
-            message = f"line {marker.line} looks like a demonstrations marker but is not one: {shown}"
+            message = f"line {marker.line} looks like a demonstrations marker but is not one: {line_text}"
         elif closed is not None and opened is not None:
             slot = f"the slot on lines {opened.line}-{closed.line}"
             message = (
@@ -116,11 +118,6 @@ def slot_problem(text: str, first_line: int = 1) -> SlotProblem | None:
             line=opened.line, message=f"line {opened.line} opens a demonstrations slot that no `{CLOSE_MARKER}` line closes"
         )
     return None
-
-
-def _shown(line: str) -> str:
-    text = line.strip()
-    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 def _slot(body: str) -> tuple[MarkerLine, MarkerLine] | None:

@@ -32,9 +32,11 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f]")
 
 
-def _shown(path: str | Path) -> str:
-    text = str(path)
-    return repr(text if len(text) <= 200 else text[:200] + "…")
+def shown(text: str | Path, limit: int = 200) -> str:
+    """A name from untrusted input, fit for a message: quoted, control characters escaped (repr), at most
+    `limit` characters before an ellipsis. Paste-safe as a shell word for ordinary names."""
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def _git_parts(parts: Iterable[str]) -> bool:
@@ -59,9 +61,7 @@ def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None
     """
     text = str(path)
     if "\x00" in text:
-        raise ConfigError(
-            f"{what} {_shown(path)} contains a NUL byte", where=where, hint="remove the NUL character from the path"
-        )
+        raise ConfigError(f"{what} {shown(path)} contains a NUL byte", where=where, hint="remove the NUL character from the path")
     root = repo.resolve()
     candidate = Path(path)
     raw_parts = candidate.parts if not candidate.is_absolute() else (_relative_parts(candidate, repo, root) or ())
@@ -70,16 +70,16 @@ def resolve_inside(repo: Path, path: str | Path, *, what: str, where: str | None
     try:
         resolved = candidate.resolve()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"{what} {_shown(path)} cannot be resolved: {exc}", where=where, hint="check the path") from None
+        raise ConfigError(f"{what} {shown(path)} cannot be resolved: {exc}", where=where, hint="check the path") from None
     if resolved != root and root not in resolved.parents:
         raise PathOutsideRepoError(
-            f"{what} {_shown(path)} leads outside the repository",
+            f"{what} {shown(path)} leads outside the repository",
             where=where,
             hint=hint or "keep prompt and suite files (and symlink targets) inside the repository",
         )
     if _git_parts(raw_parts) or _git_parts(resolved.relative_to(root).parts):
         raise PathInGitDirError(
-            f"{what} {_shown(path)} leads into the repository's .git directory",
+            f"{what} {shown(path)} leads into the repository's .git directory",
             where=where,
             hint="gradgate never reads or writes under .git/ (it holds credentials and hooks); use a file of the work tree",
         )
@@ -93,10 +93,10 @@ def outside_git_dir(path: str | Path, *, what: str, hint: str, where: str | None
     try:
         resolved = given.resolve()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"{what} {_shown(path)} cannot be resolved: {exc}", where=where, hint=hint) from None
+        raise ConfigError(f"{what} {shown(path)} cannot be resolved: {exc}", where=where, hint=hint) from None
     if _git_parts(Path(os.path.abspath(given)).parts) or _git_parts(resolved.parts):
         raise PathInGitDirError(
-            f"{what} {_shown(path)} leads into a .git directory",
+            f"{what} {shown(path)} leads into a .git directory",
             where=where,
             hint="gradgate never reads or writes under .git/ (it holds credentials and hooks); " + hint,
         )
@@ -116,25 +116,25 @@ def output_location(repo: Path, path: str | Path, *, what: str, hint: str, direc
     """
     text = str(path)
     if not text.strip() or "\x00" in text:
-        raise ConfigError(f"{what} {_shown(path)} is not a usable path", hint=hint)
+        raise ConfigError(f"{what} {shown(path)} is not a usable path", hint=hint)
     lexical = Path(os.path.abspath(text))  # `..` folded, no symlink followed
     resolved = outside_git_dir(text, what=what, hint=hint)
     root, repo_lexical = repo.resolve(), Path(os.path.abspath(repo))
     in_repo = any(lexical == r or r in lexical.parents for r in (root, repo_lexical))
     if in_repo and resolved != root and root not in resolved.parents:
         raise PathOutsideRepoError(
-            f"{what} {_shown(path)} is inside the repository but a symlink leads it out (to {_shown(resolved)})",
+            f"{what} {shown(path)} is inside the repository but a symlink leads it out (to {shown(resolved)})",
             hint="remove the symlink from the repository, or name a folder outside it; " + hint,
         )
     if any(resolved == system or system in resolved.parents for system in _SYSTEM_DIRS):
-        raise ConfigError(f"{what} {_shown(path)} is a system path ({resolved}), not a place for reports", hint=hint)
+        raise ConfigError(f"{what} {shown(path)} is a system path ({resolved}), not a place for reports", hint=hint)
     if not directory and resolved.is_dir():
-        raise ConfigError(f"{what} {_shown(path)} is a directory, not a file", hint=hint)
+        raise ConfigError(f"{what} {shown(path)} is a directory, not a file", hint=hint)
     probe = resolved if directory else resolved.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"{what} {_shown(path)}: {probe} exists and is not a directory", hint=hint)
+        raise ConfigError(f"{what} {shown(path)}: {probe} exists and is not a directory", hint=hint)
     return resolved
 
 
