@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, 
 from gradgate.app.check_job import CheckOutcome, publish
 from gradgate.app.eval_job import write_eval_reports
 from gradgate.app.shards import ShardManifest, check_complete, find_manifests
+from gradgate.core.files import first_problem
 from gradgate.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, UsageError
 from gradgate.gate.report import CheckSummary, PromptVerdict, overall_verdict
 from gradgate.scoring.results import EvalResults
@@ -92,9 +93,8 @@ def shard_budget(raw: Mapping[str, Any], where: str, *, complete: bool = False) 
     try:
         budget = ShardBudget.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        first = errors[0] if errors else {"loc": (), "msg": "invalid"}
-        raise _malformed(where, ("budget", *first.get("loc", ())), str(first.get("msg", "invalid"))) from None
+        loc, message = first_problem(exc)
+        raise _malformed(where, ("budget", *loc), message) from None
     if complete:
         missing: list[tuple[str, ...]] = [
             ("budget", name) for name in ShardBudget.model_fields if name not in budget.model_fields_set

@@ -14,16 +14,18 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
 from gradgate.core.secrets import redact
 from gradgate.errors import ConfigError, PathInGitDirError, PathOutsideRepoError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BOM = "\ufeff"
 GIT_DIR = ".git"
 MAX_NESTING = 64  # levels of lists/mappings in any config, front matter, suite or JSONL row
@@ -335,6 +337,17 @@ class DistrustedFiles:
         self.what, self.consequence, self.max_bytes, self.root = what, consequence, max_bytes, root
         self._warned = False
 
+    def load(self, path: Path, parse: Callable[[bytes], T]) -> T | None:
+        """`parse` (a pydantic validator) applied to the file: None when absent, unreadable, too big or invalid."""
+        raw = self.read(path)
+        if raw is None:
+            return None
+        try:
+            return parse(raw)
+        except ValidationError as exc:
+            self.malformed(path, validation_summary(exc))
+            return None
+
     def read(self, path: Path) -> bytes | None:
         try:
             if path.stat().st_size > self.max_bytes:
@@ -360,6 +373,21 @@ class DistrustedFiles:
             why[:200],
             self.consequence,
         )
+
+
+def first_problem(exc: ValidationError) -> tuple[tuple[int | str, ...], str]:
+    """Where (the key path) and what the first problem pydantic found is, without echoing the (untrusted, maybe
+    huge) input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return (), "invalid"
+    return tuple(errors[0].get("loc", ())), str(errors[0].get("msg", "invalid"))
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """`first_problem` as one line: "key.path: message"."""
+    loc, message = first_problem(exc)
+    return f"{'.'.join(str(part) for part in loc)}: {message}" if loc else message
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

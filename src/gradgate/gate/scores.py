@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gradgate.core.config import Config, ModelSpec, check_cache_untracked
 from gradgate.core.discovery import Target
@@ -35,7 +35,7 @@ from gradgate.core.files import DistrustedFiles, atomic_write_text, digest
 from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted
 from gradgate.gate.changes import config_sections
-from gradgate.models.gateway import Backend, BackendReply, Gateway, validation_summary
+from gradgate.models.gateway import Backend, BackendReply, Gateway
 from gradgate.models.session import Session
 from gradgate.scoring.scorer import Scorer
 
@@ -114,13 +114,9 @@ class ScoreCache:
         path = self._path(key)
         if path is None:
             return {}
-        raw = self.files.read(path)
-        if raw is None:
-            return {}  # absent (the usual miss), unreadable or too big: score again
-        try:
-            stored = _StoredScores.model_validate_json(raw)
-        except ValidationError as exc:  # from an older version, or damaged: score again
-            self.files.malformed(path, validation_summary(exc))
+        # Absent (the usual miss), unreadable, too big, from an older version or damaged: score again.
+        stored = self.files.load(path, _StoredScores.model_validate_json)
+        if stored is None:
             return {}
         return {k: ItemScore(mean, passes, samples) for k, (mean, passes, samples) in stored.items.items()}
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import ModelsConfig, ModelSpec, check_cache_untracked
@@ -150,15 +150,7 @@ class ResponseCache:
         return self.directory / key[:2] / f"{key}.json"
 
     def _validated(self, key: str, parse: Callable[[bytes], _Entry]) -> _Entry | None:
-        path = self._path(key)
-        raw = self.files.read(path)
-        if raw is None:
-            return None
-        try:
-            return parse(raw)
-        except ValidationError as exc:
-            self.files.malformed(path, validation_summary(exc))
-            return None
+        return self.files.load(self._path(key), parse)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The entry as a JSON object, or None (absent or malformed). Prefer `completion` and `scores`."""
@@ -189,16 +181,6 @@ class ResponseCache:
             atomic_write_text(self._path(key), json.dumps(value, ensure_ascii=False))
         except OSError as exc:  # a read-only cache must not fail the run
             log.warning("could not write the response cache: %s", exc)
-
-
-def validation_summary(exc: ValidationError) -> str:
-    """The first problem pydantic found, without echoing the (untrusted, maybe huge) input."""
-    errors = exc.errors(include_url=False, include_input=False)
-    if not errors:
-        return "invalid"
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
 
 
 class Gateway:
