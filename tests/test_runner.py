@@ -216,7 +216,8 @@ def test_no_result_at_all_exits_3_with_a_report(tmp_path: Path) -> None:
         budget={"max_calls": 3},
     )
     assert outcome.exit_code == 3 and not outcome.results and outcome.failures
-    assert "before the original prompt was scored" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "before the original prompt was scored" in report and "; raise the budget (gradgate.yaml `budget:`" in report
 
 
 def test_usage_and_config_errors_come_before_any_call(tmp_path: Path, fixed_method: None) -> None:

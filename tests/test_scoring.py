@@ -406,3 +406,18 @@ def test_eval_says_when_a_ranked_answer_follows_a_label_prior(tmp_path: Path, mo
     assert "answers 'False' on 18 of 20 items" in text
     _, balanced = run(false_on=10)  # as often as the suite expects it: no skew
     assert balanced["answer_skew"] is None
+
+
+def test_calls_left_excludes_calls_in_flight_and_held_back() -> None:
+    from gradgate.core.budget import Holdback
+
+    budget = BudgetTracker(BudgetConfig(max_calls=10))
+    budget.charge("task", calls=3)
+    in_flight = budget.reserve(tokens=0, usd=0.0)
+    assert budget.calls_left() == 6  # 3 used, 1 in flight
+    with budget.phase(Holdback(calls=4)):
+        assert budget.calls_left() == 2
+        with budget.phase(Holdback(calls=5)):
+            assert budget.calls_left() == 0  # never negative
+    budget.settle(in_flight, "task", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+    assert budget.calls_left() == 6 and BudgetTracker(BudgetConfig()).calls_left() is None

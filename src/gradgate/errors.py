@@ -75,8 +75,17 @@ class MissingPackageError(ModelError):
     exit_code = EXIT_USAGE
 
 
+BUDGET_HINT = "raise the budget (gradgate.yaml `budget:` or --budget-*) or narrow the run"
+
+
 class BudgetExhausted(GradgateError):
+    """A hard limit (calls, tokens, USD, seconds) refused the next call. Every raise site gets the same hint,
+    so a stop caught and raised again on its way up still says what to do."""
+
     exit_code = EXIT_INFRA
+
+    def __init__(self, message: str, *, hint: str | None = BUDGET_HINT, where: str | None = None) -> None:
+        super().__init__(message, hint=hint, where=where)
 
 
 class GitHubError(GradgateError):

@@ -118,11 +118,10 @@ class PortfolioOutcome:
 
 def _later_share(session: Session, kept: int, after: int) -> int:
     """Calls to keep for `after` later units of work: an equal share of what is left beyond `kept`."""
-    limit = session.budget.limits.max_calls
-    if limit is None or after <= 0:
+    left = session.budget.calls_left()
+    if left is None or after <= 0:
         return 0
-    left = max(0, limit - session.budget.calls - kept)
-    return left * after // (after + 1)
+    return max(0, left - kept) * after // (after + 1)
 
 
 async def run_portfolio(
@@ -151,7 +150,7 @@ async def run_portfolio(
                 spent_on_dev=outcomes[0].spent_on_dev if outcomes else None,
             )
         except BudgetExhausted as exc:
-            failures.append(f"{target.prompt.id}/{method}: {exc.message}")
+            failures.append(f"{target.prompt.id}/{method}: {exc.message}; {exc.hint}")
             log.warning("%s", failures[-1])
             continue
         shared.update(outcome.run.scorer.seen)
@@ -195,7 +194,7 @@ async def _run_all(
                     await run_optimization(session, target, methods[0], out_dir=out_dir, seed=seed, reserve_calls=reserve)
                 )
             except BudgetExhausted as exc:
-                failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}")
+                failures.append(f"{target.prompt.id}/{methods[0]}: {exc.message}; {exc.hint}")
                 log.warning("%s", failures[-1])
     except asyncio.CancelledError:
         # SIGINT/SIGTERM (core.interrupts): keep the finished runs; each run's state file lets a rerun resume.

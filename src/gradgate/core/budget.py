@@ -96,6 +96,14 @@ class BudgetTracker:
     def elapsed(self) -> float:
         return self.clock() - self.started_at
 
+    def calls_left(self) -> int | None:
+        """Calls this phase may still make (None: no call limit): used, in flight and held back for later
+        phases excluded."""
+        if self.limits.max_calls is None:
+            return None
+        with self._lock:
+            return max(0, self.limits.max_calls - self.calls - self._reserved_calls - self.held.calls)
+
     def seconds_left(self) -> float | None:
         """Seconds this phase may still use (what is held back for later phases excluded)."""
         if self.limits.max_seconds is None:
@@ -117,9 +125,7 @@ class BudgetTracker:
     # -- the only place that says stop --------------------------------------------------------
     def _refuse(self, reason: str) -> BudgetExhausted:
         self.stopped_reason = self.stopped_reason or reason
-        return BudgetExhausted(
-            f"budget exhausted: {reason}", hint="raise the budget (gradgate.yaml `budget:` or --budget-*) or narrow the run"
-        )
+        return BudgetExhausted(f"budget exhausted: {reason}")
 
     def _check_locked(self, calls: int, tokens: int, usd: float) -> None:
         lim, held = self.limits, self.held

@@ -23,7 +23,7 @@ from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, OptimizeContext
 from gradgate.optimizers.results import Confirmation
 from gradgate.scoring.results import answer_skew
-from gradgate.scoring.scorer import PromptEval
+from gradgate.scoring.scorer import PromptEval, calls_per_item
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ LABEL_PRIOR_NOTE = (
 def scoring_calls(n_prompts: int, n_items: int, uses_judge: bool) -> int:
     """Calls to score `n_prompts` prompts on `n_items` items, with a margin for retries; the judge may be
     asked twice per item."""
-    per_item = 1 + (2 if uses_judge else 0)
-    calls = n_prompts * n_items * per_item
+    calls = n_prompts * n_items * calls_per_item(uses_judge)
     return calls + math.ceil(calls * CONFIRM_MARGIN) + CONFIRM_EXTRA_CALLS
 
 

@@ -20,7 +20,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gradgate.core.budget import BudgetTracker
 from gradgate.core.method_settings import HalvingSettings
 from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted
@@ -117,20 +116,12 @@ async def evaluate_pool(
     return out + await _halve(ctx, fresh, items, step, halving)
 
 
-def calls_left(budget: BudgetTracker) -> int | None:
-    """Calls this phase may still make (None: no call limit)."""
-    if budget.limits.max_calls is None:
-        return None
-    return max(0, budget.limits.max_calls - budget.calls - budget.held.calls)
-
-
 def _affordable(
     ctx: OptimizeContext, fresh: list[Proposal], n_items: int, halving: HalvingSettings | None, step: int
 ) -> list[Proposal]:
     """The first proposals whose scoring the calls left can finish (a pool cut short halfway would leave no
     finalist); the rest are left out, unrecorded, so a resumed run scores them."""
-    left = calls_left(ctx.budget)
-    per_item = 3 if ctx.scorer.uses_judge else 1
+    left, per_item = ctx.budget.calls_left(), ctx.scorer.calls_per_item
     keep = len(fresh)
     while left is not None and keep > 1 and plan_calls(keep, n_items, halving, per_item) > left:
         keep -= 1
@@ -186,8 +177,7 @@ def _promoted(ctx: OptimizeContext, ranked_means: list[float], sizes: list[int],
     tied = keep
     while tied < len(ranked_means) and ranked_means[tied] == ranked_means[keep - 1]:
         tied += 1
-    left = calls_left(ctx.budget)
-    per_item = 3 if ctx.scorer.uses_judge else 1
+    left, per_item = ctx.budget.calls_left(), ctx.scorer.calls_per_item
     while tied > keep and left is not None and _rest_calls(tied, sizes, settings, per_item) > left:
         tied -= 1
     return tied

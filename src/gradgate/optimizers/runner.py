@@ -197,8 +197,7 @@ async def _score_original(
         except BudgetExhausted as exc:
             raise BudgetExhausted(
                 f"{ctx.target.prompt.id}/{method}: the budget ran out before the original prompt "
-                f"was scored on dev ({exc.message}; {confirm_calls} calls are kept for the test confirmation)",
-                hint=exc.hint,
+                f"was scored on dev ({exc.message}; {confirm_calls} calls are kept for the test confirmation)"
             ) from None
     spent = Holdback(
         tokens=budget.tokens - before.tokens, usd=budget.cost_usd - before.cost_usd, seconds=budget.elapsed - before.seconds

@@ -45,6 +45,11 @@ class ItemResult:
     reasoning: str | None = None  # the task model's reasoning before the ranked option (`scoring.reasoning_tokens`)
 
 
+def calls_per_item(uses_judge: bool) -> int:
+    """See `Scorer.calls_per_item`; for callers that know whether a judge is used but hold no scorer."""
+    return 1 + (2 if uses_judge else 0)
+
+
 @dataclass(frozen=True)
 class Answer:
     output: str  # what the metrics score: the reply, or the chosen option as written in the suite
@@ -153,6 +158,12 @@ class Scorer:
         return any(s.type == JUDGE for s in self.metrics) or any(
             a.get("type") == JUDGE for i in self.target.suite.items for a in i.assertions
         )
+
+    @property
+    def calls_per_item(self) -> int:
+        """Most calls one item's scoring makes: the task model's answer, and the judge asked twice (a reply with no
+        verdict line is asked again). Budget planning counts with it."""
+        return calls_per_item(self.uses_judge)
 
     @property
     def task_description(self) -> str:

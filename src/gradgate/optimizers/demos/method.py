@@ -35,7 +35,7 @@ from gradgate.core.suites import Item
 from gradgate.errors import BudgetExhausted
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.demos.prompts import Demo, format_demos
-from gradgate.optimizers.halving import Proposal, calls_left, evaluate_pool, plan_calls
+from gradgate.optimizers.halving import Proposal, evaluate_pool, plan_calls
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ def demo_sets(
 
 def affordable_sets(ctx: OptimizeContext, cfg: DemosSettings, n_bases: int) -> int:
     """How many sets per base the calls left can score through halving (the configured number at most)."""
-    left = calls_left(ctx.budget)
+    left = ctx.budget.calls_left()
     if left is None:
         return cfg.candidate_sets
-    per_item = 3 if ctx.scorer.uses_judge else 1
+    per_item = ctx.scorer.calls_per_item
     best = 0
     for count in range(1, cfg.candidate_sets + 1):
         if plan_calls(count * n_bases, len(ctx.splits.dev), cfg.halving, per_item) <= left:
@@ -206,7 +206,7 @@ async def then_demos(ctx: OptimizeContext, search: Any, cfg: DemosSettings | Non
     if cfg is None:
         await search()
         return
-    left = calls_left(ctx.budget)
+    left = ctx.budget.calls_left()
     hold = int(left * DEMOS_SHARE) if left is not None else 0
     try:
         with ctx.budget.phase(Holdback(calls=hold)):

@@ -23,7 +23,6 @@ from gradgate.optimizers.confirmation import scoring_calls
 from gradgate.optimizers.greater.encoding import AnswerSpec
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep
 from gradgate.optimizers.greater.settings import GPU_PRESET, WHERE, config_from_settings
-from gradgate.optimizers.halving import calls_left
 
 
 def answer_spec(ctx: OptimizeContext) -> AnswerSpec:
@@ -42,7 +41,7 @@ DEV_CANDIDATES = 2  # train-best prompts the search leaves calls for, to be scor
 
 def dev_holdback(ctx: OptimizeContext) -> int:
     """Calls the search leaves for scoring DEV_CANDIDATES prompts on dev (at most half of what is left)."""
-    left = calls_left(ctx.budget)
+    left = ctx.budget.calls_left()
     want = scoring_calls(DEV_CANDIDATES, len(ctx.splits.dev), ctx.scorer.uses_judge)
     return 0 if left is None else min(want, left // 2)
 
