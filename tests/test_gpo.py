@@ -35,11 +35,10 @@ from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.embeddings import TfidfEmbedder
 from gradgate.models.gateway import Gateway, ResponseCache
 from gradgate.models.scripted import ScriptedBackend, last_user_text
-from gradgate.optimizers.base import Candidate, OptimizeContext, RunState, Trajectory
+from gradgate.optimizers.base import Candidate, OptimizeContext, RecordingScorer, RunState, Trajectory
 from gradgate.optimizers.gpo import prompts as gpo_prompts
 from gradgate.optimizers.gpo.method import GPO, edit_budget, parse_candidate, retrieve
 from gradgate.optimizers.gpo.prompts import TEMPLATE_FIELDS, build_meta_prompt, format_score
-from gradgate.scoring.scorer import Scorer
 
 PROMPT = """---
 id: demo
@@ -110,7 +109,7 @@ def make_ctx(
         state.save({})
     return OptimizeContext(
         target=target,
-        scorer=Scorer(gateway, config, target),
+        scorer=RecordingScorer(gateway, config, target),
         gateway=gateway,
         budget=budget,
         splits=Splits(train=items[:2], dev=items[2:6], test=items[6:]),

@@ -13,10 +13,9 @@ from gradgate.core.discovery import discover
 from gradgate.core.method_settings import HalvingSettings, option
 from gradgate.errors import ConfigError
 from gradgate.models.scripted import last_user_text
-from gradgate.optimizers.base import OptimizeContext, RunState, Trajectory
+from gradgate.optimizers.base import OptimizeContext, RecordingScorer, RunState, Trajectory
 from gradgate.optimizers.halving import Proposal, evaluate_pool, plan_calls, rungs
 from gradgate.optimizers.runner import check_split
-from gradgate.scoring.scorer import Scorer
 from tests.test_gradsum import Script, make_repo, open_session
 
 
@@ -52,7 +51,7 @@ def context(tmp_path: Path, max_calls: int | None = None) -> tuple[OptimizeConte
     target = discover(repo, session.config)[0]
     ctx = OptimizeContext(
         target=target,
-        scorer=Scorer(session.gateway, session.config, target),
+        scorer=RecordingScorer(session.gateway, session.config, target),
         gateway=session.gateway,
         budget=session.budget,
         splits=check_split(session, target, 0),

@@ -42,6 +42,7 @@ Reply with digits only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -68,6 +69,44 @@ TRAJECTORY_VERSION = 1
 # What reading a JSON file gradgate wrote earlier can raise when the file was damaged or planted instead: I/O,
 # bad UTF-8 or JSON (ValueError), nesting too deep, fields of the wrong shape.
 UNREADABLE = (OSError, ValueError, RecursionError, TypeError, AttributeError, KeyError)
+
+
+class RecordingScorer(Scorer):
+    """The session's scorer, remembering per-item scores (in the run's `scores.json` when given a `path`, so a
+    resumed run has them too): the confirmation's dev intervals then need no second scoring."""
+
+    def __init__(self, *args: Any, path: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.path = path
+        self.seen: dict[str, list[float]] = {}
+
+    @staticmethod
+    def key(prompt_hash: str, items: Sequence[Item]) -> str:
+        ids = hashlib.sha256("\x00".join(i.id for i in items).encode()).hexdigest()[:16]
+        return f"{prompt_hash}:{ids}"
+
+    def load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.seen = {str(k): [float(x) for x in v] for k, v in data.items()}
+        except UNREADABLE:
+            log.warning("ignoring unreadable %s", self.path)
+
+    async def score(self, prompt: Any, items: Sequence[Item], **kwargs: Any) -> PromptEval:
+        evaluation = await super().score(prompt, items, **kwargs)
+        if evaluation.complete and kwargs.get("sample", 0) == 0:
+            self.seen[self.key(evaluation.prompt_hash, items)] = [i.score for i in evaluation.items]
+            if self.path is not None:
+                atomic_write_text(self.path, json.dumps(self.seen) + "\n")
+        return evaluation
+
+    def remember(self, prompt_hash: str, items: Sequence[Item], scores: list[float]) -> None:
+        """Per-item scores assembled in pieces (successive halving), so the confirmation need not rescore dev."""
+        self.seen[self.key(prompt_hash, items)] = list(scores)
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps(self.seen) + "\n")
 
 
 @dataclass(frozen=True)
@@ -221,7 +260,7 @@ class OptimizeContext:
     """What an optimizer gets: the prompt and its splits, the scorer, the gateway and the budget."""
 
     target: Target
-    scorer: Scorer
+    scorer: RecordingScorer
     gateway: Gateway
     budget: BudgetTracker
     splits: Splits
@@ -332,10 +371,8 @@ class OptimizeContext:
         return self.trajectory.add(self._stamp(candidate))
 
     def remember(self, text: str, items: Sequence[Item], scores: Sequence[float]) -> None:
-        """Tell a recording scorer the per-item scores of a body assembled in pieces (successive halving)."""
-        remember = getattr(self.scorer, "remember", None)
-        if remember is not None:
-            remember(self.target.prompt.with_body(text).content_hash(), items, list(scores))
+        """Record the per-item scores of a body assembled in pieces (successive halving), as a full scoring would."""
+        self.scorer.remember(self.target.prompt.with_body(text).content_hash(), items, list(scores))
 
     async def evaluate(
         self,

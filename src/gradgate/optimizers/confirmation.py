@@ -20,7 +20,7 @@ from gradgate.core.config import Config
 from gradgate.core.stats import Interval, is_binary, mcnemar_exact, mean_interval, paired_difference
 from gradgate.core.suites import Item, split_items
 from gradgate.errors import BudgetExhausted
-from gradgate.optimizers.base import Candidate, OptimizeContext
+from gradgate.optimizers.base import Candidate, OptimizeContext, RecordingScorer
 from gradgate.optimizers.results import Confirmation
 from gradgate.scoring.results import answer_skew
 from gradgate.scoring.scorer import PromptEval, calls_per_item
@@ -80,9 +80,11 @@ def cost_holdback(spent: Holdback, n_dev: int, n_test: int) -> Holdback:
     return Holdback(tokens=math.ceil(spent.tokens * scale), usd=spent.usd * scale, seconds=spent.seconds * scale)
 
 
-async def confirm(ctx: OptimizeContext, config: Config, seen: Any, original: Candidate, best: Candidate) -> Confirmation:
-    """Score original and best on test (paired) and decide; dev intervals come from the search (`seen`,
-    the recording scorer) when it recorded them, else are rescored (free from the response cache)."""
+async def confirm(
+    ctx: OptimizeContext, config: Config, recorder: RecordingScorer, original: Candidate, best: Candidate
+) -> Confirmation:
+    """Score original and best on test (paired) and decide; dev intervals come from what the search recorded
+    (`recorder`) when it has them, else are rescored (free from the response cache)."""
     opt = config.optimize
     stats_kw: dict[str, Any] = {
         "confidence": 1 - opt.alpha,
@@ -93,10 +95,10 @@ async def confirm(ctx: OptimizeContext, config: Config, seen: Any, original: Can
 
     async def on(text: str, items: Sequence[Item]) -> list[float] | None:
         body = prompt.with_body(text)
-        found: list[float] | None = seen.seen.get(seen.key(body.content_hash(), items))
+        found: list[float] | None = recorder.seen.get(recorder.key(body.content_hash(), items))
         if found is not None:
             return found
-        evaluation = await seen.score(body, items)
+        evaluation = await recorder.score(body, items)
         return [i.score for i in evaluation.items] if evaluation.complete else None
 
     if best.text == original.text:
@@ -108,8 +110,8 @@ async def confirm(ctx: OptimizeContext, config: Config, seen: Any, original: Can
             dev_best=dev,
         )
     # Test first: the dev intervals are usually recorded already, and must not take the test's calls.
-    test_original = await _unless_budget(seen.score(prompt.with_body(original.text), ctx.splits.test))
-    test_best = await _unless_budget(seen.score(prompt.with_body(best.text), ctx.splits.test))
+    test_original = await _unless_budget(recorder.score(prompt.with_body(original.text), ctx.splits.test))
+    test_best = await _unless_budget(recorder.score(prompt.with_body(best.text), ctx.splits.test))
     dev_original = _interval(await _unless_budget(on(original.text, ctx.splits.dev)), **stats_kw)
     dev_best = _interval(await _unless_budget(on(best.text, ctx.splits.dev)), **stats_kw)
     if ctx.splits.dev and dev_best is None:

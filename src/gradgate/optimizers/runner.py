@@ -14,10 +14,7 @@ A suite too small for the test split to ever support a decision is refused befor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,54 +24,15 @@ from pydantic import BaseModel
 from gradgate.core.budget import BudgetTracker, Holdback
 from gradgate.core.discovery import Target
 from gradgate.core.files import atomic_write_text, digest
-from gradgate.core.suites import Item, Splits, split_items
+from gradgate.core.suites import Splits, split_items
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.session import Session
 from gradgate.optimizers import confirmation
-from gradgate.optimizers.base import UNREADABLE, Candidate, OptimizeContext, Optimizer, RunState, Trajectory
+from gradgate.optimizers.base import Candidate, OptimizeContext, Optimizer, RecordingScorer, RunState, Trajectory
 from gradgate.optimizers.registry import method_class
 from gradgate.optimizers.results import Confirmation, OptimizeResult, RunUsage, spread
-from gradgate.scoring.scorer import PromptEval, Scorer
 
 log = logging.getLogger(__name__)
-
-
-class _RecordingScorer(Scorer):
-    """The session's scorer, remembering per-item scores (in `scores.json`, so a resumed run has
-    them too) so the report's dev intervals need no second scoring."""
-
-    def __init__(self, *args: Any, path: Path | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.path = path
-        self.seen: dict[str, list[float]] = {}
-
-    @staticmethod
-    def key(prompt_hash: str, items: Sequence[Item]) -> str:
-        ids = hashlib.sha256("\x00".join(i.id for i in items).encode()).hexdigest()[:16]
-        return f"{prompt_hash}:{ids}"
-
-    def load(self) -> None:
-        if self.path is None or not self.path.exists():
-            return
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.seen = {str(k): [float(x) for x in v] for k, v in data.items()}
-        except UNREADABLE:
-            log.warning("ignoring unreadable %s", self.path)
-
-    async def score(self, prompt: Any, items: Sequence[Item], **kwargs: Any) -> PromptEval:
-        evaluation = await super().score(prompt, items, **kwargs)
-        if evaluation.complete and kwargs.get("sample", 0) == 0:
-            self.seen[self.key(evaluation.prompt_hash, items)] = [i.score for i in evaluation.items]
-            if self.path is not None:
-                atomic_write_text(self.path, json.dumps(self.seen) + "\n")
-        return evaluation
-
-    def remember(self, prompt_hash: str, items: Sequence[Item], scores: list[float]) -> None:
-        """Per-item scores assembled in pieces (successive halving), so the confirmation need not rescore dev."""
-        self.seen[self.key(prompt_hash, items)] = list(scores)
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps(self.seen) + "\n")
 
 
 def settings_for(session: Session, method: str, settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -144,7 +102,7 @@ class _Run:
     """One prompt × method while it runs: its context and its recording scorer."""
 
     ctx: OptimizeContext
-    scorer: _RecordingScorer
+    scorer: RecordingScorer
 
 
 def _start(
@@ -153,7 +111,7 @@ def _start(
     """Context, scorer and trajectory of a run, resumed when `state.json` carries the run's fingerprint.
     `shared`: per-item scores another run of this job already has (the original on dev, in a portfolio)."""
     splits = check_split(session, target, seed)
-    scorer = _RecordingScorer(session.gateway, session.config, target, path=run_dir / "scores.json")
+    scorer = RecordingScorer(session.gateway, session.config, target, path=run_dir / "scores.json")
     state = RunState.load(run_dir / "state.json", fingerprint(target, method, seed, settings, session))
     trajectory_path = run_dir / "trajectory.json"
     if state.resumed:
@@ -182,7 +140,7 @@ def _start(
 
 
 async def _score_original(
-    ctx: OptimizeContext, scorer: _RecordingScorer, method: str, confirm_calls: int
+    ctx: OptimizeContext, scorer: RecordingScorer, method: str, confirm_calls: int
 ) -> tuple[Candidate, Holdback]:
     """The original prompt on dev (candidate c0000), and what scoring it cost (nothing when the job had it)."""
     budget = ctx.budget

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from gradgate.core.budget import Holdback
@@ -200,8 +200,10 @@ DEMOS_SHARE = 0.5  # of the calls left when the instruction search starts, kept 
 DEMOS_BASES = 2  # best distinct instructions that get demonstration sets
 
 
-async def then_demos(ctx: OptimizeContext, search: Any, cfg: DemosSettings | None, *, step: int) -> None:
-    """Run the instruction search (`search`, an awaitable factory), then, with `cfg`, demonstration sets on its
+async def then_demos(
+    ctx: OptimizeContext, search: Callable[[], Awaitable[None]], cfg: DemosSettings | None, *, step: int
+) -> None:
+    """Run the instruction search (`search()`), then, with `cfg`, demonstration sets on its
     best instructions; the search may use only 1 − DEMOS_SHARE of the calls left, so the demonstrations get theirs."""
     if cfg is None:
         await search()
