@@ -22,6 +22,7 @@ from scipy.stats import binomtest
 
 from gradgate.app.check_job import run_check
 from gradgate.core.config import GateConfig, ModelSpec
+from gradgate.core.stats import looks
 from gradgate.errors import ModelError
 from gradgate.gate.check import decide, spending
 from gradgate.models.scripted import ScriptedBackend, last_user_text
@@ -126,6 +127,12 @@ def test_verdicts_report_outputs_and_annotations(tmp_path: Path, capsys: pytest.
     assert worse.stopped_early and worse.items_scored == 10 and worse.items_total == N_ITEMS
     assert worse.calls == 20 and worse.base_calls == 10 and worse.calls_saved == 12
     assert by_id["reworded"].items_scored == 6  # decided at the first look
+    # The gate's looks are the power report's schedule (6, 10, 14, 16 items), at the same levels.
+    schedule = looks(N_ITEMS, alpha=0.05, min_items=6, batch_size=4, sequential=True)
+    assert [x.n for x in schedule] == [6, 10, 14, 16]
+    assert worse.looks == 2 and worse.decision.level == schedule[1].level
+    reworded = by_id["reworded"].decision
+    assert by_id["reworded"].looks == 1 and reworded is not None and reworded.level == schedule[0].level
     # The report, everywhere it goes.
     report = (tmp_path / "out" / "report.md").read_text()
     assert outcome.markdown == report

@@ -9,6 +9,7 @@ interval, Cohen's kappa with a bootstrap interval).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,18 +63,32 @@ def paired_difference(base: Sequence[float], head: Sequence[float], **kwargs: fl
     return mean_interval(diff, **kwargs)  # type: ignore[arg-type]
 
 
-def mcnemar_exact(base: Sequence[float], head: Sequence[float]) -> float:
-    """Two-sided exact McNemar (sign test on discordant pairs) for binary scores; p-value."""
+def discordant(base: Sequence[float], head: Sequence[float]) -> tuple[int, int]:
+    """The discordant pairs of paired pass/fail scores (pass: >= 0.5): (base passes and head fails, head passes
+    and base fails), i.e. (regressions, improvements)."""
     b_only = sum(1 for b, h in zip(base, head, strict=True) if b >= 0.5 > h)
     h_only = sum(1 for b, h in zip(base, head, strict=True) if h >= 0.5 > b)
-    discordant = b_only + h_only
-    if discordant == 0:
+    return b_only, h_only
+
+
+def mcnemar_exact(base: Sequence[float], head: Sequence[float]) -> float:
+    """Two-sided exact McNemar (sign test on discordant pairs) for binary scores; p-value."""
+    b_only, h_only = discordant(base, head)
+    pairs = b_only + h_only
+    if pairs == 0:
         return 1.0
-    return float(stats.binomtest(h_only, discordant, 0.5).pvalue)
+    return float(stats.binomtest(h_only, pairs, 0.5).pvalue)
 
 
 def is_binary(values: Sequence[float]) -> bool:
     return all(v in (0.0, 1.0) for v in values)
+
+
+def unpaired_sd(scores: Sequence[float]) -> float:
+    """The paired differences' standard deviation guessed from one version's scores (at least two): √2 times
+    the scores' sample standard deviation. With only one version scored there are no differences to measure;
+    if base and head were independent with that spread, Var(head − base) = 2·Var(score), so sd · √2."""
+    return 2**0.5 * statistics.stdev(scores)
 
 
 # -- sequential looks and power ------------------------------------------------------------------------
@@ -95,14 +110,13 @@ class Look:
     level: float  # significance level this look is tested at
 
 
-def looks(n: int, *, alpha: float, min_items: int, batch_size: int, sequential: bool) -> list[Look]:
-    """The looks the gate takes on a suite of `n` items, with the level each is tested at (when every
-    item gets scored): the first after max(min_items, batch_size) items, then one per batch, alpha spent
-    by `spending`; the last look spends what is left. Without `sequential`, one look at alpha."""
-    if n < min_items or n <= 0:
+def look_sizes(n: int, *, min_items: int, batch_size: int, sequential: bool) -> list[int]:
+    """Items scored by each look on a suite of `n`: the first after max(min_items, batch_size) items, then
+    one per batch, the last at n; without `sequential`, one look at n. The gate scores in these steps."""
+    if n <= 0:
         return []
     if not sequential:
-        return [Look(n, alpha)]
+        return [n]
     sizes = []
     upto = min(n, max(min_items, batch_size))
     while True:
@@ -110,11 +124,27 @@ def looks(n: int, *, alpha: float, min_items: int, batch_size: int, sequential: 
         if upto >= n:
             break
         upto = min(n, upto + batch_size)
+    return sizes
+
+
+def look_level(size: int, n: int, *, alpha: float, spent: float, sequential: bool, last: bool = False) -> tuple[float, float]:
+    """(level, cumulative alpha spent) of a look after `size` of `n` items when `spent` was spent before it:
+    `spending(size / n)` cumulatively, all of alpha at the last look (size >= n, `last`, or not `sequential`)."""
+    cumulative = spending(size / n, alpha) if sequential and not last and size < n else alpha
+    return max(cumulative - spent, 1e-12), cumulative
+
+
+def looks(n: int, *, alpha: float, min_items: int, batch_size: int, sequential: bool) -> list[Look]:
+    """The looks the gate takes on a suite of `n` items, with the level each is tested at (when every
+    item gets scored): at `look_sizes`, alpha spent by `look_level`. Without `sequential`, one look at alpha."""
+    if n < min_items or n <= 0:
+        return []
+    if not sequential:
+        return [Look(n, alpha)]
     out, spent = [], 0.0
-    for size in sizes:
-        cumulative = alpha if size >= n else spending(size / n, alpha)
-        out.append(Look(size, max(cumulative - spent, 1e-12)))
-        spent = cumulative
+    for size in look_sizes(n, min_items=min_items, batch_size=batch_size, sequential=True):
+        level, spent = look_level(size, n, alpha=alpha, spent=spent, sequential=True)
+        out.append(Look(size, level))
     return out
 
 

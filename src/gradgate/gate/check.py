@@ -26,7 +26,7 @@ from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import GateConfig
 from gradgate.core.discovery import Target
 from gradgate.core.prompts import Prompt
-from gradgate.core.stats import is_binary, spending
+from gradgate.core.stats import is_binary, look_level, look_sizes, spending, unpaired_sd
 from gradgate.core.suites import Item
 from gradgate.errors import GradgateError
 from gradgate.gate.changes import ChangeSet, PromptChange
@@ -166,12 +166,11 @@ async def _sequential(session: Session, pairing: _Pairing) -> _Run:
     """Score batches of base and head together; test after each batch at the level alpha-spending allows;
     stop at the first verdict, at the last item, or when the budget runs out."""
     gate, items = session.config.gate, pairing.items
-    first = max(gate.min_items, gate.batch_size) if gate.sequential else len(items)
+    sizes = look_sizes(len(items), min_items=gate.min_items, batch_size=gate.batch_size, sequential=gate.sequential)
     scored_upto, spent, looks = 0, 0.0, 0
     decision: Decision | None = None
     out_of_budget = False
-    while scored_upto < len(items):
-        upto = min(len(items), first if scored_upto == 0 else scored_upto + gate.batch_size)
+    for upto in sizes:  # the power report's schedule (`core.stats.looks`) when every item is scored
         batch = items[scored_upto:upto]
         await asyncio.gather(pairing.base.score(batch, gate.repeats), pairing.head.score(batch, gate.repeats))
         scored_upto = upto
@@ -180,10 +179,8 @@ async def _sequential(session: Session, pairing: _Pairing) -> _Run:
         last = scored_upto >= len(items) or out_of_budget
         if len(paired) < gate.min_items and not last:
             continue
-        looks += 1
-        cumulative = spending(scored_upto / len(items), gate.alpha) if gate.sequential and not last else gate.alpha
-        level = max(cumulative - spent, 1e-12)
-        spent = cumulative
+        looks += 1  # a look skipped above spends nothing; one stopped by the budget spends what is left
+        level, spent = look_level(scored_upto, len(items), alpha=gate.alpha, spent=spent, sequential=gate.sequential, last=last)
         base = [pairing.base.scores[i].mean for i in paired]
         head = [pairing.head.scores[i].mean for i in paired]
         decision = decide(base, head, gate=gate, level=level)
@@ -389,7 +386,7 @@ async def _score_new(session: Session, change: PromptChange, cache: ScoreCache, 
 
 def _eval_sd(scores: list[float]) -> float | None:
     """For one version only: the paired differences' spread as if base and head were independent (√2 s)."""
-    return 2**0.5 * statistics.stdev(scores) if len(scores) > 1 else None
+    return unpaired_sd(scores) if len(scores) > 1 else None
 
 
 async def gate_changes(session: Session, changes: ChangeSet, done: list[PromptVerdict], cache: ScoreCache | None = None) -> None:

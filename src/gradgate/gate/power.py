@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from gradgate.core.config import GateConfig
-from gradgate.core.stats import detectable_drop, final_level, mcnemar_items_needed, normal_items_needed
+from gradgate.core.stats import detectable_drop, discordant, final_level, mcnemar_items_needed, normal_items_needed
 from gradgate.gate.report import Decision, Power
 
 ITEMS_CAP_FACTOR = 50  # search for a deciding size up to this many times the items at hand
@@ -50,12 +50,6 @@ def detectable(n: int, gate: GateConfig, *, binary: bool, sd: float | None = Non
     return Power(found.drop, binary, n, found.level, found.basis())
 
 
-def _counts(base: Sequence[float], head: Sequence[float]) -> tuple[int, int]:
-    regressions = sum(1 for b, h in zip(base, head, strict=True) if b >= 0.5 > h)
-    improvements = sum(1 for b, h in zip(base, head, strict=True) if h >= 0.5 > b)
-    return regressions, improvements
-
-
 def items_to_decide(decision: Decision, base: Sequence[float], head: Sequence[float], gate: GateConfig) -> int | None:
     """Paired items at which the observed change would get a verdict (same rates); None if none would."""
     n = len(base)
@@ -67,7 +61,7 @@ def items_to_decide(decision: Decision, base: Sequence[float], head: Sequence[fl
     cap = max(ITEMS_CAP_FACTOR * n, 1000)
     if abs(mean) > gate.max_drop:
         if decision.p_value is not None:  # binary: the exact test decides
-            regressions, improvements = _counts(base, head)
+            regressions, improvements = discordant(base, head)
             return mcnemar_items_needed(
                 regressions, improvements, n, level_for=lambda size: _final(size, gate), max_drop=gate.max_drop, cap=cap
             )

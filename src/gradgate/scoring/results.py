@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import statistics
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.table import Table
 from gradgate import __version__
 from gradgate.core.config import GateConfig
 from gradgate.core.files import atomic_write_text
-from gradgate.core.stats import detectable_drop, detectable_line, is_binary, mean_interval
+from gradgate.core.stats import detectable_drop, detectable_line, is_binary, mean_interval, unpaired_sd
 from gradgate.scoring.calibration import JudgeCalibration
 from gradgate.scoring.scorer import PromptEval
 
@@ -119,7 +118,7 @@ def power_out(scores: list[float], gate: GateConfig) -> PowerOut:
     """What `gradgate check` can detect on this suite: exact for 0/1 scores, else approximate with √2 times the
     scores' standard deviation as the paired differences' (as if base and head were independent)."""
     binary = is_binary(scores) and gate.repeats == 1
-    sd = 2**0.5 * statistics.stdev(scores) if len(scores) > 1 and not binary else 0.5
+    sd = unpaired_sd(scores) if len(scores) > 1 and not binary else 0.5
     found = detectable_drop(
         len(scores),
         alpha=gate.alpha,
