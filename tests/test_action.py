@@ -15,7 +15,6 @@ from gradgate.errors import UsageError
 from gradgate.github.action_entry import (
     INPUT_NAMES,
     ActionInputs,
-    mask_commands,
     parse_action_inputs,
     read_input,
     to_cli_args,
@@ -201,6 +200,9 @@ def test_environment_for_the_cli() -> None:
         ({"mode": "optimize", "open_pr": "on"}, 'open-pr must be "true" or "false"'),
         ({"mode": "optimize", "write": "no"}, 'write must be "true" or "false"'),
         ({"mode": "optimize", "api_base": "127.0.0.1:8000"}, "api-base must be an http(s) URL"),
+        ({"mode": "optimize", "api_base": "http://:8000"}, "api-base must be an http(s) URL with a host"),
+        ({"mode": "optimize", "api_base": "http://127.0.0.1:99999/v1"}, "api-base must be an http(s) URL"),
+        ({"mode": "optimize", "api_base": "ftp://127.0.0.1/v1"}, "api-base must be an http(s) URL"),
         ({"mode": "optimize", "prompts": "ok,--evil"}, "prompts must list prompt ids"),
         ({"mode": "optimize", "config": "--help"}, "config must not start with '-'"),
         ({"mode": "optimize", "task_model": "-x"}, "task-model must not start with '-'"),
@@ -209,6 +211,11 @@ def test_environment_for_the_cli() -> None:
 )
 def test_bad_inputs_name_the_input_and_a_valid_value(values: dict[str, str], expected: str) -> None:
     assert expected in error_of(**values)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/v1", "http://localhost:11434/v1", "http://[::1]:8000"])
+def test_a_loopback_api_base_is_accepted(url: str) -> None:
+    assert to_cli_env(parse(mode="optimize", api_base=url))["GRADGATE_API_BASE"] == url
 
 
 def test_every_bad_input_is_reported_at_once() -> None:
@@ -299,15 +306,6 @@ def test_inputs_meaningless_in_the_mode_are_reported() -> None:
     assert parse(mode="check", base_ref="main", open_pr="false").ignored == ()
 
 
-def test_mask_commands_cover_each_line_of_a_secret() -> None:
-    assert mask_commands(["abc", "line1\nline2\n", "", "50%off"]) == [
-        "::add-mask::abc",
-        "::add-mask::line1",
-        "::add-mask::line2",
-        "::add-mask::50%25off",
-    ]
-
-
 def _run_entrypoint(env: dict[str, str], tmp_path: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("INPUT_")}
     base["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), base.get("PYTHONPATH", "")])
@@ -353,6 +351,16 @@ def test_entrypoint_refuses_runner_variables_and_escaping_paths(tmp_path: Path, 
     assert "running: gradgate" not in proc.stderr
     rest = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("::add-mask::")) + proc.stderr
     assert TOKEN not in rest and API_KEY not in rest
+
+
+def test_entrypoint_refuses_an_api_base_without_a_host(tmp_path: Path) -> None:
+    proc = _run_entrypoint(inputs_env(mode="optimize", github_token=TOKEN, api_base="http://:8000"), tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "api-base must be an http(s) URL with a host" in proc.stderr and "'http://:8000'" in proc.stderr
+    assert any(
+        line.startswith("::error title=gradgate action inputs::") and "api-base" in line for line in proc.stdout.splitlines()
+    )
+    assert "Traceback" not in proc.stderr and "running: gradgate" not in proc.stderr
 
 
 def test_entrypoint_outside_actions_prints_no_secret(tmp_path: Path) -> None:

@@ -112,7 +112,14 @@ def test_annotations_escape_properties_and_message(tmp_path: Path, capsys: pytes
 
 def test_mask_secret_masks_each_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mask_secret("abc\ndef%", env=_env(tmp_path))
-    assert capsys.readouterr().out.splitlines() == ["::add-mask::abc", "::add-mask::def%25"]
+    mask_secret("", env=_env(tmp_path))
+    mask_secret("line1\n \nline2\n", env=_env(tmp_path))
+    assert capsys.readouterr().out.splitlines() == [
+        "::add-mask::abc",
+        "::add-mask::def%25",
+        "::add-mask::line1",
+        "::add-mask::line2",
+    ]
 
 
 def test_reads_os_environ_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

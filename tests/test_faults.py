@@ -25,9 +25,10 @@ import yaml
 from gradgate.app.eval_job import EvalOutcome, run_eval
 from gradgate.core.budget import BudgetTracker
 from gradgate.core.config import BudgetConfig, ModelsConfig, load_config
+from gradgate.core.retry_after import parse_retry_after
 from gradgate.errors import MissingPackageError, ModelError
 from gradgate.models.gateway import Gateway
-from gradgate.models.litellm_backend import LiteLLMBackend, parse_retry_after
+from gradgate.models.litellm_backend import LiteLLMBackend
 from gradgate.models.session import Session
 from tests.fault_server import FaultServer
 

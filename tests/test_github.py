@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import importlib.util
 import json
 import logging
@@ -364,6 +366,14 @@ def test_rate_limit_waits_for_retry_after(fake_github: FakeGitHub, status: int, 
     client, sleeps = make_client(fake_github)
     assert client.find_pull("b") is None
     assert sleeps == [7.0]
+
+
+def test_rate_limit_honours_a_retry_after_http_date(fake_github: FakeGitHub) -> None:
+    when = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
+    fake_github.fail_next(429, headers={"Retry-After": when}, body={"message": "API rate limit exceeded"})
+    client, sleeps = make_client(fake_github)
+    assert client.find_pull("b") is None
+    assert len(sleeps) == 1 and 20 < sleeps[0] <= 30
 
 
 def test_rate_limit_longer_than_the_cap_fails_without_sleeping(fake_github: FakeGitHub) -> None:

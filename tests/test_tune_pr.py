@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from gradgate.app.optimize_job import OptimizeJobOutcome, branch_for, run_optimize_job
-from gradgate.errors import GitHubError
+from gradgate.errors import GitHubError, PathInGitDirError, PathOutsideRepoError
+from gradgate.github.tuning_pr import publish_tuning_pr
 from tests.fake_github import FakeGitHub
 from tests.gitutil import git, isolated_git  # noqa: F401 - isolated_git is an autouse fixture
 from tests.test_gradsum import GOOD, Script, make_repo, open_session, sequence_editor
@@ -118,3 +119,44 @@ def test_a_person_s_commit_with_control_characters_in_its_subject_is_named_not_a
     with pytest.raises(GitHubError, match=r"not force-pushing over them: [0-9a-f]{12} tweak"):
         tune(work, GOOD_TOO, tmp_path / "run2" / "out", fake_github, remote)
     assert remote_sha(remote) == tip and len(fake_github.pulls) == 1
+
+
+def test_a_changed_file_under_any_git_dir_or_behind_a_symlink_leading_out_is_refused(
+    repos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, remote = repos
+    branch = "gradgate/tune-paths"
+    (work / "sub" / ".git").mkdir(parents=True)
+    (work / "sub" / ".git" / "x").write_text("nested\n")
+    outside = tmp_path / "outside.md"
+    outside.write_text("outside\n")
+    (work / "prompts" / "out.md").symlink_to(outside)
+    (work / "prompts" / "gitdir").symlink_to(work / ".git")
+
+    def publish(changed: list[Path], contents: dict[Path, bytes] | None = None) -> Any:
+        return publish_tuning_pr(
+            work,
+            changed_files=changed,
+            contents=contents,
+            branch=branch,
+            title="gradgate: tune prompts",
+            body="body",
+            client=None,
+            commit_message="Tune prompts",
+        )
+
+    for bad in (Path("sub/.git/x"), Path(".GIT/config"), Path("prompts/gitdir/config"), work / ".Git" / "HEAD"):
+        with pytest.raises(PathInGitDirError, match="changed file"):
+            publish([bad])
+    with pytest.raises(PathInGitDirError):
+        publish([Path("prompts/qa.md")], {Path("sub/.git/x"): b"hostile\n"})
+    for bad in (Path("prompts/out.md"), Path("../outside.md"), outside, Path(".")):
+        with pytest.raises(PathOutsideRepoError):
+            publish([bad])
+    assert remote_sha(remote, branch) is None  # nothing was pushed
+
+    prompt = work / "prompts" / "qa.md"
+    prompt.write_text(prompt.read_text() + "\nA tuned line.\n")
+    result = publish([Path("prompts/qa.md")])
+    assert result.pushed and remote_sha(remote, branch) == result.commit_sha
+    assert "A tuned line." in git(remote, "show", f"{branch}:prompts/qa.md")

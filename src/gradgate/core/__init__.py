@@ -1,5 +1,5 @@
 """Everything that needs no model and no network: config, files and paths, secrets, prompts, suites,
-discovery, the budget, statistics, git, interrupts."""
+discovery, the budget, statistics, git, interrupts, reading a Retry-After header."""
 
 __all__ = [
     "budget",
@@ -14,6 +14,7 @@ __all__ = [
     "interrupts",
     "method_settings",
     "prompts",
+    "retry_after",
     "secrets",
     "stats",
     "suites",

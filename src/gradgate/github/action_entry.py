@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gradgate.core.config import check_api_base
 from gradgate.core.environment import prepare_process_env
 from gradgate.core.git import Git
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_USAGE, GitError, UsageError
-from gradgate.github.actions import escape_data
+from gradgate.github import actions
 from gradgate.github.context import dig, read_event
 from gradgate.optimizers.registry import METHOD_NAMES
 
@@ -217,10 +218,13 @@ class _Parser:
 
     def api_base(self, name: str) -> str:
         value = self.raw(name)
-        if value and not re.match(r"^https?://[^\s]+$", value):
-            self.errors.append(f"{name} must be an http(s) URL (for example http://127.0.0.1:8000/v1), got {value!r}")
+        if not value:
+            return value
+        try:
+            return check_api_base(value)
+        except ValueError:
+            self.errors.append(f"{name} must be an http(s) URL with a host (for example http://127.0.0.1:8000/v1), got {value!r}")
             return ""
-        return value
 
     def env_lines(self, name: str) -> tuple[tuple[str, str], ...]:
         pairs: list[tuple[str, str]] = []
@@ -405,14 +409,6 @@ def to_cli_env(inputs: ActionInputs) -> dict[str, str]:
     return env
 
 
-def mask_commands(secrets: list[str]) -> list[str]:
-    """GitHub workflow commands that hide each secret (each line of a multi-line one) in the job log."""
-    lines: list[str] = []
-    for secret in secrets:
-        lines += [f"::add-mask::{escape_data(part)}" for part in secret.splitlines() if part.strip()]
-    return lines
-
-
 def _raw_secrets(env: Mapping[str, str]) -> list[str]:
     """Secret values read straight from the environment, so they are masked even when parsing fails."""
     secrets = [read_input(env, "github-token")]
@@ -438,19 +434,15 @@ def main() -> NoReturn:
     """Container entry point: mask secrets, parse inputs, then become ``python -m gradgate ARGS``."""
     prepare_process_env()
     env = dict(os.environ)
-    in_actions = env.get("GITHUB_ACTIONS") == "true"
     # Masks first: nothing may be written before GitHub knows what to hide. Outside a runner nobody reads
-    # workflow commands, and printing one would only show the secret.
-    if in_actions:
-        for line in mask_commands(_raw_secrets(env)):
-            print(line)
-        sys.stdout.flush()
+    # workflow commands, and printing one would only show the secret (mask_secret then prints nothing).
+    for secret in _raw_secrets(env):
+        actions.mask_secret(secret, env=env)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         inputs = parse_action_inputs(env, read_event(env.get("GITHUB_EVENT_PATH")) or None)
     except UsageError as exc:
-        if in_actions:
-            print(f"::error title=gradgate action inputs::{escape_data(redact(exc.message))}")
+        actions.annotate("error", redact(exc.message), title="gradgate action inputs", env=env)
         print(f"gradgate: {redact(str(exc))}", file=sys.stderr)
         sys.stdout.flush()
         sys.exit(EXIT_USAGE)

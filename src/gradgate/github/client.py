@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from gradgate import __version__
+from gradgate.core.retry_after import parse_retry_after
 from gradgate.core.secrets import redact
 from gradgate.errors import ConfigError, GitHubError
 
@@ -220,12 +221,9 @@ class GitHubClient:
         return "rate limit" in GitHubClient._message(response).lower()  # secondary rate limits
 
     def _rate_limit_wait(self, response: httpx.Response, attempt: int) -> float:
-        retry_after = response.headers.get("retry-after")
+        retry_after = parse_retry_after(response.headers)
         if retry_after is not None:
-            try:
-                return max(0.0, float(retry_after))
-            except ValueError:
-                pass
+            return retry_after
         reset = response.headers.get("x-ratelimit-reset")
         if reset is not None and response.headers.get("x-ratelimit-remaining") == "0":
             try:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradgate.core.files import resolve_inside
 from gradgate.core.git import Git
 from gradgate.core.secrets import redact
 from gradgate.errors import ConfigError, GitError, GitHubError, PathOutsideRepoError
@@ -65,14 +66,17 @@ def _inside(repo: Path, cwd: Path, changed: Sequence[Path]) -> list[str]:
     rels: list[str] = []
     for path in changed:
         full = path if path.is_absolute() else cwd / path
-        # resolve() follows symlinks, so a link pointing outside the repository is refused too
-        resolved = full.resolve()
-        if not resolved.is_relative_to(repo):
-            raise PathOutsideRepoError(f"{path} is outside the repository {repo}", where=str(path))
-        rel = resolved.relative_to(repo)
-        if not rel.parts or rel.parts[0] == ".git":
+        # Symlinks are followed, so a link leading out of the repository or into any `.git` (any case) is refused.
+        resolved = resolve_inside(
+            repo,
+            full,
+            what="changed file",
+            where=str(path),
+            hint="publish only files of the work tree (no symlink leading out, nothing under .git)",
+        )
+        if resolved == repo:
             raise PathOutsideRepoError(f"{path} is not a file of the repository", where=str(path))
-        rels.append(rel.as_posix())
+        rels.append(resolved.relative_to(repo).as_posix())
     return sorted(set(rels))
 
 
