@@ -83,3 +83,27 @@ def test_a_mutation_wins_when_the_editor_writes_only_paraphrases(tmp_path: Path)
     mutated = [c for c in found.candidates if c.origin == "mutation"]
     assert len(mutated) >= 5 and all(template_variables(c.text) == ["question"] for c in mutated)
     assert found.best.origin == "mutation" and "step by step" in found.best.text.lower() and found.improved
+
+
+@pytest.mark.parametrize(
+    ("expected", "options", "numeric"),
+    [
+        (["True", "False"] * 3, ("False", "True"), False),
+        (["(A)", "(B)", "(C)"] * 2, ("A", "B", "C"), False),  # labels written as GReaTer's answer phrase lists them
+        ([".5", "+5", "1,000", "-2"], (), True),
+        ([f"label{n}" for n in range(11)] * 2, tuple(sorted(f"label{n}" for n in range(11))), False),
+        (["a long answer that is no label at all, really"] * 2 + ["short"] * 2, (), False),
+    ],
+)
+def test_mutations_read_options_and_numbers_as_the_answer_phrase_does(
+    tmp_path: Path, expected: list[str], options: tuple[str, ...], numeric: bool
+) -> None:
+    from gradgate.scoring.answers import is_numeric, label_set
+
+    repo = make_repo(tmp_path / "repo")
+    items = "\n".join(f'  - {{id: q{i}, vars: {{question: "q{i}"}}, expected: "{e}"}}' for i, e in enumerate(expected))
+    (repo / "evals" / "qa.yaml").write_text(f"metrics: [exact]\nitems:\n{items}\n")
+    facts = facts_for(discover(repo, config_for())[0].suite)
+    assert facts.options == options and facts.numeric == numeric == is_numeric(expected)
+    if options:
+        assert facts.options == label_set(expected)  # the labels GReaTer's extraction phrase lists

@@ -19,26 +19,26 @@ so every `{{variable}}` and the rest of the prompt stay exactly as they are. GRA
 | role-expert | role | first line | You are a careful expert. Your task: <the suite's description> |
 | role-teacher | role | first line | You are a patient teacher who gets every detail right. |
 
-Options come from the suite: `scoring.options` (log-likelihood scoring), else the distinct expected answers when
-there are at most `MAX_OPTIONS` short ones. Entries whose data is missing (no options, no description) are skipped.
+Options come from the suite: `scoring.options` (log-likelihood scoring), else the closed label set GReaTer's answer
+phrase lists too (`scoring.answers.label_set`) when its labels are short; numeric answers are `answers.is_numeric`.
+Entries whose data is missing (no options, no description) are skipped.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gradgate.core.prompts import VARIABLE_RE
 from gradgate.core.suites import Suite
+from gradgate.scoring.answers import is_numeric, label_set
 
 Place = Literal["prefix", "before_input", "suffix"]
 Needs = Literal["", "options", "numbers", "task"]
 
-MAX_OPTIONS = 10
-MAX_OPTION_CHARS = 24
+MAX_OPTION_CHARS = 24  # longer labels are not listed in a prompt
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,14 @@ class TaskFacts:
 
 
 def facts_for(suite: Suite, task_description: str = "") -> TaskFacts:
-    """The answer options (scoring options, else few short distinct expected answers) and the task description."""
+    """The answer options (scoring options, else the suite's closed set of short labels) and the task description."""
     options = tuple(suite.spec.scoring.options or ())
-    expected = [i.expected.strip() for i in suite.items if i.expected is not None]
+    expected = [i.expected for i in suite.items if i.expected is not None]
     if not options:
-        distinct = sorted(set(expected))
-        if 1 < len(distinct) <= MAX_OPTIONS and all(len(x) <= MAX_OPTION_CHARS for x in distinct):
-            options = tuple(distinct)
-    numeric = bool(expected) and all(re.fullmatch(r"-?[\d,]*\.?\d+", x) for x in expected)
+        labels = label_set(expected)
+        if len(labels) > 1 and all(len(x) <= MAX_OPTION_CHARS for x in labels):
+            options = labels
+    numeric = is_numeric(expected)
     if numeric and len(options) > 2:
         options = ()  # counts are not a closed set of options
     return TaskFacts(options=options, numeric=numeric, task=" ".join(task_description.split()))

@@ -25,7 +25,7 @@ NUMERIC_PHRASE = " Therefore, the final answer (a number) is"
 
 MAX_LISTED_LABELS = 12  # more distinct answers than this are free text, not a label set
 _OPTION_LABEL = re.compile(r"^\(([A-Za-z0-9]{1,3})\)$")  # "(A)" -> "A"
-_NUMBER = re.compile(r"^[-+]?\d+(?:[.,]\d+)?$")
+_NUMBER = re.compile(r"^[-+]?(?:\d[\d,]*)?\.?\d+$")  # 42, -3.5, +5, .5, 1,000, 1,000.25
 
 
 def answer_label(answer: str) -> str:
