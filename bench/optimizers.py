@@ -94,7 +94,7 @@ def run_portfolio_row(
     task: BenchTask, config: Config, *, budget_calls: int, seed: int, cache_dir: Path, backend: Backend | None
 ) -> MethodRun:
     """gradgate's portfolio: the members share one search budget; the dev winner alone is confirmed on test."""
-    from gradgate.app.optimize_job import run_portfolio
+    from gradgate.optimizers.portfolio import run_portfolio
 
     session, budget, replay = _session(
         task,

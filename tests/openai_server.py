@@ -79,7 +79,7 @@ def start_openai_server(
     port = port or free_port()
     model = str(Path(folder).resolve())
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gradgate.models.local.convert.prepare_torch_env
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gradgate.core.environment.prepare_torch_env
     log_dir = Path(tempfile.mkdtemp(prefix="gradgate-serve-"))
     log_path = log_dir / "serve.log"
     command = [*_serve_command(), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]

@@ -239,7 +239,7 @@ def test_every_template_formats_with_its_declared_fields() -> None:
         assert used == set(declared), name
         assert "{" not in template.format(**{f: "x" for f in declared}), name
     names = {n for n in dir(gpo_prompts) if n.isupper() and isinstance(getattr(gpo_prompts, n), str)}
-    assert names - {"OPEN_TAG", "CLOSE_TAG", "DEFAULT_TASK"} == set(TEMPLATE_FIELDS)
+    assert names - {"OPEN_TAG", "CLOSE_TAG", "DEFAULT_TASK", "FENCE_NOTE"} == set(TEMPLATE_FIELDS)  # FENCE_NOTE: core.fence
 
 
 def test_meta_prompt_contents() -> None:

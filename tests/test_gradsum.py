@@ -30,8 +30,8 @@ from gradgate.optimizers.gradsum.prompts import (
     SUMMARY_SYSTEM,
     TEMPLATES,
     build_messages,
-    parse_candidates,
 )
+from gradgate.optimizers.hygiene import parse_prompt_reply
 from gradgate.optimizers.results import OptimizeResult
 from gradgate.optimizers.runner import run_optimization
 
@@ -194,8 +194,8 @@ def test_every_template_formats_with_its_declared_fields() -> None:
         ("", []),
     ],
 )
-def test_parse_candidates_tolerates_small_model_replies(reply: str, expected: list[str]) -> None:
-    assert parse_candidates(reply) == expected
+def test_parse_prompt_reply_tolerates_small_model_replies(reply: str, expected: list[str]) -> None:
+    assert parse_prompt_reply(reply) == expected
 
 
 def test_settings_defaults_follow_the_paper_and_bad_values_are_config_errors() -> None:

@@ -7,11 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gradgate.core.discovery import discover
-from gradgate.core.method_settings import HalvingSettings, option
-from gradgate.errors import ConfigError
+from gradgate.core.method_settings import HalvingSettings
 from gradgate.models.scripted import last_user_text
 from gradgate.optimizers.base import OptimizeContext, RecordingScorer, RunState, Trajectory
 from gradgate.optimizers.halving import Proposal, evaluate_pool, plan_calls, rungs
@@ -25,9 +22,6 @@ def test_rungs_and_planned_calls() -> None:
     # 12 candidates: 12·4 + 4·8 + 2·8 = 96 item scorings instead of 240
     assert plan_calls(12, 20, settings) == 96 and plan_calls(12, 20, None) == 240
     assert plan_calls(1, 20, settings) == 20 and plan_calls(12, 20, settings, per_item=3) == 288
-    assert option(HalvingSettings, True, "x") == HalvingSettings() and option(HalvingSettings, False, "x") is None
-    with pytest.raises(ConfigError):
-        option(HalvingSettings, {"eta": 1}, "x")
 
 
 def quality_task(messages: list[dict[str, str]]) -> str:

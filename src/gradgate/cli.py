@@ -20,6 +20,7 @@ from gradgate import __version__
 from gradgate.core.environment import prepare_process_env
 from gradgate.core.files import output_location
 from gradgate.core.interrupts import interrupts_raise
+from gradgate.core.method_settings import MAX_SEED
 from gradgate.core.secrets import RedactingFilter, redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError, UsageError
 from gradgate.optimizers.registry import METHOD_NAMES
@@ -144,10 +145,10 @@ def eval_command(
 ) -> None:
     """Score every prompt on its eval suite."""
     from gradgate.app.eval_job import run_eval
+    from gradgate.app.eval_report import print_table
     from gradgate.app.progress import eval_callbacks, open_progress
     from gradgate.app.shards import Shard
     from gradgate.models.session import Session
-    from gradgate.scoring.results import print_table
 
     def job() -> int:
         repo = _repo(repo_path)
@@ -282,7 +283,7 @@ def check_command(
     help="Hard limit on wall time.",
 )
 @click.option(
-    "--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed for splits and sampling (default: gradgate.yaml)."
+    "--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Seed for splits and sampling (default: gradgate.yaml)."
 )
 @click.option("--out", "out_dir", default="gradgate-out", show_default=True, help="Directory for the artifacts.")
 @click.option("--write", is_flag=True, help="Write the best prompt back into its file (front matter kept).")
@@ -360,8 +361,8 @@ def merge_command(
     directories: tuple[str, ...], out_dir: str, fail_on_regression: bool, comment: bool, junit_path: str | None
 ) -> None:
     """Combine the shards of one `eval --shard` or `check --shard` run: one report, comment, outputs and exit code."""
+    from gradgate.app.eval_report import print_table
     from gradgate.app.merge_job import run_merge
-    from gradgate.scoring.results import print_table
 
     def job() -> int:
         here = Path.cwd()

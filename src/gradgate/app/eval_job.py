@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradgate.app.eval_report import write_results
 from gradgate.app.html_report import eval_html, write_html
 from gradgate.app.junit import eval_junit, write_junit
 from gradgate.app.shards import Shard, ShardManifest, select_targets, write_manifest
@@ -22,7 +23,7 @@ from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_OK, GradgateError
 from gradgate.models.session import Session
 from gradgate.scoring.calibration import calibrate_judge, validate_examples
-from gradgate.scoring.results import EvalResults, build_results, prompt_out, write_results
+from gradgate.scoring.results import EvalResults, build_results, prompt_out
 from gradgate.scoring.scorer import ItemResult, PromptEval, Scorer
 
 log = logging.getLogger(__name__)

@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, 
 
 from gradgate.app.check_job import CheckOutcome, publish
 from gradgate.app.eval_job import write_eval_reports
+from gradgate.app.eval_report import render_markdown as eval_markdown
 from gradgate.app.shards import ShardManifest, check_complete, find_manifests
 from gradgate.core.files import first_problem
 from gradgate.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, UsageError
 from gradgate.gate.report import CheckSummary, PromptVerdict, overall_verdict
 from gradgate.scoring.results import EvalResults
-from gradgate.scoring.results import render_markdown as eval_markdown
 
 log = logging.getLogger(__name__)
 Found = Sequence[tuple[Path, ShardManifest]]

@@ -7,11 +7,8 @@ Budget of a job: one hard budget for everything. Prompts go one after another; e
 calls that are left minus an equal share kept for every prompt still to come, and tokens, USD and
 seconds as they come (a prompt also keeps back what its confirmation is expected to need).
 
-Portfolio: with several methods, every method searches the prompt in turn (each keeping an equal
-share of the calls for the methods after it), the winner is the method whose best candidate scores
-highest on dev (ties: the method named first), and only the winner is confirmed on the held-out test
-split. Confirming every method on test and keeping the best would pick the luckiest draw on test and
-inflate the reported gain; choosing on dev keeps the test split for one honest decision.
+Portfolio: with several methods, a prompt is searched by every method, and only the dev winner is
+confirmed on test (`gradgate.optimizers.portfolio`).
 The working tree is changed only with `--write`: the pull request is committed from the chosen
 texts through a separate git worktree.
 """
@@ -40,19 +37,10 @@ from gradgate.github.context import github_context_from_env
 from gradgate.github.tuning_pr import PublishResult, publish_tuning_pr
 from gradgate.models.session import Session
 from gradgate.optimizers import report as tune_report
-from gradgate.optimizers.confirmation import calls_needed
+from gradgate.optimizers.portfolio import later_share, run_portfolio
 from gradgate.optimizers.registry import method_class
-from gradgate.optimizers.results import Confirmation, OptimizeResult
-from gradgate.optimizers.runner import (
-    SearchOutcome,
-    check_split,
-    check_suite,
-    confirm_search,
-    run_optimization,
-    search,
-    settings_for,
-    to_result,
-)
+from gradgate.optimizers.results import OptimizeResult
+from gradgate.optimizers.runner import check_split, check_suite, run_optimization, settings_for
 from gradgate.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -106,72 +94,6 @@ def _preflight(session: Session, prompt_ids: Sequence[str], methods: Sequence[st
     return targets
 
 
-@dataclass(frozen=True)
-class PortfolioOutcome:
-    """Several methods on one prompt: every search, the dev winner, and its test confirmation."""
-
-    results: tuple[OptimizeResult, ...]  # one per method that searched, in method order
-    failures: tuple[str, ...]
-    winner: str | None  # the method chosen on dev
-    search_calls: int  # calls of all the searches (the confirmation excluded)
-
-
-def _later_share(session: Session, kept: int, after: int) -> int:
-    """Calls to keep for `after` later units of work: an equal share of what is left beyond `kept`."""
-    left = session.budget.calls_left()
-    if left is None or after <= 0:
-        return 0
-    return max(0, left - kept) * after // (after + 1)
-
-
-async def run_portfolio(
-    session: Session, target: Target, methods: Sequence[str], *, out_dir: Path, seed: int, reserve_calls: int = 0
-) -> PortfolioOutcome:
-    """Search with every method, choose the winner on dev, confirm only the winner on test (see the module doc).
-    The searches never read the test split; `reserve_calls` are kept for work after this prompt."""
-    splits = check_split(session, target, seed)
-    confirm_calls = calls_needed(len(splits.test), Scorer(session.gateway, session.config, target).uses_judge)
-    start = session.budget.calls
-    outcomes: list[SearchOutcome] = []
-    failures: list[str] = []
-    shared: dict[str, list[float]] = {}
-    for index, method in enumerate(methods):
-        later = _later_share(session, reserve_calls + confirm_calls, len(methods) - index - 1)
-        try:
-            outcome = await search(
-                session,
-                target,
-                method,
-                out_dir=out_dir,
-                seed=seed,
-                reserve_calls=reserve_calls + later,
-                confirm_calls=confirm_calls,
-                shared_scores=shared,  # the original on dev is scored once for all methods
-                spent_on_dev=outcomes[0].spent_on_dev if outcomes else None,
-            )
-        except BudgetExhausted as exc:
-            failures.append(f"{target.prompt.id}/{method}: {exc.message}; {exc.hint}")
-            log.warning("%s", failures[-1])
-            continue
-        shared.update(outcome.run.scorer.seen)
-        outcomes.append(outcome)
-    search_calls = session.budget.calls - start
-    if not outcomes:
-        return PortfolioOutcome((), tuple(failures), None, search_calls)
-    winner = max(outcomes, key=lambda o: (o.best.dev_score or 0.0, -outcomes.index(o)))
-    results = []
-    for outcome in outcomes:
-        if outcome is winner:
-            results.append(await confirm_search(session, outcome, reserve_calls=reserve_calls))
-            continue
-        decision = (
-            f"not confirmed on test: the portfolio chose {winner.method} on dev (best dev "
-            f"{winner.best.dev_score or 0.0:.3f} vs {outcome.best.dev_score or 0.0:.3f}); only the dev winner is tested"
-        )
-        results.append(to_result(session, outcome, Confirmation(improved=False, decision=decision)))
-    return PortfolioOutcome(tuple(results), tuple(failures), winner.method, search_calls)
-
-
 async def _run_all(
     session: Session, targets: Sequence[Target], methods: Sequence[str], out_dir: Path, seed: int, progress: Progress
 ) -> tuple[list[OptimizeResult], list[str]]:
@@ -182,7 +104,7 @@ async def _run_all(
     progress.watch(session.budget)
     try:
         for index, target in enumerate(targets):
-            reserve = _later_share(session, 0, len(targets) - index - 1)
+            reserve = later_share(session, 0, len(targets) - index - 1)
             progress.stage(optimize_stage(session, target, out_dir, reserve, results))  # ends at the next stage
             if len(methods) > 1:
                 portfolio = await run_portfolio(session, target, methods, out_dir=out_dir, seed=seed, reserve_calls=reserve)

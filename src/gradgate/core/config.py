@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from gradgate.core.files import has_control_chars, outside_git_dir, parse_yaml, read_text, resolve_inside, shown
 from gradgate.core.git import tracked_files
-from gradgate.core.method_settings import DemosSettings, GPOSettings, GradSumSettings, GreaterSettings
+from gradgate.core.method_settings import MAX_SEED, DemosSettings, GPOSettings, GradSumSettings, GreaterSettings
 from gradgate.core.secrets import register_env_secret
 from gradgate.errors import ConfigError
 
@@ -29,7 +29,7 @@ CONFIG_FILENAMES = ("gradgate.yaml", "gradgate.yml")
 LOCAL_PREFIX = "local/"  # models gradgate runs in process (gradgate.models.local)
 DEFAULT_MODEL = f"{LOCAL_PREFIX}smollm2-135m-instruct"
 ROLES = ("task", "judge", "optimizer", "editor")
-MAX_SEED = 2**32 - 1  # numpy and torch generators take seeds up to here (GReaTer derives per-step seeds from it)
+CACHE_DIR_HINT = "point cache_dir (and any symlink on its way, e.g. .gradgate) at a directory inside the repository"
 
 
 class _Strict(BaseModel):
@@ -375,7 +375,7 @@ def check_cache_dir(repo: Path, config: Config, where: str) -> Path | None:
         config.cache_dir,
         what="cache_dir",
         where=where,
-        hint="point cache_dir (and any symlink on its way, e.g. .gradgate) at a directory inside the repository",
+        hint=CACHE_DIR_HINT,
     )
 
 
@@ -384,8 +384,7 @@ def check_cache_untracked(repo: Path, cache_dir: str, where: str = "cache_dir") 
     gradgate's own earlier answers, so a commit placing files there could forge model replies and scores past
     the gate. Outside a git work tree there is no commit to fear and nothing is checked. Run it before the
     first model call of every run that reads a cache."""
-    hint = "point cache_dir (and any symlink on its way, e.g. .gradgate) at a directory inside the repository"
-    directory = resolve_inside(repo, cache_dir, what="cache_dir", where=where, hint=hint)
+    directory = resolve_inside(repo, cache_dir, what="cache_dir", where=where, hint=CACHE_DIR_HINT)
     root = repo.resolve()
     rel = directory.relative_to(root).as_posix() if directory != root else "."
     tracked = tracked_files(root, Path(rel))

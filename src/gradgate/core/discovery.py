@@ -71,16 +71,20 @@ def suite_path_for(prompt: Prompt, repo: Path, config: Config) -> Path:
     )
 
 
+def duplicate_id(prompt_id: str, first: str, second: str) -> ConfigError:
+    """Two prompt files (`first`, `second`: repository-relative) claim the same id."""
+    return ConfigError(
+        f"prompt id {prompt_id!r} is used by {first} and {second}", hint="give each prompt a unique `id:` in its front matter"
+    )
+
+
 def discover(repo: Path, config: Config, only: list[str] | tuple[str, ...] = ()) -> list[Target]:
     """Every prompt (or those named in `only`) with its suite, in a stable order."""
     prompts = [load_prompt(path, repo) for path in find_prompt_files(repo, config)]
     seen: dict[str, str] = {}
     for prompt in prompts:
         if prompt.id in seen:
-            raise ConfigError(
-                f"prompt id {prompt.id!r} is used by {seen[prompt.id]} and {prompt.rel_path}",
-                hint="give each prompt a unique `id:` in its front matter",
-            )
+            raise duplicate_id(prompt.id, seen[prompt.id], prompt.rel_path)
         seen[prompt.id] = prompt.rel_path
     if only:
         unknown = [p for p in only if p not in seen]

@@ -19,6 +19,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gradgate.errors import ConfigError
 
+MAX_SEED = 2**32 - 1  # numpy and torch generators take seeds up to here (GReaTer derives per-step seeds from it)
+
 Retrieval = Literal["relevance", "recency", "importance"]
 Schedule = Literal["cosine", "linear", "constant"]
 OverBudget = Literal["reject", "resample"]
@@ -192,7 +194,7 @@ class GreaterSettings(MethodSettings):
         None, ge=1, description="Rows per gradient pass (activation memory). " + _preset_note("grad_batch_size")
     )
     seed: int | None = Field(
-        None, ge=0, le=2**32 - 1, description="Item order and subset sampling; null: optimize.seed (or --seed)."
+        None, ge=0, le=MAX_SEED, description="Item order and subset sampling; null: optimize.seed (or --seed)."
     )
     device: str | None = Field(None, description="A torch device (cpu, cuda, cuda:1); null: cuda when present, else cpu.")
     dtype: Dtype | None = Field(None, description="null: bfloat16 on cuda, float32 on cpu.")
@@ -224,13 +226,3 @@ def parse_settings(model: type[S], data: Mapping[str, Any] | BaseModel | None, w
             where=f"{where}.{key}" if key else where,
             hint=f"known settings: {', '.join(model.model_fields)}",
         ) from None
-
-
-def option(model: type[S], value: Any, where: str) -> S | None:
-    """A `true`/`false`/mapping option (`halving:`, `demos:`) on its own."""
-    switched = _switch(value)
-    if switched is None:
-        return None
-    if not isinstance(switched, Mapping):
-        raise ConfigError(f"must be true, false or a mapping of settings, not {value!r}", where=where)
-    return parse_settings(model, switched, where)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gradgate.core.config import Config, load_config
-from gradgate.core.discovery import Target, find_prompt_files, suite_path_for
+from gradgate.core.discovery import Target, duplicate_id, find_prompt_files, suite_path_for
 from gradgate.core.files import digest
 from gradgate.core.git import Git
 from gradgate.core.prompts import load_prompt
@@ -37,7 +37,8 @@ from gradgate.errors import ConfigError, GitError, GradgateError, UsageError
 log = logging.getLogger(__name__)
 
 Status = Literal["changed", "unchanged", "new", "removed"]
-GIT_TIMEOUT_S = 120.0
+# Reading a ref (rev-parse, archive) is local and quick; a stuck one should fail the gate sooner than a push.
+READ_TIMEOUT_S = 120.0
 FETCH_HINT = (
     "check the ref name; in GitHub Actions fetch the history (actions/checkout with `fetch-depth: 0`) "
     "so the base commit exists locally"
@@ -89,7 +90,7 @@ def git_toplevel_prefix(repo: Path) -> str:
     """The repository directory relative to the git top level; UsageError outside a git repository."""
     if not repo.is_dir():
         raise UsageError(f"repository directory {repo} does not exist", hint="pass --repo with an existing directory")
-    done = Git(repo, timeout=GIT_TIMEOUT_S).run("rev-parse", "--show-prefix", check=False)
+    done = Git(repo, timeout=READ_TIMEOUT_S).run("rev-parse", "--show-prefix", check=False)
     if done.returncode != 0:
         raise UsageError(
             f"{repo} is not inside a git repository",
@@ -102,7 +103,7 @@ def resolve_ref(repo: Path, ref: str, *, what: str) -> str:
     """The full sha of the commit `ref` names; UsageError when it names none."""
     if not ref or ref.startswith("-") or any(ch in ref for ch in "\0\n\r"):
         raise UsageError(f"{what} ref {ref!r} is not a valid git revision", hint="pass a branch, tag or commit sha")
-    done = Git(repo, timeout=GIT_TIMEOUT_S).run(
+    done = Git(repo, timeout=READ_TIMEOUT_S).run(
         "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False
     )
     sha = str(done.stdout).strip()
@@ -115,8 +116,8 @@ def extract_tree(repo: Path, sha: str, prefix: str, dest: Path) -> bool:
     """Unpack the repository directory (`prefix` of the git tree) at `sha` into `dest`; False if absent."""
     tree = f"{sha}:{prefix.rstrip('/')}" if prefix else sha
     # git archive resolves `REV:path` against the working directory's own path, so run it at the top level.
-    top = Path(str(Git(repo, timeout=GIT_TIMEOUT_S).run("rev-parse", "--show-toplevel", check=False).stdout).strip() or repo)
-    done = Git(top, timeout=GIT_TIMEOUT_S).run("archive", "--format=tar", tree, binary=True, check=False)
+    top = Path(str(Git(repo, timeout=READ_TIMEOUT_S).run("rev-parse", "--show-toplevel", check=False).stdout).strip() or repo)
+    done = Git(top, timeout=READ_TIMEOUT_S).run("archive", "--format=tar", tree, binary=True, check=False)
     if done.returncode != 0:
         stderr = bytes(done.stderr).decode("utf-8", "replace").strip()
         if prefix and ("not a valid" in stderr or "does not exist" in stderr or "not a tree" in stderr):
@@ -202,10 +203,7 @@ def _load_targets(root: Path, config: Config, *, strict: bool) -> tuple[dict[str
         try:
             prompt = load_prompt(path, root)
             if prompt.id in targets:
-                raise ConfigError(
-                    f"prompt id {prompt.id!r} is used by {targets[prompt.id].prompt.rel_path} and {prompt.rel_path}",
-                    hint="give each prompt a unique `id:` in its front matter",
-                )
+                raise duplicate_id(prompt.id, targets[prompt.id].prompt.rel_path, prompt.rel_path)
             suite = load_suite(suite_path_for(prompt, root, config), root)
         except GradgateError as exc:
             if strict:

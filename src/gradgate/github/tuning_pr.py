@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 COMMITTER_NAME = "gradgate"
 COMMITTER_EMAIL = "gradgate@users.noreply.github.com"
 TRAILER_KEY = "Gradgate-Run"
-GIT_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,6 @@ def _git(cwd: Path) -> Git:
     return Git(
         cwd,
         identity=(COMMITTER_NAME, COMMITTER_EMAIL),
-        timeout=GIT_TIMEOUT_S,
         hint="check the remote, its credentials (contents: write) and the repository state",
     )
 

@@ -1,6 +1,6 @@
 """A scripted model backend for logic tests: replies come from a function of the request.
 
-    backend = ScriptedBackend(lambda role, messages: "The answer is 4")
+    backend = ScriptedBackend(lambda spec, messages: "The answer is 4")
     gateway = Gateway(models, budget=BudgetTracker(), backend=backend)
 
 Real runs use `LiteLLMBackend`; this double exists so optimizer and gate logic can be tested

@@ -8,7 +8,7 @@ trajectory live in `out_dir/<prompt id>/<method>/`, so an interrupted run resume
 stopped by the budget keeps its best so far. The budget runs in phases (`BudgetTracker.phase`):
 the search cannot touch what later runs and the test confirmation (`optimizers.confirmation`) need.
 A run is two halves, `search` and `confirm_search`: `run_optimization` does both for one method; a portfolio
-(`gradgate.app.optimize_job`) searches with several methods, picks the winner on dev and confirms only it.
+(`optimizers.portfolio`) searches with several methods, picks the winner on dev and confirms only it.
 A suite too small for the test split to ever support a decision is refused before any call (`check_split`).
 """
 

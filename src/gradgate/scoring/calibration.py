@@ -27,7 +27,7 @@ from gradgate.core.prompts import Prompt
 from gradgate.core.stats import agreement
 from gradgate.core.suites import JudgeExample, Suite
 from gradgate.errors import BudgetExhausted, ConfigError
-from gradgate.scoring.judge import UNJUDGED, judge_output
+from gradgate.scoring.judge import UNJUDGED, judge_output, scale_score
 from gradgate.scoring.scorer import Scorer
 
 
@@ -103,7 +103,7 @@ def _label(example: JudgeExample, pass_threshold: float) -> bool:
     if example.verdict is not None:
         return example.verdict == "pass"
     assert example.score is not None  # the model validator wants one of them
-    return (example.score - 1) / 9 >= pass_threshold
+    return scale_score(example.score) >= pass_threshold
 
 
 def prepare_examples(prompt: Prompt, suite: Suite, pass_threshold: float) -> list[_Prepared]:

@@ -18,12 +18,14 @@ from gradgate.core.config import JudgeConfig
 from gradgate.core.fence import fence, make_nonce
 from gradgate.models.gateway import Gateway
 from gradgate.scoring.judge_prompts import (
+    CONTENT_FREE_TEXT,
     INPUT_LABEL,
     JUDGE_RETRY,
     JUDGE_RETRY_MAX_TOKENS,
     JUDGE_SYSTEM,
     JUDGE_TEMPLATE,
     LOGLIK_ENDING,
+    NEUTRAL_NONCE,
     OUTPUT_LABEL,
     REASONING_REQUEST,
     REFERENCE_LABEL,
@@ -79,6 +81,11 @@ def final_line(reply: str) -> str:
     return lines[-1] if lines else ""
 
 
+def scale_score(value: int) -> float:
+    """A 1-10 judge score as a score in [0, 1] (1 → 0.0, 10 → 1.0)."""
+    return (value - 1) / 9
+
+
 def parse_verdict(reply: str, scale: str) -> tuple[float, str] | None:
     """(normalized score, verdict) from the reply's final non-empty line, or None when it is not a verdict."""
     match = _VERDICT_LINE[scale].fullmatch(final_line(reply))
@@ -88,7 +95,7 @@ def parse_verdict(reply: str, scale: str) -> tuple[float, str] | None:
         verdict = match.group(1).upper()
         return (1.0 if verdict == "PASS" else 0.0), verdict
     value = int(match.group(1))
-    return ((value - 1) / 9, str(value)) if 1 <= value <= 10 else None
+    return (scale_score(value), str(value)) if 1 <= value <= 10 else None
 
 
 async def judge_output(
@@ -151,11 +158,11 @@ async def _judge_by_loglik(gateway: Gateway, config: JudgeConfig, messages: list
     neutral = build_judge_messages(
         criteria=config.criteria,
         scale=config.scale,
-        input_text="N/A",
-        output="N/A",
+        input_text=CONTENT_FREE_TEXT,
+        output=CONTENT_FREE_TEXT,
         expected=None,
         task_description=config.task_description,
-        nonce="000000000000",
+        nonce=NEUTRAL_NONCE,
     )
     prior = await gateway.score_options(
         "judge", [*neutral[:-1], {"role": "user", "content": _loglik_question(neutral[-1]["content"], config.scale)}], options
@@ -163,7 +170,7 @@ async def _judge_by_loglik(gateway: Gateway, config: JudgeConfig, messages: list
     calibrated = [s - p for s, p in zip(scores, prior, strict=True)]
     best = max(range(len(options)), key=calibrated.__getitem__)
     raw = options[best]
-    score = (1.0 if raw == "PASS" else 0.0) if config.scale == "binary" else (int(raw) - 1) / 9
+    score = (1.0 if raw == "PASS" else 0.0) if config.scale == "binary" else scale_score(int(raw))
     ranked = ", ".join(f"{o} {c:+.2f}" for o, c in sorted(zip(options, calibrated, strict=True), key=lambda x: -x[1])[:3])
     return Judgement(score=score, raw=raw, explanation=f"log-likelihood verdict {raw} (calibrated: {ranked})", parsed=True)
 

@@ -2,8 +2,6 @@
 
 Loading a GGUF de-quantizes every tensor (tens of seconds), so the first use converts it into an ordinary
 Hugging Face folder; every later load reads that folder in about a second.
-
-``prepare_torch_env`` lives here because conversion is the first thing that may import torch.
 """
 
 from __future__ import annotations
@@ -14,14 +12,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gradgate.core.environment import prepare_process_env
+from gradgate.core.environment import prepare_torch_env
 from gradgate.errors import ModelError, UnknownModelError
 from gradgate.models.local.registry import EMBEDDED_MODELS, embedded_name, known_models_text
 
@@ -29,12 +26,6 @@ logger = logging.getLogger(__name__)
 
 # Written into a converted folder last; its presence means the conversion finished.
 _CONVERTED_MARKER = "gradgate-converted.json"
-
-
-def prepare_torch_env() -> None:
-    """Set process-wide threading defaults before torch is first imported (no effect afterwards)."""
-    if "torch" not in sys.modules:
-        prepare_process_env()
 
 
 def cache_dir() -> Path:

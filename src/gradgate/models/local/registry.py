@@ -18,8 +18,6 @@ from pathlib import Path
 from gradgate.core.config import LOCAL_PREFIX
 from gradgate.errors import ModelError, UnknownModelError
 
-"""litellm provider prefix: ``local/smollm2-135m-instruct`` runs in this process."""
-
 
 @dataclass(frozen=True)
 class EmbeddedModel:

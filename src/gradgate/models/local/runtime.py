@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from gradgate.core.environment import prepare_torch_env
 from gradgate.core.method_settings import Dtype
 from gradgate.errors import ConfigError, UnknownModelError
-from gradgate.models.local.convert import converted_model_dir, prepare_torch_env
+from gradgate.models.local.convert import converted_model_dir
 from gradgate.models.local.registry import LOCAL_PREFIX, embedded_name, known_models_text
 
 if TYPE_CHECKING:

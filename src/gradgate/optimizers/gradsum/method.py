@@ -37,8 +37,11 @@ from gradgate.optimizers import mutations
 from gradgate.optimizers.base import Candidate, GradientNote, OptimizeContext, Optimizer
 from gradgate.optimizers.demos.method import then_demos
 from gradgate.optimizers.gradsum.prompts import (
+    DEFAULT_CRITERIA,
+    METRIC_CRITERIA,
     NO_EXPLANATION,
     NO_VARIABLES,
+    NOT_DESCRIBED,
     TEMPLATES,
     build_messages,
     feedback_list,
@@ -187,7 +190,7 @@ class GradSum(Optimizer):
         rendered = ctx.target.prompt.with_body(prompt).render(result.vars)
         messages = build_messages(
             "gradient",
-            task_description=ctx.task_description or "(not described)",
+            task_description=ctx.task_description or NOT_DESCRIBED,
             prompt=prompt,
             criteria=ctx.scorer.judge.criteria if ctx.scorer.uses_judge else _metric_criteria(ctx),
             input=rendered,
@@ -201,7 +204,7 @@ class GradSum(Optimizer):
     async def _summarize(self, ctx: OptimizeContext, prompt: str, per_item: list[str]) -> str:
         messages = build_messages(
             "summary",
-            task_description=ctx.task_description or "(not described)",
+            task_description=ctx.task_description or NOT_DESCRIBED,
             prompt=prompt,
             count=len(per_item),
             gradients=feedback_list(per_item),
@@ -213,7 +216,7 @@ class GradSum(Optimizer):
         variables = template_variables(ctx.original)
         messages = build_messages(
             "edit",
-            task_description=ctx.task_description or "(not described)",
+            task_description=ctx.task_description or NOT_DESCRIBED,
             prompt=prompt.strip(),
             feedback=feedback,
             variables=", ".join("{{" + v + "}}" for v in variables) or NO_VARIABLES,
@@ -233,4 +236,4 @@ class GradSum(Optimizer):
 
 def _metric_criteria(ctx: OptimizeContext) -> str:
     names = ", ".join(sorted({m.type for m in ctx.scorer.metrics}))
-    return f"The output passes the automatic check(s): {names}." if names else "The output is correct."
+    return METRIC_CRITERIA.format(names=names) if names else DEFAULT_CRITERIA
