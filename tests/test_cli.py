@@ -108,3 +108,16 @@ def test_api_keys_never_reach_the_output(tmp_path: Path, monkeypatch: pytest.Mon
     for canary in canaries:
         assert canary not in result.stdout + result.stderr
         assert all(canary not in text for text in written), canary
+
+
+def test_effective_config_applies_env_then_flags_then_budget_key_by_key() -> None:
+    from gradgate.app.sessions import BudgetOverride, effective_config
+    from gradgate.core.config import parse_config
+
+    config = parse_config({"models": {"task": "a/one", "judge": "a/judge"}, "budget": {"max_calls": 9, "max_usd": 1.5}}, "x")
+    env = {"GRADGATE_TASK_MODEL": "env/task", "GRADGATE_JUDGE_MODEL": "env/judge"}
+    out = effective_config(config, env, {"task": "flag/task", "judge": None}, BudgetOverride(calls=4))
+    assert out.models.for_role("task").model == "flag/task"  # the flag beats the environment
+    assert out.models.for_role("judge").model == "env/judge"  # no flag: the environment beats the file
+    assert (out.budget.max_calls, out.budget.max_usd) == (4, 1.5)  # only the limit given on the command line changes
+    assert effective_config(config, {}, {}).budget == config.budget

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 from rich.console import Console
@@ -84,17 +84,14 @@ def _junit(path: str | None, repo: Path) -> Path | None:
     return Path(path)
 
 
+def _path(option: str | None) -> Path | None:
+    return Path(option) if option else None
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter("must be a finite number (leave the option out for no limit)")
     return value
-
-
-def _load(repo: Path, config_path: str | None, **models: str | None) -> Any:
-    from gradgate.core.config import apply_env_overrides, load_config, override_models
-
-    config, _ = load_config(repo, Path(config_path) if config_path else None)
-    return override_models(apply_env_overrides(config), **models)
 
 
 repo_option = click.option("--repo", "repo_path", default=".", show_default=True, help="Repository root.")
@@ -147,16 +144,16 @@ def eval_command(
     from gradgate.app.eval_job import run_eval
     from gradgate.app.eval_report import print_table
     from gradgate.app.progress import eval_callbacks, open_progress
+    from gradgate.app.sessions import open_session
     from gradgate.app.shards import Shard
-    from gradgate.models.session import Session
 
     def job() -> int:
         repo = _repo(repo_path)
         out = _out_dir(out_dir, repo)
         junit = _junit(junit_path, repo)
         part = Shard.parse(shard) if shard is not None else None
-        config = _load(repo, config_path, task=model, judge=judge_model)
-        session = Session.open(repo, config, use_cache=not no_cache)
+        models = {"task": model, "judge": judge_model}
+        session = open_session(repo, _path(config_path), env=os.environ, models=models, use_cache=not no_cache)
         with open_progress(stderr) as progress:
             progress.watch(session.budget)
             on_start, on_item = eval_callbacks(progress)
@@ -232,7 +229,7 @@ def check_command(
                 repo=repo,
                 base_ref=base_ref,
                 head_ref=head_ref,
-                config_path=Path(config_path) if config_path else None,
+                config_path=_path(config_path),
                 prompt_ids=prompt_ids,
                 model=model,
                 judge_model=judge_model,
@@ -308,29 +305,22 @@ def optimize_command(
     """Optimize prompts within a hard budget; confirm on held-out items; optionally write back and open a PR."""
     from gradgate.app.optimize_job import run_optimize_job
     from gradgate.app.progress import open_progress, print_optimize_table
-    from gradgate.core.budget import resolve_budget
-    from gradgate.models.session import Session
+    from gradgate.app.sessions import BudgetOverride, open_session
 
     def job() -> int:
         repo = _repo(repo_path)
         out = _out_dir(out_dir, repo)
-        config = _load(repo, config_path, task=model, judge=judge_model, optimizer=optimizer_model)
-        config = config.model_copy(
-            update={
-                "budget": resolve_budget(
-                    config.budget, calls=budget_calls, tokens=budget_tokens, usd=budget_usd, seconds=budget_seconds
-                )
-            }
-        )
-        session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
+        models = {"task": model, "judge": judge_model, "optimizer": optimizer_model}
+        budget = BudgetOverride(calls=budget_calls, tokens=budget_tokens, usd=budget_usd, seconds=budget_seconds)
+        session = open_session(repo, _path(config_path), env=os.environ, models=models, budget=budget)
         with open_progress(stderr) as progress:
             outcome = asyncio.run(
                 run_optimize_job(
                     session,
                     prompt_ids=prompt_ids,
-                    methods=list(dict.fromkeys(methods)),
+                    methods=methods,
                     out_dir=out,
-                    seed=config.optimize.seed if seed is None else seed,
+                    seed=seed,
                     write=write,
                     open_pr=open_pr,
                     env=dict(os.environ),

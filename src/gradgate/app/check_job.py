@@ -28,8 +28,9 @@ from typing import Any
 from gradgate.app.html_report import check_html, write_html
 from gradgate.app.junit import check_junit, write_junit
 from gradgate.app.progress import NullProgress, Progress, gate_with_progress
+from gradgate.app.sessions import effective_config
 from gradgate.app.shards import Shard, ShardManifest, select_changes, work_ids, write_manifest
-from gradgate.core.config import Config, apply_env_overrides, override_models
+from gradgate.core.config import Config
 from gradgate.core.files import atomic_write_text
 from gradgate.core.interrupts import interrupted_error
 from gradgate.core.secrets import redact
@@ -154,7 +155,7 @@ def run_check(
     every: list[str] = []  # with a shard: the changed and new prompts of all shards
     try:
         changes = detect_changes(repo, base_ref=base_ref, head_ref=head_ref, config_path=config_path, prompt_ids=prompt_ids)
-        config = override_models(apply_env_overrides(changes.head.config, dict(env)), task=model, judge=judge_model)
+        config = effective_config(changes.head.config, env, {"task": model, "judge": judge_model})
         every, changes = work_ids(changes), select_changes(changes, shard) if shard else changes
         work = changes.with_status("changed", "new")
         if work:

@@ -184,15 +184,17 @@ async def run_optimize_job(
     prompt_ids: Sequence[str] = (),
     methods: Sequence[str],
     out_dir: Path,
-    seed: int,
+    seed: int | None,
     write: bool,
     open_pr: bool,
     env: Mapping[str, str],
     base_branch: str | None = None,
     progress: Progress | None = None,
 ) -> OptimizeJobOutcome:
-    """`gradgate optimize`: every prompt × method, one report, optional write-back and pull request."""
+    """`gradgate optimize`: every prompt × method, one report, optional write-back and pull request. `seed`
+    None: `optimize.seed` from the configuration."""
     methods = list(dict.fromkeys(methods))
+    seed = session.config.optimize.seed if seed is None else seed
     targets = _preflight(session, prompt_ids, methods, seed)
     log.info(
         "optimize: %d prompt(s) × %s; budget %s; prompts share it (each keeps an equal share of the calls "
