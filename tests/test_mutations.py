@@ -42,7 +42,8 @@ def test_lines_are_filled_from_the_suite_and_skipped_without_their_data() -> Non
     assert apply(BODY, mutations.BY_NAME["answer-options"], bare) is None
     assert apply(BODY, mutations.BY_NAME["final-number"], bare) is None
     braces = TaskFacts(task="Fill {{question}} in")
-    assert "{{" not in (apply(BODY, mutations.BY_NAME["role-expert"], braces) or "").split("\n")[0]
+    role = apply(BODY, mutations.BY_NAME["role-expert"], braces)
+    assert role is not None and role.split("\n")[0] == "You are a careful expert. Your task: Fill { {question} } in"
     drawn = propose(BODY, FACTS, count=4, rng=random.Random(1), exclude=())
     assert len(drawn) == 4 and len({t for t, _ in drawn}) == 4 and drawn == propose(BODY, FACTS, count=4, rng=random.Random(1))
 

@@ -12,10 +12,12 @@ import pytest
 
 from gradgate.app.optimize_job import run_optimize_job
 from gradgate.core.config import parse_config
+from gradgate.core.demos import slot_content
 from gradgate.core.discovery import discover
 from gradgate.core.suites import split_items
 from gradgate.models.scripted import last_user_text
 from gradgate.models.session import Session
+from gradgate.optimizers.demos.prompts import parse_demos
 from tests.test_gradsum import GOOD, HALF, Script, config_for, make_repo, open_session, optimize, sequence_editor
 
 PAPER = {"iterations": 1, "beam_width": 1, "candidates_per_prompt": 1, "mutations": 0, "halving": False}
@@ -146,8 +148,13 @@ def test_a_real_portfolio_on_the_embedded_model(tmp_path: Path) -> None:
     confirmed = [r for r in outcome.results if r.test_original is not None or "no candidate" in r.decision]
     assert len(confirmed) == 1  # only the dev winner reached the confirmation
     train = {i.id for i in split_items(discover(repo, config)[0].suite.items, seed=0, train=0.5, dev=0.25).train}
-    for candidate in demos.candidates:
-        if candidate.origin == "demos":
-            shown = (candidate.note or "").split(";")[0].removeprefix("demos: ").split(", ")
-            assert set(shown) <= train and "<!-- gradgate:demos -->" in candidate.text
+    expected = {i.id: i.expected for i in discover(repo, config)[0].suite.items}
+    bootstrapped = [c for c in demos.candidates if c.origin == "demos"]
+    assert bootstrapped
+    for candidate in bootstrapped:
+        shown = (candidate.note or "").split(";")[0].removeprefix("demos: ").split(", ")
+        assert set(shown) <= train and "<!-- gradgate:demos -->" in candidate.text
+        # only answers the model got right are shown, in the order the note lists their items
+        answers = [answer for _, answer in parse_demos(slot_content(candidate.text))]
+        assert answers == [expected[i] for i in shown]
     assert any(c.origin == "mutation" for c in gradsum.candidates)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -270,7 +269,6 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
         "test",
     )
     session = Session.open(repo, config, roles=("task", "judge", "optimizer", "editor"))
-    started = time.monotonic()
     outcome = asyncio.run(
         run_optimize_job(session, methods=["gradsum"], out_dir=tmp_path / "out", seed=0, write=False, open_pr=False, env={})
     )
@@ -280,9 +278,9 @@ def test_a_real_run_on_the_embedded_model(tmp_path: Path) -> None:
     assert result.candidates[0].id == "c0000" and result.candidates[0].dev_score is not None
     # the optimizer model wrote gradients for the failing train items (unless nothing failed)
     assert result.gradients or result.candidates[0].dev_score == 1.0
-    assert result.decision and (result.improved or result.best_is_original or "test" in result.decision)
+    assert result.improved == ("beats the original" in result.decision)  # the flag and the sentence agree
+    assert result.best_is_original == ("nothing to propose" in result.decision)
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "qa" / "gradsum" / "trajectory.json").exists()
-    assert time.monotonic() - started < 300
 
 
 def test_a_job_whose_search_the_budget_stopped_still_exits_0_and_says_so(tmp_path: Path) -> None:

@@ -132,8 +132,9 @@ def test_workflow_template_matches_the_published_example() -> None:
 
 
 def test_generated_setup_loads_with_gradgates_own_loaders(tmp_path: Path) -> None:
-    config_mod = pytest.importorskip("gradgate.core.config")
-    discovery = pytest.importorskip("gradgate.core.discovery")
+    from gradgate.core import config as config_mod
+    from gradgate.core import discovery
+
     init_repository(tmp_path)
     config, path = config_mod.load_config(tmp_path)
     assert path == tmp_path / "gradgate.yaml"
