@@ -121,3 +121,16 @@ def test_effective_config_applies_env_then_flags_then_budget_key_by_key() -> Non
     assert out.models.for_role("judge").model == "env/judge"  # no flag: the environment beats the file
     assert (out.budget.max_calls, out.budget.max_usd) == (4, 1.5)  # only the limit given on the command line changes
     assert effective_config(config, {}, {}).budget == config.budget
+
+
+def test_a_relative_config_is_read_from_the_repository_in_eval_as_in_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradgate.app.sessions import open_session
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "ci.yaml").write_text("budget: {max_calls: 7}\n")
+    monkeypatch.chdir(tmp_path)  # the current directory holds no ci.yaml
+    session = open_session(repo, Path("ci.yaml"), env={}, models={})
+    assert session.config.budget.max_calls == 7

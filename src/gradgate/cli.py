@@ -95,7 +95,9 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 
 
 repo_option = click.option("--repo", "repo_path", default=".", show_default=True, help="Repository root.")
-config_option = click.option("--config", "config_path", default=None, help="Config file (default: <repo>/gradgate.yaml).")
+config_option = click.option(
+    "--config", "config_path", default=None, help="Config file, relative to --repo (default: <repo>/gradgate.yaml)."
+)
 prompt_option = click.option("--prompt", "prompt_ids", multiple=True, help="Only this prompt id (repeatable).")
 model_option = click.option("--model", default=None, help="Task model (any litellm model string).")
 judge_option = click.option("--judge-model", default=None, help="Judge model.")

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from gradgate.core.config import check_api_base
 from gradgate.core.environment import prepare_process_env
 from gradgate.core.git import Git
+from gradgate.core.method_settings import MAX_SEED
 from gradgate.core.secrets import redact
 from gradgate.errors import EXIT_INFRA, EXIT_USAGE, GitError, UsageError
 from gradgate.github import actions
@@ -153,17 +154,17 @@ class _Parser:
         self.errors.append(f'{name} must be "true" or "false", got {self.raw(name)!r}')
         return default
 
-    def integer(self, name: str, *, minimum: int) -> int | None:
+    def integer(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
         value = self.raw(name)
         if not value:
             return None
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         try:
             number = int(value)
         except ValueError:
-            self.errors.append(f"{name} must be a whole number >= {minimum} (for example 100), got {value!r}")
-            return None
-        if number < minimum:
-            self.errors.append(f"{name} must be a whole number >= {minimum} (for example 100), got {value!r}")
+            number = None
+        if number is None or number < minimum or (maximum is not None and number > maximum):
+            self.errors.append(f"{name} must be a whole number {bounds} (for example 100), got {value!r}")
             return None
         return number
 
@@ -319,7 +320,7 @@ def parse_action_inputs(
         budget_tokens=p.integer("budget-tokens", minimum=1),
         budget_usd=p.positive_float("budget-usd"),
         budget_seconds=p.positive_float("budget-seconds"),
-        seed=p.integer("seed", minimum=0),
+        seed=p.integer("seed", minimum=0, maximum=MAX_SEED),
         task_model=p.text("task-model"),
         judge_model=p.text("judge-model"),
         optimizer_model=p.text("optimizer-model"),
