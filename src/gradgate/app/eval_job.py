@@ -105,7 +105,7 @@ async def run_eval(
                 suite=target.suite.rel_path,
                 gate=session.config.gate,
                 calibration=calibration,
-                options=target.suite.spec.scoring.options if target.suite.spec.scoring.mode == "loglik" else (),
+                options=target.suite.spec.scoring.ranked_options,
             )
         )
     results = build_results(

@@ -49,10 +49,8 @@ def open_session(
     budget: BudgetOverride | None = None,
     use_cache: bool = True,
 ) -> Session:
-    """The repository's configuration (`config_path`, relative to `repo` as `check` reads it too; else its
+    """The repository's configuration (`config_path`, relative to `repo`: `core.config.config_location`; else its
     gradgate.yaml; else the defaults) made effective, and a session on it; the task and judge models are checked
     before any call (a job checks the others it uses)."""
-    if config_path is not None and not config_path.is_absolute():
-        config_path = repo / config_path
     config, _ = load_config(repo, config_path)
     return Session.open(repo, effective_config(config, env, models, budget), use_cache=use_cache)

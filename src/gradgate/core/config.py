@@ -399,8 +399,14 @@ def check_cache_untracked(repo: Path, cache_dir: str, where: str = "cache_dir") 
     )
 
 
+def config_location(repo: Path, path: Path | None) -> Path | None:
+    """`--config` as a file: relative to the repository in every command, an absolute path as given."""
+    return path if path is None or path.is_absolute() else repo / path
+
+
 def load_config(repo: Path, path: Path | None = None) -> tuple[Config, Path | None]:
-    """Load `path` (or the repository's gradgate.yaml); no file means the documented defaults."""
+    """Load `path` (`config_location`; or the repository's gradgate.yaml); no file means the documented defaults."""
+    path = config_location(repo, path)
     if path is None:
         path = find_config(repo)
         if path is None:

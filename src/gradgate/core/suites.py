@@ -77,6 +77,11 @@ class ScoringSpec(BaseModel):
         return options
 
     @property
+    def ranked_options(self) -> tuple[str, ...]:
+        """The answers the model's ranking chooses from (loglik scoring); () when it writes its answer."""
+        return tuple(dict.fromkeys(self.options)) if self.mode == "loglik" else ()
+
+    @property
     def ranks_after_reasoning(self) -> bool:
         """Options ranked after the task model's own reasoning (else right after the prompt, or not ranked)."""
         return self.mode == "loglik" and self.reasoning_tokens is not None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gradgate.core.config import Config, load_config
+from gradgate.core.config import Config, config_location, load_config
 from gradgate.core.discovery import Target, duplicate_id, find_prompt_files, suite_path_for
 from gradgate.core.files import digest
 from gradgate.core.git import Git
@@ -218,11 +218,11 @@ def _load_targets(root: Path, config: Config, *, strict: bool) -> tuple[dict[str
 
 def _config_rel(repo: Path, config_path: Path | None) -> Path | None:
     """`--config` relative to the repository when it lies inside it (so base reads its own version)."""
-    if config_path is None:
+    located = config_location(repo, config_path)
+    if located is None:
         return None
-    absolute = config_path if config_path.is_absolute() else (repo / config_path)
     try:
-        return absolute.resolve().relative_to(repo.resolve())
+        return located.resolve().relative_to(repo.resolve())
     except ValueError:
         return None
 
@@ -230,7 +230,7 @@ def _config_rel(repo: Path, config_path: Path | None) -> Path | None:
 def _load_revision(root: Path, *, label: str, sha: str | None, repo: Path, config_path: Path | None, strict: bool) -> Revision:
     rel = _config_rel(repo, config_path)
     if config_path is not None and rel is None:
-        path: Path | None = config_path  # outside the repository: the same file for both sides
+        path: Path | None = config_location(repo, config_path)  # outside the repository: one file for both sides
     elif rel is not None:
         path = root / rel
         if not strict and not path.is_file():

@@ -180,15 +180,12 @@ def label_prior(ctx: OptimizeContext, best: Candidate, test_original: PromptEval
     """On ranked options, say which of the two prompts answers one option far more often than the suite expects
     (`scoring.results.answer_skew`) on test: a small model's score there moves with that prior, so a gain that
     comes with a new or stronger skew may not carry to items whose answers are distributed differently."""
-    spec = ctx.target.suite.spec.scoring
-    if spec.mode != "loglik":
-        return None
+    options = ctx.target.suite.spec.scoring.ranked_options
     parts = []
     for who, evaluation in (("the original", test_original), (best.id, test_best)):
-        skew = answer_skew(evaluation, spec.options)
+        skew = answer_skew(evaluation, options)
         if skew is not None:
-            expects = f"the suite expects it on {skew.expected}"
-            parts.append(f"{who} answers {skew.answer!r} on {skew.chosen} of {skew.n} test items ({expects})")
+            parts.append(skew.says(who, "test items"))
     if not parts:
         return None
     return "; ".join(parts) + LABEL_PRIOR_NOTE

@@ -44,11 +44,11 @@ JUDGE_RETRY = "Your reply did not end with the required final line. Reply with o
 # The retry asks for the verdict line alone: this many tokens hold it (and keep a rambling judge cheap).
 JUDGE_RETRY_MAX_TOKENS = 24
 
-# Log-likelihood judging: the model is not asked to write; these verdicts are ranked after this question.
 # The content-free request whose verdict scores are the judge's prior (subtracted in loglik judging): a fixed
 # text and a fixed nonce, so it is the same request, and one cached call, for every item with these criteria.
 CONTENT_FREE_TEXT = "N/A"
 NEUTRAL_NONCE = "0" * 12
+# Log-likelihood judging: the model is not asked to write; these verdicts are ranked after this question.
 VERDICT_OPTIONS = {"binary": ["PASS", "FAIL"], "1-10": [str(n) for n in range(1, 11)]}
 LOGLIK_ENDING = {
     "binary": "Does the output meet the criteria? Answer with one word: PASS or FAIL.",

@@ -58,6 +58,10 @@ class AnswerSkewOut(BaseModel):
     n: int
     line: str
 
+    def says(self, who: str, items: str = "items") -> str:
+        """The skew in words: "<who> answers 'No' on 103 of 105 <items> (the suite expects it on 52)"."""
+        return f"{who} answers {self.answer!r} on {self.chosen} of {self.n} {items} (the suite expects it on {self.expected})"
+
 
 class JudgeAgreementOut(BaseModel):
     n: int = Field(description="Labeled judge examples judged.")
@@ -145,12 +149,12 @@ def answer_skew(evaluation: PromptEval, options: Sequence[str]) -> AnswerSkewOut
     expected = sum(1 for i in picked if (i.expected or "").strip() == answer.strip())
     if chosen < SKEW_SHARE * len(picked) or (chosen - expected) < SKEW_EXCESS * len(picked):
         return None
-    line = (
-        f"the model answers {answer!r} on {chosen} of {len(picked)} items, the suite expects it on {expected}: its "
-        "answers follow a label prior more than the input, and a prompt change can move this score by moving that "
-        "prior alone"
+    skew = AnswerSkewOut(answer=answer, chosen=chosen, expected=expected, n=len(picked), line="")
+    line = skew.says("the model") + (
+        ": its answers follow a label prior more than the input, and a prompt change can move this score by moving "
+        "that prior alone"
     )
-    return AnswerSkewOut(answer=answer, chosen=chosen, expected=expected, n=len(picked), line=line)
+    return skew.model_copy(update={"line": line})
 
 
 def agreement_out(c: JudgeCalibration) -> JudgeAgreementOut:

@@ -45,8 +45,7 @@ POOL_FACTOR = 3  # bootstrap stops once it has this many times max_demos correct
 
 def shown_labels(ctx: OptimizeContext) -> tuple[str, ...]:
     """The answers a demonstration can show when the suite ranks fixed options; () when answers are free text."""
-    scoring = ctx.target.suite.spec.scoring
-    return tuple(dict.fromkeys(scoring.options)) if scoring.mode == "loglik" else ()
+    return ctx.target.suite.spec.scoring.ranked_options
 
 
 def label_counts(pool: Sequence[Demo], labels: Sequence[str]) -> dict[str, int]:
