@@ -29,6 +29,7 @@ from gradgate.optimizers.greater.encoding import (  # noqa: E402
     banned_ids,
     label_choice,
     resolve_phrase,
+    step_items,
 )
 from gradgate.optimizers.greater.engine import (  # noqa: E402
     LabelChoice,
@@ -353,6 +354,31 @@ def test_grow_mode_and_default_steps_on_a_tiny_model(tiny_model: Any, smol_token
     positions = [s.position for s in result.trajectory]
     assert positions[:n] == list(range(n)) and positions[n] == n  # the first growth slot follows the last token
     assert result.state["total"] == 2 * n
+
+
+def test_step_items_keep_the_seeded_order_within_the_token_cap() -> None:
+    costs = [10, 300, 10, 10, 10]
+    order = [3, 1, 0, 2, 4]
+    assert step_items(costs, order, max_items=4, max_tokens=10_000) == [0, 1, 2, 3]  # max_items first, sorted
+    # The cap stops at the first item that does not fit (item 1), rather than skipping it for the short ones after
+    # it: skipping would prefer short inputs.
+    assert step_items(costs, order, max_items=5, max_tokens=100) == [3]
+    assert step_items(costs, [1, 3], max_items=5, max_tokens=100) == [1]  # one item even when it alone is over
+
+
+@needs_smol
+def test_long_inputs_take_fewer_items_per_step(tiny_model: Any, smol_tokenizer: Any) -> None:
+    """max_step_tokens bounds what one step's items put through the model (causal_judgement's long stories)."""
+    long_items = [Item({"question": f"{' '.join(['True and'] * 40)} {it.vars['question']}"}, it.expected) for it in BOOL]
+    body = "Question: {{question}}\nThink step by step."
+    wide = tiny_search(tiny_model, smol_tokenizer, max_step_tokens=100_000)
+    narrow = tiny_search(tiny_model, smol_tokenizer, max_step_tokens=250)
+    problem, _ = wide._prepare(body, long_items, "t", search.Meter(None, "optimizer"), AnswerSpec())
+    kept, _ = narrow._prepare(body, long_items, "t", search.Meter(None, "optimizer"), AnswerSpec())
+    assert len(problem.items) == 4 and 1 <= len(kept.items) < 4
+    assert all(item in problem.items for item in kept.items)  # a subset of the same draw
+    result = narrow.run(prompt_body=body, train=long_items, model_name="t", budget=None)
+    assert result.config["max_step_tokens"] == 250 and len(result.trajectory) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -112,6 +112,21 @@ def encode_items(
     return encoded
 
 
+def step_items(costs: Sequence[int], order: Sequence[int], max_items: int, max_tokens: int) -> list[int]:
+    """The items one step uses, as sorted indices: the first of `order` (a seeded permutation) up to `max_items`,
+    as long as their `costs` (tokens each puts through the model) stay within `max_tokens` together; at least one.
+    Stopping at the first item that does not fit, rather than skipping it, keeps the subset random: skipping would
+    prefer short inputs."""
+    chosen: list[int] = []
+    total = 0
+    for index in order[:max_items]:
+        if chosen and total + costs[index] > max_tokens:
+            break
+        chosen.append(index)
+        total += costs[index]
+    return sorted(chosen)
+
+
 @dataclass(frozen=True)
 class Problem:
     """What stays fixed during a search: the engine, the encoded items, and the prompt around the instruction."""

@@ -67,7 +67,8 @@ class Greater(Optimizer):
     an `optimize.greater.extraction_phrase` override is not seen by the scorer (use `scoring.answer_phrase`).
     A loglik suite without it ranks the options right after the prompt, so there GReaTer trains the same way by
     default: no reasoning (`max_new_tokens` 0), the scorer's answer prefix as the phrase, and the paper's 50
-    training items (`max_items`; an item then costs one pass over the prompt, not a rollout). Optimizing the answer
+    training items (`max_items`; an item then costs one pass over the prompt, not a rollout; `max_step_tokens` takes
+    fewer when the inputs are long). Optimizing the answer
     after a reasoning the scorer never produces would chase a quantity dev and test do not measure.
     """
 

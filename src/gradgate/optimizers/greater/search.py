@@ -30,7 +30,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ from gradgate.optimizers.greater.encoding import (
     encode_items,
     label_choice,
     resolve_phrase,
+    step_items,
 )
 from gradgate.optimizers.greater.engine import (
     BudgetLike,
@@ -322,16 +323,18 @@ class GreaterSearch:
         golds = [str(it.expected) for it in gold_items]  # the label set: from all the gold answers given
         split_prompt(prompt_body, cfg.span)  # refuses a body without placeholders before the model loads
         resolve_phrase(cfg, golds, answers)  # and an empty phrase
-        order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_items]
-        chosen = [gold_items[i] for i in sorted(order.tolist())]
-        problem = self.prepare_problem(prompt_body, chosen, model_name, meter, answers, golds)
+        order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        problem = self.prepare_problem(prompt_body, gold_items, model_name, meter, answers, golds)
         initial = tuple(problem.tokenizer(problem.split.instruction, add_special_tokens=False)["input_ids"])
         if not initial:
             raise ConfigError(
                 "the instruction to optimize is empty after tokenization",
                 hint="give the prompt some free text outside the {{variables}}",
             )
-        return problem, initial
+        extra = len(initial) + cfg.max_new_tokens  # per item, besides its own text and gold answer
+        costs = [len(it.before) + len(it.after) + len(it.gold) + extra for it in problem.items]
+        chosen = step_items(costs, order, cfg.max_items, cfg.max_step_tokens)
+        return replace(problem, items=[problem.items[i] for i in chosen]), initial
 
     def _first_rollout(self, problem: Problem, at: SearchState) -> Rollout:
         """The current instruction's rollout; on the very first run it also sets the initial score."""

@@ -43,6 +43,7 @@ class GreaterConfig:
     answer_temperature: float = _DEFAULT.answer_temperature
     max_items: int = CPU_PRESET["max_items"]
     max_new_tokens: int = CPU_PRESET["max_new_tokens"]
+    max_step_tokens: int = CPU_PRESET["max_step_tokens"]
     answer_tokens: int = _DEFAULT.answer_tokens
     past_end: PastEnd = _DEFAULT.past_end
     max_instruction_tokens: int = _DEFAULT.max_instruction_tokens
