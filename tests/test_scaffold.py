@@ -48,6 +48,16 @@ def test_init_adds_only_the_missing_ignore_lines_and_keeps_the_rest(tmp_path: Pa
     assert "add .gradgate/, gradgate-out/ to your ignore rules by hand" in (init_repository(tmp_path / "third").gitignore or "")
 
 
+def test_a_symlinked_ignore_file_inside_the_repository_is_appended_to_through_the_link(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "ignore-rules").write_text("node_modules\n")
+    (tmp_path / ".gitignore").symlink_to(Path("shared") / "ignore-rules")
+    scaffold = init_repository(tmp_path)
+    assert (tmp_path / ".gitignore").is_symlink()  # not replaced by a regular file
+    assert (tmp_path / "shared" / "ignore-rules").read_text().splitlines()[::2] == ["node_modules", ".gradgate/"]
+    assert scaffold.gitignore is not None and "ignore-rules" in scaffold.gitignore
+
+
 def test_the_ignore_lines_keep_the_outputs_out_of_git(tmp_path: Path) -> None:
     import subprocess
 

@@ -57,8 +57,10 @@ def init_repository(target: Path) -> Scaffold:
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file, not a directory", hint="pass the repository's directory")
     # A symlinked `prompts/` or `.github/` must not carry the starter files out of the directory.
-    for relative in (*TEMPLATES.values(), ".gitignore"):
-        resolve_inside(target, relative, what="starter file", where=str(target), hint="remove the symlink, then rerun")
+    resolved = {
+        relative: resolve_inside(target, relative, what="starter file", where=str(target), hint="remove the symlink, then rerun")
+        for relative in (*TEMPLATES.values(), ".gitignore")
+    }
     destinations = [target / relative for relative in TEMPLATES.values()]
     clashes = [path for path in destinations if path.exists() or path.is_symlink()]
     if clashes:
@@ -76,7 +78,9 @@ def init_repository(target: Path) -> Scaffold:
         except OSError as exc:
             raise GradgateError(f"cannot write {path}: {exc.strerror or exc}", hint="pass a directory you can write to") from None
         logger.info("wrote %s", path)
-    return Scaffold(created=destinations, gitignore=ignore_outputs(target / ".gitignore"))
+    # The resolved path: a `.gitignore` symlinked to a file inside the repository is appended to, not replaced by a
+    # regular file (an atomic write renames over whatever sits at the path it is given).
+    return Scaffold(created=destinations, gitignore=ignore_outputs(resolved[".gitignore"]))
 
 
 def ignore_outputs(path: Path) -> str | None:
