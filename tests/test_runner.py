@@ -346,3 +346,44 @@ def test_the_report_says_when_a_ranked_answer_follows_a_label_prior(tmp_path: Pa
     console = Console(record=True, width=400)
     print_optimize_table(outcome.results, console)
     assert f"qa / fixed: {said}" in console.export_text()
+
+
+def test_when_nothing_reaches_test_the_label_prior_is_read_on_dev(tmp_path: Path, fixed_method: None) -> None:
+    """A search that found nothing under a label prior says so from the original's dev answers (cached: no call)."""
+    from gradgate.core.suites import split_items
+    from tests.test_gradsum import config_for
+
+    repo = make_repo(tmp_path / "repo", n_items=60)
+    items = "\n".join(
+        f'  - {{id: q{i}, vars: {{question: "Is {i} a multiple of 2?"}}, expected: "{i % 2 == 0}"}}' for i in range(60)
+    )
+    (repo / "evals" / "qa.yaml").write_text(f'scoring: {{mode: loglik, options: ["False", "True"]}}\nitems:\n{items}\n')
+    calls: list[str] = []
+
+    def ranked(messages: list[dict[str, str]], options: list[str]) -> list[float]:
+        calls.append(messages[-1]["content"])
+        return [1.0, 0.0]  # every prompt answers "False": no candidate beats the original
+
+    spent: dict[bool, int] = {}
+    for use_cache in (False, True):
+        calls.clear()
+        backend = ScriptedBackend(Script(sequence_editor(GOOD)), option_scores=ranked)
+        session = Session.open(
+            repo, config_for(), backend=backend, use_cache=use_cache, roles=("task", "judge", "optimizer", "editor")
+        )
+        out = tmp_path / f"out-{use_cache}"
+        outcome = asyncio.run(
+            run_optimize_job(session, methods=["fixed"], out_dir=out, seed=0, write=False, open_pr=False, env={})
+        )
+        [result] = outcome.results
+        spent[use_cache] = len(calls)
+        assert result.best_is_original and result.test_best is None
+        if not use_cache:  # it would cost a dev scoring: skipped
+            assert result.label_prior is None
+            continue
+        dev = split_items(discover(repo, session.config)[0].suite.items, seed=0, train=0.5, dev=0.25).dev
+        n, expected = len(dev), sum(1 for i in dev if int(i.id[1:]) % 2 != 0)
+        said = f"the original answers 'False' on {n} of {n} dev items (the suite expects it on {expected})"
+        assert result.label_prior is not None and result.label_prior.startswith(said + ": where one option dominates")
+        assert f"Label prior: {said}" in (out / "report.md").read_text()
+    assert spent[True] <= spent[False]  # the dev answers read back came from the cache: no call beyond the search's

@@ -108,6 +108,7 @@ async def confirm(
             decision="no candidate scored above the original on dev; nothing to propose",
             dev_original=dev,
             dev_best=dev,
+            label_prior=await dev_label_prior(ctx, recorder, original),
         )
     # Test first: the dev intervals are usually recorded already, and must not take the test's calls.
     test_original = await _unless_budget(recorder.score(prompt.with_body(original.text), ctx.splits.test))
@@ -189,6 +190,19 @@ def label_prior(ctx: OptimizeContext, best: Candidate, test_original: PromptEval
     if not parts:
         return None
     return "; ".join(parts) + LABEL_PRIOR_NOTE
+
+
+async def dev_label_prior(ctx: OptimizeContext, recorder: RecordingScorer, original: Candidate) -> str | None:
+    """When nothing reached the test split, the original's label prior on dev, where a search that found nothing
+    often explains itself: every candidate was ranked under the same prior. The search scored the original on dev,
+    so with the response cache its answers cost no call; without a cache they would cost a dev scoring (within the
+    budget's test share, unused here), and are skipped."""
+    options = ctx.target.suite.spec.scoring.ranked_options
+    if not options or not ctx.splits.dev or ctx.gateway.cache is None:
+        return None
+    evaluation = await _unless_budget(recorder.score(ctx.target.prompt.with_body(original.text), ctx.splits.dev))
+    skew = answer_skew(evaluation, options) if evaluation is not None and evaluation.complete else None
+    return skew.says("the original", "dev items") + LABEL_PRIOR_NOTE if skew is not None else None
 
 
 def _interval(scores: Sequence[float] | PromptEval | None, *, confidence: float, resamples: int, seed: int) -> Interval | None:
