@@ -323,8 +323,9 @@ class GreaterSearch:
         golds = [str(it.expected) for it in gold_items]  # the label set: from all the gold answers given
         split_prompt(prompt_body, cfg.span)  # refuses a body without placeholders before the model loads
         resolve_phrase(cfg, golds, answers)  # and an empty phrase
-        order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        problem = self.prepare_problem(prompt_body, gold_items, model_name, meter, answers, golds)
+        order = torch.randperm(len(gold_items), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_items].tolist()
+        drawn = sorted(order)  # encoded in the suite's order; `order` stays the draw's, for the token cap below
+        problem = self.prepare_problem(prompt_body, [gold_items[i] for i in drawn], model_name, meter, answers, golds)
         initial = tuple(problem.tokenizer(problem.split.instruction, add_special_tokens=False)["input_ids"])
         if not initial:
             raise ConfigError(
@@ -333,7 +334,7 @@ class GreaterSearch:
             )
         extra = len(initial) + cfg.max_new_tokens  # per item, besides its own text and gold answer
         costs = [len(it.before) + len(it.after) + len(it.gold) + extra for it in problem.items]
-        chosen = step_items(costs, order, cfg.max_items, cfg.max_step_tokens)
+        chosen = step_items(costs, [drawn.index(i) for i in order], cfg.max_items, cfg.max_step_tokens)
         return replace(problem, items=[problem.items[i] for i in chosen]), initial
 
     def _first_rollout(self, problem: Problem, at: SearchState) -> Rollout:
