@@ -56,11 +56,14 @@ def init_repository(target: Path) -> Scaffold:
     outside_git_dir(target, what="init directory", hint="pass the repository's work tree, not its .git directory")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} is a file, not a directory", hint="pass the repository's directory")
+
     # A symlinked `prompts/` or `.github/` must not carry the starter files out of the directory.
-    resolved = {
-        relative: resolve_inside(target, relative, what="starter file", where=str(target), hint="remove the symlink, then rerun")
-        for relative in (*TEMPLATES.values(), ".gitignore")
-    }
+    def checked(relative: str) -> Path:
+        return resolve_inside(target, relative, what="starter file", where=str(target), hint="remove the symlink, then rerun")
+
+    for relative in TEMPLATES.values():
+        checked(relative)
+    gitignore = checked(".gitignore")
     destinations = [target / relative for relative in TEMPLATES.values()]
     clashes = [path for path in destinations if path.exists() or path.is_symlink()]
     if clashes:
@@ -80,7 +83,7 @@ def init_repository(target: Path) -> Scaffold:
         logger.info("wrote %s", path)
     # The resolved path: a `.gitignore` symlinked to a file inside the repository is appended to, not replaced by a
     # regular file (an atomic write renames over whatever sits at the path it is given).
-    return Scaffold(created=destinations, gitignore=ignore_outputs(resolved[".gitignore"]))
+    return Scaffold(created=destinations, gitignore=ignore_outputs(gitignore))
 
 
 def ignore_outputs(path: Path) -> str | None:

@@ -79,7 +79,7 @@ class ScoringSpec(BaseModel):
     @property
     def ranked_options(self) -> tuple[str, ...]:
         """The answers the model's ranking chooses from (loglik scoring); () when it writes its answer."""
-        return tuple(dict.fromkeys(self.options)) if self.mode == "loglik" else ()
+        return tuple(self.options) if self.mode == "loglik" else ()  # distinct: `_distinct_options`
 
     @property
     def ranks_after_reasoning(self) -> bool:

@@ -173,36 +173,31 @@ def _decide(
         difference=difference,
         p_value=p_value,
         test_used=test_used,
-        label_prior=label_prior(ctx, best, test_original, test_best),
+        label_prior=label_prior(ctx, [("the original", test_original), (best.id, test_best)], "test items"),
     )
 
 
-def label_prior(ctx: OptimizeContext, best: Candidate, test_original: PromptEval, test_best: PromptEval) -> str | None:
-    """On ranked options, say which of the two prompts answers one option far more often than the suite expects
-    (`scoring.results.answer_skew`) on test: a small model's score there moves with that prior, so a gain that
-    comes with a new or stronger skew may not carry to items whose answers are distributed differently."""
+def label_prior(ctx: OptimizeContext, answered: Sequence[tuple[str, PromptEval]], items: str) -> str | None:
+    """On ranked options, say which prompts (`answered`: who, its evaluation) answer one option far more often than
+    the suite expects (`scoring.results.answer_skew`) on `items`: a small model's score there moves with that prior,
+    so a gain that comes with a new or stronger skew may not carry to items whose answers are distributed
+    differently, and a search that found nothing often explains itself (every candidate ranked under one prior)."""
     options = ctx.target.suite.spec.scoring.ranked_options
-    parts = []
-    for who, evaluation in (("the original", test_original), (best.id, test_best)):
-        skew = answer_skew(evaluation, options)
-        if skew is not None:
-            parts.append(skew.says(who, "test items"))
-    if not parts:
-        return None
-    return "; ".join(parts) + LABEL_PRIOR_NOTE
+    skews = [(who, answer_skew(evaluation, options)) for who, evaluation in answered]
+    parts = [skew.says(who, items) for who, skew in skews if skew is not None]
+    return "; ".join(parts) + LABEL_PRIOR_NOTE if parts else None
 
 
 async def dev_label_prior(ctx: OptimizeContext, recorder: RecordingScorer, original: Candidate) -> str | None:
-    """When nothing reached the test split, the original's label prior on dev, where a search that found nothing
-    often explains itself: every candidate was ranked under the same prior. The search scored the original on dev,
-    so with the response cache its answers cost no call; without a cache they would cost a dev scoring (within the
-    budget's test share, unused here), and are skipped."""
-    options = ctx.target.suite.spec.scoring.ranked_options
-    if not options or not ctx.splits.dev or ctx.gateway.cache is None:
+    """When nothing reached the test split, `label_prior` of the original on dev. The search scored the original on
+    dev, so with the response cache its answers cost no call; without a cache they would cost a dev scoring
+    (within the budget's test share, unused here), and are skipped."""
+    if not ctx.target.suite.spec.scoring.ranked_options or not ctx.splits.dev or ctx.gateway.cache is None:
         return None
     evaluation = await _unless_budget(recorder.score(ctx.target.prompt.with_body(original.text), ctx.splits.dev))
-    skew = answer_skew(evaluation, options) if evaluation is not None and evaluation.complete else None
-    return skew.says("the original", "dev items") + LABEL_PRIOR_NOTE if skew is not None else None
+    if evaluation is None or not evaluation.complete:
+        return None
+    return label_prior(ctx, [("the original", evaluation)], "dev items")
 
 
 def _interval(scores: Sequence[float] | PromptEval | None, *, confidence: float, resamples: int, seed: int) -> Interval | None:

@@ -334,7 +334,8 @@ class GreaterSearch:
             )
         extra = len(initial) + cfg.max_new_tokens  # per item, besides its own text and gold answer
         costs = [len(it.before) + len(it.after) + len(it.gold) + extra for it in problem.items]
-        chosen = step_items(costs, [drawn.index(i) for i in order], cfg.max_items, cfg.max_step_tokens)
+        at = {index: n for n, index in enumerate(drawn)}  # suite index -> position in problem.items
+        chosen = step_items(costs, [at[i] for i in order], cfg.max_items, cfg.max_step_tokens)
         return replace(problem, items=[problem.items[i] for i in chosen]), initial
 
     def _first_rollout(self, problem: Problem, at: SearchState) -> Rollout:
