@@ -2,6 +2,7 @@
 
     python bench/label_prior.py                      # the five two-answer BBH tasks of the shoot-out
     python bench/label_prior.py --task navigate --min-delta 0.04
+    python bench/label_prior.py --model local/gemma-3-270m --out bench/results/label-prior-gemma-3-270m.json
 
 For each task, on the shoot-out's own split (40 train / 40 dev / the rest held out, seed 0), the task model ranks
 the answer options of every held-out item exactly as gradgate's scorer does (the log-likelihood of each option
@@ -21,6 +22,7 @@ least `--min-delta`. Per prompt it records:
 
 A prompt that gains only by moving the prior stays at or below the initial prompt's `best_shift` and keeps its
 `auc`; a prompt that makes the model discriminate better raises `auc`. Writes bench/results/label-prior.json.
+With another `--model` than the shoot-out's task model only the initial prompt is read (the rows are that model's).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -133,6 +136,8 @@ def run_task(task_name: str, args: argparse.Namespace, work_root: Path) -> dict[
     shootout = json.loads(shootout_path.read_text(encoding="utf-8")) if shootout_path.exists() else None
     if shootout is not None and shootout["split_ids"] != task.split_ids():
         raise SystemExit(f"{task_name}: the split differs from {shootout_path.name}'s; same --train/--dev/--seed?")
+    if shootout is not None and shootout["task_model"] != args.model:
+        shootout = None  # its rows and scores belong to another model: this run reads the initial prompt alone
     test = list(task.splits.test)
     fit_items = [*task.splits.train, *task.splits.dev]
     gold = [str(i.expected) for i in test]
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "split": {"train": args.train, "dev": args.dev, "seed": args.seed},
         "min_delta": args.min_delta,
-        "command": "python bench/label_prior.py" + (f" --task {args.task}" if args.task != ",".join(TWO_ANSWER_TASKS) else ""),
+        "command": shlex.join(["python", "bench/label_prior.py", *(sys.argv[1:] if argv is None else argv)]),
         "wall_seconds": round(time.monotonic() - started, 1),
         "tasks": tasks,
     }

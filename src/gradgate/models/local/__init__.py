@@ -3,6 +3,7 @@
     registry.py  which embedded models exist, where their GGUF files are, ``local/`` model strings
     convert.py   GGUF -> Hugging Face folder, once, in the user's cache
     runtime.py   device and dtype, loading, chat rendering, generation, answer-option scoring
+    prefix_cache.py  scoring reuses the key/values of a recent prompt's shared start (template, demonstrations)
     provider.py  the litellm provider behind ``litellm.completion(model="local/...")``
 
 Importing this package is cheap: torch, transformers and litellm are imported when first used.

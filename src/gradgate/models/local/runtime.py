@@ -18,6 +18,7 @@ from gradgate.core.environment import prepare_torch_env
 from gradgate.core.method_settings import Dtype
 from gradgate.errors import ConfigError, UnknownModelError
 from gradgate.models.local.convert import converted_model_dir
+from gradgate.models.local.prefix_cache import PrefixCache
 from gradgate.models.local.registry import LOCAL_PREFIX, embedded_name, known_models_text
 
 if TYPE_CHECKING:
@@ -403,6 +404,8 @@ _BATCHER = _GreedyBatcher()
 # ------------------------------------------------------------------------------------------------------------
 # Multiple-choice scoring
 
+_PREFIXES = PrefixCache()
+
 
 def score_options(
     model: str,
@@ -420,7 +423,9 @@ def score_options(
     answers such as "True"/"False" or "(A)": a per-token mean would favour long options whose later tokens are
     easy once the first is chosen. ``"mean"`` divides by the option's token count, for long free-text options.
 
-    The prompt runs once; its KV cache is shared by one batched forward pass over all options.
+    The prompt runs once; its KV cache is shared by one batched forward pass over all options. Only the tokens
+    after the longest start this model scored recently run at all (``prefix_cache``): a suite's items share the
+    template, instruction and demonstrations before their own input.
     """
     if not options:
         return []
@@ -442,9 +447,11 @@ def score_options(
     with _TORCH_LOCK, torch.inference_mode():
         device = lm.device
         prefix = torch.tensor([context_ids], device=device)  # (1, P)
-        out = lm(input_ids=prefix, use_cache=True, logits_to_keep=1)
+        seen, cache = _PREFIXES.take(id(lm), context_ids)  # the first `seen` tokens come from an earlier prompt
+        out = lm(input_ids=prefix[:, seen:], past_key_values=cache, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (1, V): distribution of each option's 1st token
         cache = out.past_key_values
+        _PREFIXES.keep(id(lm), context_ids, cache)
         n = len(options)
         longest = max(len(ids) for ids in option_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
