@@ -404,6 +404,7 @@ _BATCHER = _GreedyBatcher()
 # ------------------------------------------------------------------------------------------------------------
 # Multiple-choice scoring
 
+# Keyed by id(model): a loaded model stays in _LOADED for the life of the process, so its id names it.
 _PREFIXES = PrefixCache()
 
 
