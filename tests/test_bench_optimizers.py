@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +312,22 @@ def test_label_prior_reads_prior_and_signal_apart() -> None:
     assert sum(best_shift([1.0, 1.0, 2.0, 2.0], [True, False, True, False])) == 2  # of 4: the majority label's share
     flat = describe("q", [[0.0, -1.0], [0.0, -1.0]], ["True", "False"], options, fit=[[0.0, -1.0]])
     assert flat["auc"] == 0.5 and flat["best_shift"] == 0.5
+
+
+def test_the_dspy_loop_closes_without_a_pending_task_traceback() -> None:
+    """litellm leaves a logging worker waiting on the bench's event loop; closing the loop cancels it first, as
+    asyncio.run does, instead of Python printing "Task was destroyed but it is pending!" and a traceback at exit."""
+    script = (
+        "import asyncio, gc\n"
+        "from bench.shootout.dspy_methods import LoopThread\n"
+        "loop = LoopThread()\n"
+        "async def leave_a_waiting_task():\n"
+        "    asyncio.get_running_loop().create_task(asyncio.Queue().get())\n"
+        "loop.run(leave_a_waiting_task())\n"
+        "loop.close()\n"
+        "del loop\n"
+        "gc.collect()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Task was destroyed" not in done.stderr and "Traceback" not in done.stderr, done.stderr

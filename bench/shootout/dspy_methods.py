@@ -66,9 +66,19 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
+        # Cancel what is still waiting (litellm's logging worker) first, as asyncio.run does; a loop closed under
+        # a pending task makes Python print "Task was destroyed but it is pending!" and a traceback at exit.
+        self.run(_cancel_pending())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass
