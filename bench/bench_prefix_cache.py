@@ -35,7 +35,7 @@ from bench.label_prior import option_scores  # noqa: E402
 from bench.shootout.tasks import bench_config, build_task, resolve_sizes  # noqa: E402
 
 from gradgate.core.files import atomic_write_text  # noqa: E402
-from gradgate.models.local import prefix_cache, runtime  # noqa: E402
+from gradgate.models.local import runtime  # noqa: E402
 from gradgate.scoring.scorer import best_option  # noqa: E402
 
 log = logging.getLogger("bench_prefix_cache")
@@ -44,17 +44,16 @@ MODEL = "local/smollm2-135m-instruct"
 
 def timed_scores(prompt: Any, items: list[Any], options: list[str], *, reuse: bool) -> tuple[list[list[float]], float, int]:
     """(option log-likelihoods per item, wall seconds, prompt tokens reused) with the prefix cache on or off."""
-    runtime._PREFIXES.clear()
-    saved = prefix_cache.MIN_SHARED_TOKENS
-    if not reuse:
-        prefix_cache.MIN_SHARED_TOKENS = 10**9  # nothing is ever long enough to reuse
-    before = runtime._PREFIXES.reused_tokens
+    store = runtime.PREFIX_CACHE
+    store.clear()
+    store.enabled = reuse
+    before = store.reused_tokens
     started = time.monotonic()
     try:
         scores = option_scores(MODEL, prompt, items, options)
     finally:
-        prefix_cache.MIN_SHARED_TOKENS = saved
-    return scores, time.monotonic() - started, runtime._PREFIXES.reused_tokens - before
+        store.enabled = True
+    return scores, time.monotonic() - started, store.reused_tokens - before
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from gradgate.models.local import prefix_cache as pc
 from gradgate.models.local.prefix_cache import MIN_SHARED_TOKENS, PrefixCache, reusable
 
 
@@ -55,6 +54,17 @@ def test_the_longest_shared_start_is_cut_from_a_copy() -> None:
     assert store.reused_tokens == 80 + 99
 
 
+def test_a_disabled_cache_keeps_and_gives_nothing() -> None:
+    store = PrefixCache()
+    store.enabled = False
+    store.keep("m", list(range(40)), FakeCache(40))
+    store.enabled = True
+    assert store.take("m", list(range(41))) == (0, None)
+    store.keep("m", list(range(40)), FakeCache(40))
+    store.enabled = False
+    assert store.take("m", list(range(41))) == (0, None)
+
+
 def test_sliding_window_caches_and_the_size_limit() -> None:
     assert not reusable(FakeCache(40, sliding=True)) and reusable(FakeCache(40))
     store = PrefixCache()
@@ -81,14 +91,14 @@ def test_scores_with_a_reused_start_equal_scores_from_scratch(monkeypatch: Any) 
     def chat(n: int) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Answer Yes or No.\n\n{demos}\n\nQ: Is {n} an even number?\nA:"}]
 
-    runtime._PREFIXES.clear()
-    before = runtime._PREFIXES.reused_tokens
+    store = runtime.PREFIX_CACHE
+    store.clear()
+    before = store.reused_tokens
     reused = [runtime.score_options(smol, chat(n), ["Yes", "No"]) for n in (3, 8, 41)]
-    after = runtime._PREFIXES.reused_tokens
+    after = store.reused_tokens
     assert after - before > 2 * 200  # the second and third prompts ran only their tails
-    monkeypatch.setattr(pc, "MIN_SHARED_TOKENS", 10**9)  # from scratch: nothing is ever long enough to reuse
-    runtime._PREFIXES.clear()
+    monkeypatch.setattr(store, "enabled", False)  # from scratch
     scratch = [runtime.score_options(smol, chat(n), ["Yes", "No"]) for n in (3, 8, 41)]
-    assert runtime._PREFIXES.reused_tokens == after
+    assert store.reused_tokens == after
     for got, want in zip(reused, scratch, strict=True):
         assert got == pytest.approx(want, abs=1e-3)

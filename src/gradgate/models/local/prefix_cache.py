@@ -57,12 +57,15 @@ class PrefixCache:
 
     def __init__(self, max_bytes: int = MAX_CACHED_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.enabled = True  # False: every prompt runs whole (benchmarks compare both ways)
         self._entries: OrderedDict[tuple[Any, tuple[int, ...]], _Entry] = OrderedDict()
         self.reused_tokens = 0  # prompt tokens not recomputed, since creation (for benchmarks and tests)
 
     def take(self, model_key: Any, ids: Sequence[int]) -> tuple[int, Any]:
         """(n, cache): a private cache holding the first n tokens of `ids`, n < len(ids) so that at least the
         last token still runs (its logits are wanted); (0, None) when nothing long enough is cached."""
+        if not self.enabled:
+            return 0, None
         best: _Entry | None = None
         best_len = 0
         for (key, _), entry in self._entries.items():
@@ -82,7 +85,7 @@ class PrefixCache:
 
     def keep(self, model_key: Any, ids: Sequence[int], cache: Any) -> None:
         """Remember a copy of `cache`, which holds exactly `ids`; the oldest entries go past the size limit."""
-        if not reusable(cache) or len(ids) < MIN_SHARED_TOKENS:
+        if not self.enabled or not reusable(cache) or len(ids) < MIN_SHARED_TOKENS:
             return
         entry = _Entry(tuple(ids), copy.deepcopy(cache), _nbytes(cache))
         if entry.nbytes > self.max_bytes:

@@ -405,7 +405,7 @@ _BATCHER = _GreedyBatcher()
 # Multiple-choice scoring
 
 # Keyed by id(model): a loaded model stays in _LOADED for the life of the process, so its id names it.
-_PREFIXES = PrefixCache()
+PREFIX_CACHE = PrefixCache()
 
 
 def score_options(
@@ -448,11 +448,11 @@ def score_options(
     with _TORCH_LOCK, torch.inference_mode():
         device = lm.device
         prefix = torch.tensor([context_ids], device=device)  # (1, P)
-        seen, cache = _PREFIXES.take(id(lm), context_ids)  # the first `seen` tokens come from an earlier prompt
+        seen, cache = PREFIX_CACHE.take(id(lm), context_ids)  # the first `seen` tokens come from an earlier prompt
         out = lm(input_ids=prefix[:, seen:], past_key_values=cache, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (1, V): distribution of each option's 1st token
         cache = out.past_key_values
-        _PREFIXES.keep(id(lm), context_ids, cache)
+        PREFIX_CACHE.keep(id(lm), context_ids, cache)
         n = len(options)
         longest = max(len(ids) for ids in option_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
