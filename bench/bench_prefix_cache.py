@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.label_prior import option_scores  # noqa: E402
-from bench.shootout.tasks import bench_config, build_task, resolve_sizes  # noqa: E402
+from bench.shootout.tasks import held_out_task  # noqa: E402
 
 from gradgate.core.files import atomic_write_text  # noqa: E402
 from gradgate.models.local import runtime  # noqa: E402
@@ -64,17 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shootout = json.loads((REPO_ROOT / "bench" / "results" / f"optimizers-{args.task}.json").read_text(encoding="utf-8"))
     split = shootout["split"]
-    sizes = resolve_sizes(args.task, repo_root=REPO_ROOT, sizes=(split["train"], split["dev"], 0), seed=shootout["seed"])
-    config = bench_config(task_model=MODEL, optimizer_model=MODEL, seed=shootout["seed"], sizes=sizes, cache_dir=".cache")
     with tempfile.TemporaryDirectory() as work:
-        task = build_task(
+        task = held_out_task(
             args.task,
             repo_root=REPO_ROOT,
             work_dir=Path(work),
-            sizes=sizes,
+            model=MODEL,
+            train=split["train"],
+            dev=split["dev"],
             seed=shootout["seed"],
-            task_model=MODEL,
-            config=config,
         )
     if task.split_ids() != shootout["split_ids"]:
         raise SystemExit(f"{args.task}: the split differs from the committed shoot-out's")

@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.shootout.tasks import bench_config, build_task, resolve_sizes  # noqa: E402
+from bench.shootout.tasks import held_out_task  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
 from gradgate.core.files import atomic_write_text  # noqa: E402
@@ -124,11 +124,9 @@ def describe(
 
 
 def run_task(task_name: str, args: argparse.Namespace, work_root: Path) -> dict[str, Any]:
-    sizes = resolve_sizes(task_name, repo_root=REPO_ROOT, sizes=(args.train, args.dev, 0), seed=args.seed)
-    config = bench_config(task_model=args.model, optimizer_model=args.model, seed=args.seed, sizes=sizes, cache_dir=".cache")
     work_dir = work_root / task_name
-    task = build_task(
-        task_name, repo_root=REPO_ROOT, work_dir=work_dir, sizes=sizes, seed=args.seed, task_model=args.model, config=config
+    task = held_out_task(
+        task_name, repo_root=REPO_ROOT, work_dir=work_dir, model=args.model, train=args.train, dev=args.dev, seed=args.seed
     )
     if len(task.options) != 2:
         raise SystemExit(f"{task_name}: {len(task.options)} options; this benchmark reads two-answer tasks")

@@ -284,5 +284,13 @@ def build_task(
     )
 
 
+def held_out_task(task: str, *, repo_root: Path, work_dir: Path, model: str, train: int, dev: int, seed: int) -> BenchTask:
+    """The shoot-out's task and split for `model` (train and dev as given, every other item held out), for the
+    benchmarks that re-score its prompts (label_prior.py, bench_prefix_cache.py)."""
+    sizes = resolve_sizes(task, repo_root=repo_root, sizes=(train, dev, 0), seed=seed)
+    config = bench_config(task_model=model, optimizer_model=model, seed=seed, sizes=sizes, cache_dir=".cache")
+    return build_task(task, repo_root=repo_root, work_dir=work_dir, sizes=sizes, seed=seed, task_model=model, config=config)
+
+
 def items_by_input(items: tuple[Item, ...]) -> dict[str, Item]:
     return {str(i.vars["input"]): i for i in items}
