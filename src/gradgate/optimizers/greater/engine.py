@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradgate.models.local.prefix_cache import reusable
+from gradgate.optimizers.greater.decoding import RowPlan, by_length, decode_rows, merge_prefills
 from gradgate.optimizers.greater.settings import GreaterConfig
 
 _WORD_RE = re.compile(r"[A-Za-z ]*[A-Za-z][A-Za-z ]*|\s?[.,]")
@@ -221,6 +223,7 @@ class GreaterEngine:
         self.decode = decode
         self.labels = labels
         self.label_ids = torch.tensor(list(labels.ids), dtype=torch.long, device=self.device)  # (n_labels,)
+        self.mergeable = True  # prefills of different lengths can share one cache (False once one cannot)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) in at least float32, as the CausalLM head computes them (Gemma's soft-capping)."""
@@ -268,34 +271,73 @@ class GreaterEngine:
     def _rollout_batch(
         self, instrs: Sequence[tuple[int, ...]], items: Sequence[EncodedItem], generate_answers: bool
     ) -> list[_Row]:
-        """One batch of rows: prefill the prompts, read the slot predictions, reason greedily, then the answer tail."""
+        """One batch of rows: prefill the prompts, read the slot predictions, then reason and take the answer tail
+        from the cache (decoding.py); the answer is scored (gold) or generated (``generate_answers``)."""
         cfg = self.config
         prompts = [list(it.before) + list(ins) + list(it.after) for ins, it in zip(instrs, items, strict=True)]
         B = len(prompts)
         self.meter.check(sum(map(len, prompts)) + B * cfg.max_new_tokens)
-        hidden, mask, cache = self._prefill(prompts)  # hidden: (B, T0, H), mask: (B, T0)
-        topk, fluency = self._slot_predictions(hidden, prompts, instrs, items)
-
-        pos_next = mask.sum(-1)  # (B,) position id of the next real token
-        generated, mask, pos_next, cache = self._greedy(self.logits(hidden[:, -1]), mask, pos_next, cache, cfg.max_new_tokens)
-        reasoning = [tuple(row) for row in generated]
-        completion = sum(map(len, reasoning))
-
-        # The answer tail from the cache: phrase + gold (scored), or the phrase then greedy answer tokens.
-        tails = [list(self.phrase) + ([] if generate_answers else list(it.gold)) for it in items]
-        tail_hidden, mask, cache = self._extend(tails, mask, pos_next, cache)  # tail_hidden: (B, Lt, H)
+        order = sorted(range(B), key=lambda b: len(prompts[b]))  # decoded in this order; outputs come back per row
+        last, mask, cache, topk, fluency = self._prefill_rows(prompts, instrs, items, order)
+        plans = [self._plan(items[b], generate_answers) for b in order]
+        decoded = decode_rows(self._step, self.logits, self.eos, self.logits(last), mask, mask.sum(-1), cache, plans)
+        outs = [decoded[0]] * B
+        for k, b in enumerate(order):
+            outs[b] = decoded[k]
+        del last, cache
         answer_loss, correct, answers = [math.nan] * B, [False] * B, [""] * B
+        for b, (out, it) in enumerate(zip(outs, items, strict=True)):
+            if generate_answers and self.decode is not None:
+                answers[b] = self.decode(out.answer)
+            elif not generate_answers and it.gold:
+                answer_loss[b], correct[b] = self._score_gold(torch.stack(out.collected), it.gold)
+        completion = sum(len(o.reasoning) + len(o.answer) for o in outs)
+        self.meter.charge(sum(map(len, prompts)) + sum(o.fed for o in outs), completion)
+        return [_Row(tuple(outs[b].reasoning), answer_loss[b], fluency[b], correct[b], topk[b], answers[b]) for b in range(B)]
+
+    def _plan(self, item: EncodedItem, generate_answers: bool) -> RowPlan:
+        """The row's tail after its reasoning: the phrase, then greedy answer tokens or the gold answer's tokens but
+        the last (the outputs from the phrase's last token on predict the gold ones)."""
         if generate_answers:
-            # The tail is the phrase alone, the same length in every row: no padding, the mask is complete.
-            next_logits = self.logits(tail_hidden[:, -1])  # (B, V)
-            answer_ids, *_ = self._greedy(next_logits, mask, pos_next + len(self.phrase), cache, cfg.answer_tokens)
-            completion += sum(map(len, answer_ids))
-            if self.decode is not None:
-                answers = [self.decode(a) for a in answer_ids]
-        else:
-            answer_loss, correct = self._score_gold(tail_hidden, items)
-        self.meter.charge(sum(map(len, prompts)) + sum(map(len, tails)), completion)
-        return [_Row(reasoning[b], answer_loss[b], fluency[b], correct[b], topk[b], answers[b]) for b in range(B)]
+            return RowPlan(self.config.max_new_tokens, self.phrase, len(self.phrase), self.config.answer_tokens)
+        if not item.gold:
+            return RowPlan(self.config.max_new_tokens, (), 0)
+        return RowPlan(self.config.max_new_tokens, self.phrase + item.gold[:-1], len(self.phrase) - 1)
+
+    def _step(self, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """One token per row through the decoder from the cache: (hidden (B, H), the cache)."""
+        out = self.base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state[:, -1], out.past_key_values
+
+    def _prefill_rows(
+        self,
+        prompts: Sequence[Sequence[int]],
+        instrs: Sequence[tuple[int, ...]],
+        items: Sequence[EncodedItem],
+        order: Sequence[int],
+    ) -> tuple[Tensor, Tensor, Any, list[Tensor], list[float]]:
+        """Prefill the rows of ``order`` (sorted by length) in passes of ``grad_batch_size`` rows that pad little,
+        merged into one cache: (last hidden (B, H), mask (B, T0), cache) in ``order``; the slot predictions per row.
+
+        A sliding-window cache (Gemma 3) keeps only its window and cannot be padded into a longer one: such models
+        prefill the whole batch in one pass, padded to its longest row."""
+        n = self.config.grad_batch_size if self.mergeable else len(order)
+        passes = [list(order[lo : lo + n]) for lo in range(0, len(order), n)]
+        topk: list[Tensor] = [torch.empty(0)] * len(prompts)
+        fluency = [0.0] * len(prompts)
+        parts = []
+        for rows in passes:
+            hidden, mask, cache = self._prefill([prompts[b] for b in rows])  # hidden: (b, T, H), mask: (b, T)
+            if len(passes) > 1 and not reusable(cache):
+                self.mergeable = False
+                return self._prefill_rows(prompts, instrs, items, order)
+            pick = [prompts[b] for b in rows], [instrs[b] for b in rows], [items[b] for b in rows]
+            tk, fl = self._slot_predictions(hidden, *pick)
+            for b, t, f in zip(rows, tk, fl, strict=True):
+                topk[b], fluency[b] = t, f
+            parts.append((hidden[:, -1], mask, cache))
+        last, mask, cache = merge_prefills(parts)
+        return last, mask, cache, topk, fluency
 
     def _prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Any]:
         """Left-padded forward pass over the prompts: (hidden (B, T0, H), attention mask (B, T0), KV cache)."""
@@ -339,67 +381,21 @@ class GreaterEngine:
             fluency.append(float(-logp[first : first + n].gather(-1, target[:, None]).mean()) if n else 0.0)
         return [topk[first : first + n + 1] for first, n in spans], fluency
 
-    def _extend(self, tails: Sequence[Sequence[int]], mask: Tensor, pos_next: Tensor, cache: Any) -> tuple[Tensor, Tensor, Any]:
-        """Feed right-padded tails after the cached rows: (hidden (B, Lt, H), the longer mask, the cache)."""
-        dev = self.device
-        B, Lt = len(tails), max(len(t) for t in tails)
-        tail_ids = torch.full((B, Lt), self.pad_id, dtype=torch.long, device=dev)  # (B, Lt) right-padded
-        tail_mask = torch.zeros((B, Lt), dtype=torch.long, device=dev)
-        for b, t in enumerate(tails):
-            tail_ids[b, : len(t)] = torch.tensor(t, device=dev)
-            tail_mask[b, : len(t)] = 1
-        mask = torch.cat([mask, tail_mask], dim=1)
-        tail_pos = pos_next[:, None] + torch.arange(Lt, device=dev)[None, :]  # (B, Lt)
-        out = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=tail_pos, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state, mask, out.past_key_values
-
-    def _score_gold(self, tail_hidden: Tensor, items: Sequence[EncodedItem]) -> tuple[list[float], list[bool]]:
-        """Per row: CE of the gold tokens after the phrase (logits / answer_temperature), and whether it is right.
+    def _score_gold(self, hidden: Tensor, gold_ids: tuple[int, ...]) -> tuple[float, bool]:
+        """CE of the gold tokens after the phrase (logits / answer_temperature), and whether the answer is right.
+        hidden: (G, H), the states that predict the gold tokens.
 
         Right: with a closed label set (``labels``), the gold label's deciding token beats the other labels' after
         their shared tokens (the choice the loglik scorer makes on dev and test); else greedy decoding reproduces
         every gold token. Over the whole vocabulary a small model often prefers a filler (" correct", " a") to any
         label, so the argmax would count answers the scorer gets right as mistakes."""
-        P = len(self.phrase)
-        answer_loss = [math.nan] * len(items)
-        correct = [False] * len(items)
-        for b, it in enumerate(items):
-            if not it.gold:
-                continue
-            logits = self.logits(tail_hidden[b, P - 1 : P - 1 + len(it.gold)])  # (G, V) predicts gold
-            gold = torch.tensor(it.gold, device=self.device)
-            answer_loss[b] = float(F.cross_entropy(logits / self.config.answer_temperature, gold))
-            k = len(self.labels.prefix)  # the deciding token's index in the gold answer
-            if self.labels.ids and it.gold[:k] == self.labels.prefix and len(it.gold) > k and it.gold[k] in self.labels.ids:
-                correct[b] = bool(self.label_ids[logits[k, self.label_ids].argmax()] == gold[k])
-            else:
-                correct[b] = bool((logits.argmax(-1) == gold).all())
-        return answer_loss, correct
-
-    def _greedy(
-        self, next_logits: Tensor, mask: Tensor, pos_next: Tensor, cache: Any, max_steps: int
-    ) -> tuple[list[list[int]], Tensor, Tensor, Any]:
-        """Greedy decoding from a KV cache; rows that finished keep being fed (masked out) so the batch stays
-        rectangular. Returns the new tokens per row, and the mask, next positions and cache after them."""
-        B = next_logits.shape[0]
-        done = torch.zeros(B, dtype=torch.bool, device=next_logits.device)
-        steps: list[Tensor] = []
-        for _ in range(max_steps):
-            tok = next_logits.argmax(-1)  # (B,)
-            real = ~done & ~torch.isin(tok, self.eos)
-            done |= ~real
-            if not bool(real.any()):
-                break
-            steps.append(torch.where(real, tok, -1))
-            mask = torch.cat([mask, real[:, None].long()], dim=1)
-            out = self.base(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=pos_next[:, None], past_key_values=cache, use_cache=True
-            )
-            cache = out.past_key_values
-            pos_next = pos_next + real.long()
-            next_logits = self.logits(out.last_hidden_state[:, -1])
-        rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]  # (B, steps)
-        return [[t for t in row if t >= 0] for row in rows], mask, pos_next, cache
+        logits = self.logits(hidden)  # (G, V)
+        gold = torch.tensor(gold_ids, device=self.device)
+        answer_loss = float(F.cross_entropy(logits / self.config.answer_temperature, gold))
+        k = len(self.labels.prefix)  # the deciding token's index in the gold answer
+        if self.labels.ids and gold_ids[:k] == self.labels.prefix and len(gold_ids) > k and gold_ids[k] in self.labels.ids:
+            return answer_loss, bool(self.label_ids[logits[k, self.label_ids].argmax()] == gold[k])
+        return answer_loss, bool((logits.argmax(-1) == gold).all())
 
     # ---- one-hot gradient -------------------------------------------------------------------------------------
 
@@ -483,13 +479,13 @@ class GreaterEngine:
         )
         weights[0] = 1.0
         weights.requires_grad_(True)
-        step = self.config.grad_batch_size
-        for lo in range(0, len(items), step):
-            part, why = items[lo : lo + step], reasoning[lo : lo + step]
-            n_tokens = sum(
-                len(it.before) + len(instruction) + 1 + len(it.after) + len(r) + len(self.phrase) + len(it.gold)
-                for it, r in zip(part, why, strict=True)
-            )
+        lengths = [
+            len(it.before) + len(instruction) + 1 + len(it.after) + len(r) + len(self.phrase) + len(it.gold)
+            for it, r in zip(items, reasoning, strict=True)
+        ]
+        for rows in by_length(lengths, self.config.grad_batch_size):
+            part, why = [items[i] for i in rows], [reasoning[i] for i in rows]
+            n_tokens = sum(lengths[i] for i in rows)
             self.meter.check(n_tokens)
             loss = self.objective(weights, instruction, position, insert, candidates, part, why)
             loss.backward()  # gradients accumulate in weights.grad over the item batches

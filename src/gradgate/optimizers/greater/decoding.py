@@ -1,0 +1,137 @@
+"""GReaTer's rollout decoding: greedy reasoning, then the answer tail, from one prefilled KV cache, in a batch
+that shrinks as rows finish.
+
+Every row goes through the same phases, one token per forward pass::
+
+    reasoning: greedy tokens until an EOS or ``max_reasoning`` of them
+    forced:    the extraction phrase, then (scoring) the gold answer but its last token (teacher forcing)
+    answer:    (generating) up to ``answer_tokens`` greedy tokens after the phrase, until an EOS
+    done:      the row leaves the batch, and its rows of the KV cache with it
+
+Why shrink: reasoning lengths are uneven. On causal_judgement most rows stop after a token or two while a few run to
+the cap, and a rectangular batch would run all of them to the longest. Each forward pass here costs what its live
+rows cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# model's decoder stack: (input ids (B, 1), attention mask (B, T), position ids (B, 1), cache) -> (hidden (B, H), cache)
+Step = Callable[[Tensor, Tensor, Tensor, Any], tuple[Tensor, Any]]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What one row feeds after its prompt."""
+
+    max_reasoning: int
+    forced: tuple[int, ...]  # phrase, then (scoring) gold[:-1]
+    collect_from: int  # index into `forced` from which the outputs are kept (len(phrase) - 1: they predict gold)
+    answer_tokens: int = 0  # greedy tokens after `forced` (generating answers); 0 when scoring
+
+
+@dataclass
+class RowOutput:
+    reasoning: list[int] = field(default_factory=list)
+    collected: list[Tensor] = field(default_factory=list)  # (H,) each: the hidden states that predict the gold tokens
+    answer: list[int] = field(default_factory=list)
+    fed: int = 0  # forced tokens fed (charged as prompt tokens)
+
+
+@dataclass
+class _Cursor:
+    """Where a row is: its phase and how far into it."""
+
+    phase: str = "reasoning"
+    at: int = 0
+
+
+def decode_rows(
+    step: Step,
+    to_logits: Callable[[Tensor], Tensor],
+    eos: Tensor,
+    next_logits: Tensor,
+    mask: Tensor,
+    pos_next: Tensor,
+    cache: Any,
+    plans: Sequence[RowPlan],
+) -> list[RowOutput]:
+    """Decode every row from the prefilled ``cache``. next_logits: (B, V) after each row's last prompt token; mask:
+    (B, T0) the prefill's (left-padded) attention mask; pos_next: (B,) each row's next position id."""
+    outputs = [RowOutput() for _ in plans]
+    cursors = [_Cursor() for _ in plans]
+    live = list(range(len(plans)))  # original row index of each batch row, in batch order
+    eos_ids = set(eos.tolist())
+    while live:
+        greedy = next_logits.argmax(-1).tolist()  # (B_live,)
+        feed = [_next_input(plans[r], cursors[r], outputs[r], g, eos_ids) for r, g in zip(live, greedy, strict=True)]
+        keep = [k for k, tok in enumerate(feed) if tok is not None]
+        if len(keep) < len(live):  # rows that finished leave the batch, and the cache
+            if not keep:
+                break
+            index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+            cache.reorder_cache(index)
+            mask, pos_next = mask[index], pos_next[index]
+            live = [live[k] for k in keep]
+        ids = torch.tensor([[feed[k]] for k in keep], dtype=torch.long, device=mask.device)  # (B_live, 1)
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)  # (B_live, T + 1)
+        hidden, cache = step(ids, mask, pos_next[:, None], cache)  # hidden: (B_live, H)
+        pos_next = pos_next + 1
+        for k, r in enumerate(live):
+            cur = cursors[r]
+            if cur.phase == "forced" and cur.at - 1 >= plans[r].collect_from:  # the token just fed was forced[at - 1]
+                outputs[r].collected.append(hidden[k])
+        next_logits = to_logits(hidden)  # (B_live, V)
+    return outputs
+
+
+def _next_input(plan: RowPlan, cur: _Cursor, out: RowOutput, greedy: int, eos: set[int]) -> int | None:
+    """The token this row feeds next (moving it through its phases), or None when the row is done."""
+    if cur.phase == "reasoning":
+        if cur.at < plan.max_reasoning and greedy not in eos:
+            cur.at += 1
+            out.reasoning.append(greedy)
+            return greedy
+        cur.phase, cur.at = "forced", 0
+    if cur.phase == "forced":
+        if cur.at < len(plan.forced):
+            cur.at += 1
+            out.fed += 1
+            return plan.forced[cur.at - 1]
+        cur.phase, cur.at = "answer", 0
+    if cur.phase == "answer" and cur.at < plan.answer_tokens and greedy not in eos:
+        cur.at += 1
+        out.answer.append(greedy)
+        if cur.at < plan.answer_tokens:
+            return greedy
+    cur.phase = "done"
+    return None
+
+
+def by_length(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Indices sorted by length, in runs of at most ``rows``: a padded pass over each run wastes little. On a 2-core
+    CPU four causal_judgement rows per gradient pass take 28% less time than sixteen unsorted ones."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[lo : lo + rows] for lo in range(0, len(order), rows)]
+
+
+def merge_prefills(parts: Sequence[tuple[Tensor, Tensor, Any]]) -> tuple[Tensor, Tensor, Any]:
+    """One left-padded batch from prefills of different lengths, each (last hidden (b, H), mask (b, T), cache):
+    (last hidden (B, H), mask (B, T_max), cache). Padded key/value positions are zeros, masked out. The widest
+    part's cache object carries the merged layers."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(mask.shape[1] for _, mask, _ in parts)
+    cache = next(c for _, mask, c in parts if mask.shape[1] == width)
+    for i, layer in enumerate(cache.layers):
+        layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, width - m.shape[1], 0)) for _, m, c in parts])
+        layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, width - m.shape[1], 0)) for _, m, c in parts])
+    masks = [F.pad(mask, (width - mask.shape[1], 0)) for _, mask, _ in parts]
+    return torch.cat([last for last, _, _ in parts]), torch.cat(masks), cache
