@@ -18,14 +18,8 @@ from bench.greater_eval import answer_matches  # noqa: E402
 
 from gradgate.errors import BudgetExhausted, ConfigError  # noqa: E402
 from gradgate.models.local import load_causal_lm  # noqa: E402
-from gradgate.optimizers.greater.engine import (  # noqa: E402
-    EncodedItem,
-    GreaterEngine,
-    LabelChoice,
-    WordFilter,
-    is_word_text,
-    propose_candidates,
-)
+from gradgate.optimizers.greater.candidates import WordFilter, is_word_text, propose_candidates  # noqa: E402
+from gradgate.optimizers.greater.engine import EncodedItem, GreaterEngine, LabelChoice  # noqa: E402
 from gradgate.optimizers.greater.prompts import EXTRACTION_PHRASE, SEED_INSTRUCTION, build_answer_tail, split_prompt  # noqa: E402
 from gradgate.optimizers.greater.search import GreaterSearch, GreaterStep, advance_position  # noqa: E402
 from gradgate.optimizers.greater.settings import GreaterConfig  # noqa: E402

@@ -92,3 +92,25 @@ def test_the_gradient_is_the_same_in_length_sorted_passes_of_any_size() -> None:
 def test_by_length_sorts_then_splits() -> None:
     assert by_length([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
     assert by_length([], 3) == []
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gemma], ids=["llama", "gemma3-sliding"])
+def test_without_reasoning_the_tail_joins_the_prompt_and_scores_as_a_full_pass(make_model: Any) -> None:
+    model = make_model()
+    items, _ = random_items(4, seed=9)
+    eng = engine(model, 1, max_new_tokens=0, batch_size=4, grad_batch_size=1)
+    widths: list[int] = []
+    step = eng._step
+    eng._step = lambda *args: widths.append(args[0].shape[0]) or step(*args)  # type: ignore[method-assign]
+    rollout = eng.rollout([INSTRUCTION], items)[0]
+    assert widths == [] and eng.mergeable  # one prefill per pass, nothing decoded, no cache merged
+    assert all(r == () for r in rollout.reasoning)
+    plain = full_forward_loss(model, eng, INSTRUCTION, items, [() for _ in items])
+    cached = float((rollout.answer_loss + eng.config.fluency_weight * rollout.fluency).sum())
+    assert cached == pytest.approx(plain, rel=1e-7)
+
+    eng.decode = lambda ids: ",".join(map(str, ids))
+    answered = eng.rollout([INSTRUCTION], items, generate_answers=True)[0]
+    for it, answer in zip(items, answered.answers, strict=True):
+        prefix = list(it.before) + INSTRUCTION + list(it.after) + list(eng.phrase)
+        assert answer == ",".join(map(str, plain_generate(model, prefix, eng.config.answer_tokens, 1)))

@@ -22,6 +22,7 @@ from gradgate.errors import ConfigError  # noqa: E402
 from gradgate.models.scripted import ScriptedBackend  # noqa: E402
 from gradgate.models.session import Session  # noqa: E402
 from gradgate.optimizers.greater import search  # noqa: E402
+from gradgate.optimizers.greater.candidates import propose_candidates  # noqa: E402
 from gradgate.optimizers.greater.encoding import (  # noqa: E402
     AnswerSpec,
     Problem,
@@ -31,11 +32,7 @@ from gradgate.optimizers.greater.encoding import (  # noqa: E402
     resolve_phrase,
     step_items,
 )
-from gradgate.optimizers.greater.engine import (  # noqa: E402
-    LabelChoice,
-    Rollout,
-    propose_candidates,
-)
+from gradgate.optimizers.greater.engine import LabelChoice, Rollout  # noqa: E402
 from gradgate.optimizers.greater.prompts import build_answer_tail, direct_phrase  # noqa: E402
 from gradgate.optimizers.greater.search import GreaterSearch, advance_position  # noqa: E402
 from gradgate.optimizers.greater.settings import GPU_PRESET, GreaterConfig, config_from_settings  # noqa: E402

@@ -4,6 +4,7 @@
     convert.py   GGUF -> Hugging Face folder, once, in the user's cache
     runtime.py   device and dtype, loading, chat rendering, generation, answer-option scoring
     prefix_cache.py  scoring reuses the key/values of a recent prompt's shared start (template, demonstrations)
+    kv.py        a KV cache across transformers versions: the keyword, the returned cache, whether it can be cut
     provider.py  the litellm provider behind ``litellm.completion(model="local/...")``
 
 Importing this package is cheap: torch, transformers and litellm are imported when first used.

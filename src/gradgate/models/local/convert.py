@@ -55,17 +55,25 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _transformers_major() -> str:
+    """A folder saved by transformers 5 names tokenizer classes 4.x cannot load; each major version converts its own."""
+    from importlib.metadata import version
+
+    return version("transformers").split(".", 1)[0]
+
+
 def converted_model_dir(name: str) -> Path:
     """The Hugging Face folder of an embedded model, converting its GGUF on first use (20-90 s on 2 cores).
 
     Conversion writes into a temporary sibling folder and renames it into place, under a file lock: a reader
-    never sees a half-written folder and two processes never convert at once.
+    never sees a half-written folder and two processes never convert at once. One folder per transformers major
+    version (`smollm2-135m-instruct-transformers5`).
     """
     key = embedded_name(name)
     if key is None:
         raise UnknownModelError(f"{name!r} is not an embedded model", hint=f"use one of: {known_models_text()}")
     models = cache_dir() / "models"
-    target = models / key
+    target = models / f"{key}-transformers{_transformers_major()}"
     if _is_converted(target):
         return target
     with _file_lock(models / f".{key}.lock"):

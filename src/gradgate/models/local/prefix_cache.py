@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gradgate.models.local.kv import reusable
+
 # Below this many shared tokens copying the cache saves too little to be worth it.
 MIN_SHARED_TOKENS = 16
 # The cached prompts' keys and values together stay under this size (SmolLM2-135M: 46 KB per token in float32,
@@ -32,12 +34,6 @@ class _Entry:
     ids: tuple[int, ...]
     cache: Any  # a transformers Cache holding exactly `ids`
     nbytes: int
-
-
-def reusable(cache: Any) -> bool:
-    """True when every layer of `cache` keeps its whole past and can be cut back to a shorter prompt."""
-    layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(not getattr(layer, "is_sliding", False) for layer in layers) and hasattr(cache, "crop")
 
 
 def _nbytes(cache: Any) -> int:

@@ -18,6 +18,7 @@ from gradgate.core.environment import prepare_torch_env
 from gradgate.core.method_settings import Dtype
 from gradgate.errors import ConfigError, UnknownModelError
 from gradgate.models.local.convert import converted_model_dir
+from gradgate.models.local.kv import returned_cache, with_cache
 from gradgate.models.local.prefix_cache import PrefixCache
 from gradgate.models.local.registry import LOCAL_PREFIX, embedded_name, known_models_text
 
@@ -449,9 +450,9 @@ def score_options(
         device = lm.device
         prefix = torch.tensor([context_ids], device=device)  # (1, P)
         seen, cache = PREFIX_CACHE.take(id(lm), context_ids)  # the first `seen` tokens come from an earlier prompt
-        out = lm(input_ids=prefix[:, seen:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = lm(input_ids=prefix[:, seen:], use_cache=True, logits_to_keep=1, **with_cache(lm, cache))
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (1, V): distribution of each option's 1st token
-        cache = out.past_key_values
+        cache = returned_cache(out)
         PREFIX_CACHE.keep(id(lm), context_ids, cache)
         n = len(options)
         longest = max(len(ids) for ids in option_ids)
@@ -467,7 +468,7 @@ def score_options(
             attention = torch.cat([torch.ones((n, prefix.shape[1]), dtype=torch.long, device=device), mask], dim=1)
             # Right padding keeps pads after the real tokens, so causal attention never lets them change a
             # score.
-            logits = lm(input_ids=cont[:, :-1], attention_mask=attention[:, :-1], past_key_values=cache).logits
+            logits = lm(input_ids=cont[:, :-1], attention_mask=attention[:, :-1], **with_cache(lm, cache)).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)  # (n, L-1, V)
             rest = logprobs.gather(2, cont[:, 1:].unsqueeze(-1)).squeeze(-1)  # (n, L-1)
             scores_by_token = torch.cat([scores_by_token, rest], dim=1)  # (n, L)

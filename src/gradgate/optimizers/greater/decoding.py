@@ -122,16 +122,14 @@ def by_length(lengths: Sequence[int], rows: int) -> list[list[int]]:
     return [order[lo : lo + rows] for lo in range(0, len(order), rows)]
 
 
-def merge_prefills(parts: Sequence[tuple[Tensor, Tensor, Any]]) -> tuple[Tensor, Tensor, Any]:
-    """One left-padded batch from prefills of different lengths, each (last hidden (b, H), mask (b, T), cache):
-    (last hidden (B, H), mask (B, T_max), cache). Padded key/value positions are zeros, masked out. The widest
-    part's cache object carries the merged layers."""
+def merge_prefills(parts: Sequence[tuple[Tensor, Any]]) -> tuple[Tensor, Any]:
+    """One left-padded batch from prefills of different lengths, each (mask (b, T), cache): (mask (B, T_max), cache).
+    Padded key/value positions are zeros, masked out. The widest part's cache object carries the merged layers."""
     if len(parts) == 1:
         return parts[0]
-    width = max(mask.shape[1] for _, mask, _ in parts)
-    cache = next(c for _, mask, c in parts if mask.shape[1] == width)
+    width = max(mask.shape[1] for mask, _ in parts)
+    cache = next(c for mask, c in parts if mask.shape[1] == width)
     for i, layer in enumerate(cache.layers):
-        layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, width - m.shape[1], 0)) for _, m, c in parts])
-        layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, width - m.shape[1], 0)) for _, m, c in parts])
-    masks = [F.pad(mask, (width - mask.shape[1], 0)) for _, mask, _ in parts]
-    return torch.cat([last for last, _, _ in parts]), torch.cat(masks), cache
+        layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, width - m.shape[1], 0)) for m, c in parts])
+        layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, width - m.shape[1], 0)) for m, c in parts])
+    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)) for mask, _ in parts]), cache

@@ -1,6 +1,7 @@
-"""GReaTer's torch engine, on token ids: batched KV-cached rollouts, the loss, one-hot gradients, candidate filtering.
+"""GReaTer's torch engine, on token ids: batched KV-cached rollouts, the loss, one-hot gradients.
 
-Text, the step loop, budget policy and resuming live in search.py; this module never sees a string prompt.
+Text, the step loop, budget policy and resuming live in search.py; the decoding loop in decoding.py; which tokens may
+stand at the slot in candidates.py. This module never sees a string prompt.
 
 Shapes: B rows in a batch (a row is one instruction x one item), T tokens, H hidden size, V vocabulary, N items,
 L instruction tokens, K candidates at the optimized slot, G gold answer tokens.
@@ -17,9 +18,7 @@ cached prefix, and ``lm_head`` applied only at the positions whose logits are us
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,12 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradgate.models.local.prefix_cache import reusable
-from gradgate.optimizers.greater.decoding import RowPlan, by_length, decode_rows, merge_prefills
+from gradgate.models.local.kv import returned_cache, reusable, with_cache
+from gradgate.optimizers.greater.decoding import RowOutput, RowPlan, by_length, decode_rows, merge_prefills
 from gradgate.optimizers.greater.settings import GreaterConfig
-
-_WORD_RE = re.compile(r"[A-Za-z ]*[A-Za-z][A-Za-z ]*|\s?[.,]")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs and outputs
@@ -130,68 +126,6 @@ class Meter:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Candidate filtering
-
-
-def is_word_text(text: str) -> bool:
-    """Letters and spaces (at least one letter), or a lone '.' / ',' (optionally after a space)."""
-    return bool(_WORD_RE.fullmatch(text))
-
-
-class WordFilter:
-    """Which token ids decode to word tokens; decodes lazily and remembers."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._known: dict[int, bool] = {}
-
-    def __call__(self, token_id: int) -> bool:
-        if token_id not in self._known:
-            ok = token_id not in self._special and is_word_text(self._tokenizer.decode([token_id]))
-            self._known[token_id] = ok
-        return self._known[token_id]
-
-
-def propose_candidates(
-    topk: Tensor,
-    current_id: int,
-    *,
-    num_intersections: int,
-    intersection_size: int,
-    is_word: Callable[[int], bool],
-    generator: torch.Generator,
-    banned: Collection[int] = (),
-    fallback: int = 10,
-) -> list[int]:
-    """Candidate ids for one slot: current id first, then the united subset intersections (sorted).
-
-    topk: (N, k) next-token ids per item at the slot. Each of ``num_intersections`` random subsets of
-    ``intersection_size`` items keeps the ids in every member's top-k; the union over subsets is filtered to word
-    tokens that are not ``banned`` (the answer labels' tokens and the token before the slot, as the reference bans
-    the previous token). When the union is empty (common with few, diverse items) the ``fallback`` most frequent
-    allowed word tokens over all items' top-k are used instead, so a step always has something to try.
-    """
-    n = topk.shape[0]
-    rows = [set(r) for r in topk.tolist()]
-    united: set[int] = set()
-    for _ in range(num_intersections):
-        members = torch.randperm(n, generator=generator)[: min(intersection_size, n)].tolist()
-        united |= set.intersection(*(rows[i] for i in members))
-    banned = set(banned)
-
-    def allowed(t: int) -> bool:
-        return t != current_id and t not in banned and is_word(t)
-
-    words = sorted(t for t in united if allowed(t))
-    if not words:
-        counts = Counter(t for r in topk.tolist() for t in r)
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        words = sorted([t for t, _ in ranked if allowed(t)][:fallback])
-    return [current_id, *words]
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The engine
 
 
@@ -211,7 +145,7 @@ class GreaterEngine:
         labels: LabelChoice = LabelChoice(),
     ) -> None:
         self.model, self.config = model, config
-        self.base = getattr(model, model.base_model_prefix)  # decoder stack without lm_head
+        self.base = model.get_decoder()  # the decoder stack without lm_head (base_model_prefix misnames it in 4.56 Gemma 3)
         self.embed = model.get_input_embeddings()  # Gemma's scales its output; used as a module, so handled
         self.head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -272,42 +206,59 @@ class GreaterEngine:
         self, instrs: Sequence[tuple[int, ...]], items: Sequence[EncodedItem], generate_answers: bool
     ) -> list[_Row]:
         """One batch of rows: prefill the prompts, read the slot predictions, then reason and take the answer tail
-        from the cache (decoding.py); the answer is scored (gold) or generated (``generate_answers``)."""
+        from the cache (decoding.py); the answer is scored (gold) or generated (``generate_answers``).
+
+        Without reasoning (``max_new_tokens`` 0) the tail is known up front and joins the prompt: one pass."""
         cfg = self.config
-        prompts = [list(it.before) + list(ins) + list(it.after) for ins, it in zip(instrs, items, strict=True)]
+        direct = cfg.max_new_tokens == 0
+        tails = [self._tail(it, generate_answers) for it in items]
+        prompts = [
+            [*it.before, *ins, *it.after, *(tails[b] if direct else ())]
+            for b, (ins, it) in enumerate(zip(instrs, items, strict=True))
+        ]
         B = len(prompts)
         self.meter.check(sum(map(len, prompts)) + B * cfg.max_new_tokens)
         order = sorted(range(B), key=lambda b: len(prompts[b]))  # decoded in this order; outputs come back per row
-        last, mask, cache, topk, fluency = self._prefill_rows(prompts, instrs, items, order)
-        plans = [self._plan(items[b], generate_answers) for b in order]
-        decoded = decode_rows(self._step, self.logits, self.eos, self.logits(last), mask, mask.sum(-1), cache, plans)
-        outs = [decoded[0]] * B
-        for k, b in enumerate(order):
-            outs[b] = decoded[k]
-        del last, cache
+        # States kept per row: those that predict the gold tokens when they are in the prompt, else the last one.
+        keep = [len(it.gold) if direct and tail and not generate_answers else 1 for it, tail in zip(items, tails, strict=True)]
+        decoding = not direct or generate_answers
+        states, topk, fluency, batch = self._prefill_rows(prompts, instrs, items, order, keep, merge=decoding)
+        outs = [RowOutput() for _ in range(B)]
+        if batch is not None:
+            mask, cache = batch
+            plans = [self._plan(tails[b], direct, generate_answers) for b in order]
+            last = self.logits(torch.stack([states[b][-1] for b in order]))  # (B, V)
+            decoded = decode_rows(self._step, self.logits, self.eos, last, mask, mask.sum(-1), cache, plans)
+            for b, out in zip(order, decoded, strict=True):
+                outs[b] = out
+            del cache
         answer_loss, correct, answers = [math.nan] * B, [False] * B, [""] * B
         for b, (out, it) in enumerate(zip(outs, items, strict=True)):
             if generate_answers and self.decode is not None:
                 answers[b] = self.decode(out.answer)
             elif not generate_answers and it.gold:
-                answer_loss[b], correct[b] = self._score_gold(torch.stack(out.collected), it.gold)
+                answer_loss[b], correct[b] = self._score_gold(states[b] if direct else torch.stack(out.collected), it.gold)
         completion = sum(len(o.reasoning) + len(o.answer) for o in outs)
         self.meter.charge(sum(map(len, prompts)) + sum(o.fed for o in outs), completion)
         return [_Row(tuple(outs[b].reasoning), answer_loss[b], fluency[b], correct[b], topk[b], answers[b]) for b in range(B)]
 
-    def _plan(self, item: EncodedItem, generate_answers: bool) -> RowPlan:
-        """The row's tail after its reasoning: the phrase, then greedy answer tokens or the gold answer's tokens but
-        the last (the outputs from the phrase's last token on predict the gold ones)."""
+    def _tail(self, item: EncodedItem, generate_answers: bool) -> tuple[int, ...]:
+        """What a row feeds after its reasoning: the phrase, and when scoring the gold answer but its last token (the
+        states from the phrase's last token on predict the gold ones); nothing to score without a gold answer."""
         if generate_answers:
-            return RowPlan(self.config.max_new_tokens, self.phrase, len(self.phrase), self.config.answer_tokens)
-        if not item.gold:
-            return RowPlan(self.config.max_new_tokens, (), 0)
-        return RowPlan(self.config.max_new_tokens, self.phrase + item.gold[:-1], len(self.phrase) - 1)
+            return self.phrase
+        return self.phrase + item.gold[:-1] if item.gold else ()
+
+    def _plan(self, tail: tuple[int, ...], direct: bool, generate_answers: bool) -> RowPlan:
+        cfg = self.config
+        if generate_answers:
+            return RowPlan(cfg.max_new_tokens, () if direct else tail, len(tail), cfg.answer_tokens)
+        return RowPlan(cfg.max_new_tokens, tail, len(self.phrase) - 1)
 
     def _step(self, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
         """One token per row through the decoder from the cache: (hidden (B, H), the cache)."""
-        out = self.base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.past_key_values
+        out = self.base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **with_cache(self.base, cache))
+        return out.last_hidden_state[:, -1], returned_cache(out)
 
     def _prefill_rows(
         self,
@@ -315,29 +266,34 @@ class GreaterEngine:
         instrs: Sequence[tuple[int, ...]],
         items: Sequence[EncodedItem],
         order: Sequence[int],
-    ) -> tuple[Tensor, Tensor, Any, list[Tensor], list[float]]:
-        """Prefill the rows of ``order`` (sorted by length) in passes of ``grad_batch_size`` rows that pad little,
-        merged into one cache: (last hidden (B, H), mask (B, T0), cache) in ``order``; the slot predictions per row.
+        keep: Sequence[int],
+        *,
+        merge: bool,
+    ) -> tuple[list[Tensor], list[Tensor], list[float], tuple[Tensor, Any] | None]:
+        """Prefill the rows of ``order`` (sorted by length) in passes of ``grad_batch_size`` rows that pad little.
+        Per row: its last ``keep`` hidden states (keep, H), its slot predictions and fluency. With ``merge``, also
+        the passes' caches merged into one batch in ``order``: (mask (B, T0), cache); else None.
 
-        A sliding-window cache (Gemma 3) keeps only its window and cannot be padded into a longer one: such models
-        prefill the whole batch in one pass, padded to its longest row."""
-        n = self.config.grad_batch_size if self.mergeable else len(order)
+        A sliding-window cache (Gemma 3) keeps only its window and cannot be padded into a longer one: to be merged
+        such models prefill the whole batch in one pass, padded to its longest row."""
+        n = self.config.grad_batch_size if self.mergeable or not merge else len(order)
         passes = [list(order[lo : lo + n]) for lo in range(0, len(order), n)]
+        states: list[Tensor] = [torch.empty(0)] * len(prompts)
         topk: list[Tensor] = [torch.empty(0)] * len(prompts)
         fluency = [0.0] * len(prompts)
         parts = []
         for rows in passes:
             hidden, mask, cache = self._prefill([prompts[b] for b in rows])  # hidden: (b, T, H), mask: (b, T)
-            if len(passes) > 1 and not reusable(cache):
+            if merge and len(passes) > 1 and not reusable(cache):
                 self.mergeable = False
-                return self._prefill_rows(prompts, instrs, items, order)
+                return self._prefill_rows(prompts, instrs, items, order, keep, merge=merge)
             pick = [prompts[b] for b in rows], [instrs[b] for b in rows], [items[b] for b in rows]
             tk, fl = self._slot_predictions(hidden, *pick)
-            for b, t, f in zip(rows, tk, fl, strict=True):
-                topk[b], fluency[b] = t, f
-            parts.append((hidden[:, -1], mask, cache))
-        last, mask, cache = merge_prefills(parts)
-        return last, mask, cache, topk, fluency
+            for i, (b, t, f) in enumerate(zip(rows, tk, fl, strict=True)):
+                states[b], topk[b], fluency[b] = hidden[i, hidden.shape[1] - keep[b] :], t, f
+            if merge:
+                parts.append((mask, cache))
+        return states, topk, fluency, merge_prefills(parts) if merge else None
 
     def _prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Any]:
         """Left-padded forward pass over the prompts: (hidden (B, T0, H), attention mask (B, T0), KV cache)."""
@@ -350,7 +306,7 @@ class GreaterEngine:
             mask[b, T0 - len(p) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) real positions despite the padding
         out = self.base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        return out.last_hidden_state, mask, out.past_key_values
+        return out.last_hidden_state, mask, returned_cache(out)
 
     def _slot_predictions(
         self,

@@ -38,6 +38,7 @@ import torch
 from gradgate.core.method_settings import PastEnd
 from gradgate.errors import BudgetExhausted, ConfigError
 from gradgate.models.local import choose_device, eos_ids, load_causal_lm
+from gradgate.optimizers.greater.candidates import WordFilter, propose_candidates
 from gradgate.optimizers.greater.encoding import (
     AnswerSpec,
     ItemLike,
@@ -49,14 +50,7 @@ from gradgate.optimizers.greater.encoding import (
     resolve_phrase,
     step_items,
 )
-from gradgate.optimizers.greater.engine import (
-    BudgetLike,
-    GreaterEngine,
-    Meter,
-    Rollout,
-    WordFilter,
-    propose_candidates,
-)
+from gradgate.optimizers.greater.engine import BudgetLike, GreaterEngine, Meter, Rollout
 from gradgate.optimizers.greater.prompts import split_prompt
 from gradgate.optimizers.greater.settings import GreaterConfig
 
