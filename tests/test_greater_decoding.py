@@ -81,12 +81,15 @@ def test_generated_answers_of_uneven_rows_continue_each_rows_own_reasoning() -> 
         assert answer == ",".join(map(str, plain_generate(model, prefix, 3, eos)))
 
 
-def test_the_gradient_is_the_same_in_length_sorted_passes_of_any_size() -> None:
+def test_the_gradient_is_the_same_and_one_call_in_length_sorted_passes_of_any_size() -> None:
     model = tiny_llama()
     items, reasoning = random_items(5, seed=7)
     cands = [21, 40, 41, 42]
-    grads = [engine(model, 1, grad_batch_size=n).gradient(INSTRUCTION, 1, False, cands, items, reasoning) for n in (1, 2, 5)]
+    engines = [engine(model, 1, grad_batch_size=n) for n in (1, 2, 5)]
+    grads = [e.gradient(INSTRUCTION, 1, False, cands, items, reasoning) for e in engines]
     assert torch.allclose(grads[0], grads[1], rtol=1e-9) and torch.allclose(grads[0], grads[2], rtol=1e-9)
+    # One call each, and the same tokens: the pass size is a memory setting, not a cost against the budget.
+    assert [(e.meter.calls, e.meter.prompt_tokens) for e in engines] == [(1, engines[0].meter.prompt_tokens)] * 3
 
 
 def test_by_length_sorts_then_splits() -> None:

@@ -107,7 +107,8 @@ class BudgetLike(Protocol):
 
 
 class Meter:
-    """Counts model invocations and tokens, and asks the shared budget before each one."""
+    """Counts calls and tokens, and asks the shared budget before each call. A call is one rollout batch (up to
+    ``batch_size`` rows) or one gradient, however many forward passes they take inside."""
 
     def __init__(self, budget: BudgetLike | None, role: str) -> None:
         self.budget, self.role = budget, role
@@ -439,12 +440,11 @@ class GreaterEngine:
             len(it.before) + len(instruction) + 1 + len(it.after) + len(r) + len(self.phrase) + len(it.gold)
             for it, r in zip(items, reasoning, strict=True)
         ]
+        self.meter.check(sum(lengths))  # one call, whatever the passes: grad_batch_size is a memory setting
         for rows in by_length(lengths, self.config.grad_batch_size):
             part, why = [items[i] for i in rows], [reasoning[i] for i in rows]
-            n_tokens = sum(lengths[i] for i in rows)
-            self.meter.check(n_tokens)
             loss = self.objective(weights, instruction, position, insert, candidates, part, why)
-            loss.backward()  # gradients accumulate in weights.grad over the item batches
-            self.meter.charge(n_tokens, 0)
+            loss.backward()  # gradients accumulate in weights.grad over the passes
+        self.meter.charge(sum(lengths), 0)
         assert weights.grad is not None  # set by backward above; internal invariant, not user input
         return weights.grad.detach().float().cpu()
