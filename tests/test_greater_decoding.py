@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gradgate.optimizers.greater.decoding import by_length  # noqa: E402
+from gradgate.optimizers.greater.decoding import RowPlan, by_length, decode_rows  # noqa: E402
 from gradgate.optimizers.greater.engine import GreaterEngine  # noqa: E402
 from gradgate.optimizers.greater.settings import GreaterConfig  # noqa: E402
 from tests.test_greater import full_forward_loss, random_items, tiny_gemma, tiny_llama  # noqa: E402
@@ -47,7 +47,7 @@ def test_rows_that_finish_leave_the_batch_and_every_row_decodes_as_alone(make_mo
     model = make_model()
     items, _ = random_items(4, seed=5)  # prompts of 4 different lengths
     eos, n = uneven_eos(model, items)
-    eng = engine(model, eos, batch_size=4, grad_batch_size=1)  # four prefill passes, merged when the cache allows
+    eng = engine(model, eos, batch_size=4, pass_tokens=1)  # a prefill pass per row, merged when the cache allows
     widths: list[int] = []
     step = eng._step
 
@@ -73,7 +73,7 @@ def test_generated_answers_of_uneven_rows_continue_each_rows_own_reasoning() -> 
     model = tiny_llama()
     items, _ = random_items(4, seed=6)
     eos, _ = uneven_eos(model, items)
-    eng = engine(model, eos, batch_size=4, grad_batch_size=2, answer_tokens=3)
+    eng = engine(model, eos, batch_size=4, pass_tokens=30, answer_tokens=3)
     eng.decode = lambda ids: ",".join(map(str, ids))
     rollout = eng.rollout([INSTRUCTION], items, generate_answers=True)[0]
     for it, why, answer in zip(items, rollout.reasoning, rollout.answers, strict=True):
@@ -92,28 +92,34 @@ def test_the_gradient_is_the_same_and_one_call_in_length_sorted_passes_of_any_si
     assert [(e.meter.calls, e.meter.prompt_tokens) for e in engines] == [(1, engines[0].meter.prompt_tokens)] * 3
 
 
-def test_by_length_sorts_then_splits() -> None:
-    assert by_length([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
-    assert by_length([], 3) == []
+def test_by_length_sorts_then_groups_up_to_the_row_and_token_caps() -> None:
+    assert by_length([5, 1, 4, 2, 3], 2, 100) == [[1, 3], [4, 2], [0]]
+    assert by_length([5, 1, 4, 2, 3], 9, 9) == [[1, 3, 4], [2], [0]]  # 3 rows x 3 tokens; 2 x 5 would be 10
+    assert by_length([50, 7], 4, 10) == [[1], [0]]  # a row longer than the cap still gets its own pass
+    assert by_length([], 3, 10) == []
 
 
-@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gemma], ids=["llama", "gemma3-sliding"])
-def test_without_reasoning_the_tail_joins_the_prompt_and_scores_as_a_full_pass(make_model: Any) -> None:
-    model = make_model()
-    items, _ = random_items(4, seed=9)
-    eng = engine(model, 1, max_new_tokens=0, batch_size=4, grad_batch_size=1)
+class FakeCache:
+    def __init__(self) -> None:
+        self.kept: list[list[int]] = []
+
+    def reorder_cache(self, index: Any) -> None:
+        self.kept.append(index.tolist())
+
+
+def test_finished_rows_leave_together_once_a_quarter_of_the_batch_is_done() -> None:
+    plans = [RowPlan(max_reasoning=n, forced=(), collect_from=0) for n in range(1, 9)]  # row i reasons i + 1 tokens
     widths: list[int] = []
-    step = eng._step
-    eng._step = lambda *args: widths.append(args[0].shape[0]) or step(*args)  # type: ignore[method-assign]
-    rollout = eng.rollout([INSTRUCTION], items)[0]
-    assert widths == [] and eng.mergeable  # one prefill per pass, nothing decoded, no cache merged
-    assert all(r == () for r in rollout.reasoning)
-    plain = full_forward_loss(model, eng, INSTRUCTION, items, [() for _ in items])
-    cached = float((rollout.answer_loss + eng.config.fluency_weight * rollout.fluency).sum())
-    assert cached == pytest.approx(plain, rel=1e-7)
 
-    eng.decode = lambda ids: ",".join(map(str, ids))
-    answered = eng.rollout([INSTRUCTION], items, generate_answers=True)[0]
-    for it, answer in zip(items, answered.answers, strict=True):
-        prefix = list(it.before) + INSTRUCTION + list(it.after) + list(eng.phrase)
-        assert answer == ",".join(map(str, plain_generate(model, prefix, eng.config.answer_tokens, 1)))
+    def step(ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
+        widths.append(ids.shape[0])
+        assert mask.shape[0] == ids.shape[0] == pos.shape[0]
+        return torch.zeros(ids.shape[0], 4), cache
+
+    cache = FakeCache()
+    mask, pos = torch.ones(8, 3, dtype=torch.long), torch.full((8,), 3)
+    outs = decode_rows(step, lambda h: torch.zeros(h.shape[0], 5), torch.tensor([4]), torch.zeros(8, 5), mask, pos, cache, plans)
+    assert [len(o.reasoning) for o in outs] == list(range(1, 9))
+    # Two of eight finished -> six rows; two of six -> four; one of four -> three, -> two, -> one.
+    assert widths == [8, 8, 6, 6, 4, 3, 2, 1]
+    assert cache.kept == [[2, 3, 4, 5, 6, 7], [2, 3, 4, 5], [1, 2, 3], [1, 2], [1]]  # batch positions kept

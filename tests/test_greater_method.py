@@ -104,7 +104,13 @@ def test_greater_settings_keep_the_defaults_and_the_presets(tmp_path: Path) -> N
     cpu = config_from_settings({"preset": "cpu"}, seed=3)
     assert cpu == GreaterConfig(seed=3, preset="cpu")  # the dataclass's defaults are the cpu preset's
     gpu = config_from_settings(GreaterSettings(device="cuda:1"), seed=0)  # auto on a CUDA device: the gpu preset
-    assert gpu.preset == "gpu" and (gpu.max_items, gpu.max_new_tokens, gpu.batch_size, gpu.grad_batch_size) == (50, 384, 150, 10)
+    assert gpu.preset == "gpu" and (gpu.max_items, gpu.max_new_tokens, gpu.batch_size, gpu.grad_batch_size, gpu.pass_tokens) == (
+        50,
+        384,
+        150,
+        10,
+        65536,
+    )
     assert config_from_settings({"device": "cpu", "batch_size": 7}, seed=0).batch_size == 7
     assert Greater({"model": "local/gemma-3-270m"}).config.model == "local/gemma-3-270m"
     with pytest.raises(ConfigError, match=r"optimize\.greater\.max_items"):

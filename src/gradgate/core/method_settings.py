@@ -39,10 +39,25 @@ Dtype = Literal["float32", "float64", "bfloat16", "float16"]  # torch attribute 
 # average, against 9-51 for the other BBH tasks) cost fewer items per step instead of a step several times as long.
 # A step costs about 1.6 s per 100 such tokens on 2 cores (causal_judgement, 25 items, 5,946 tokens: 100 s), so
 # the cpu preset's 4,096 keeps a step near a minute; 50 short items (navigate: 3,631 tokens) still fit.
-# On 2 cores a pass of 4 length-sorted rows is cheaper than one of 16 padded to the longest (the gradient: 28%).
+# pass_tokens: on 2 cores, passes of about 1,200-2,400 padded tokens over length-sorted rows run fastest
+# (causal_judgement's gradient: 4 rows of ~300 tokens 28% faster than 16 unsorted); short rows still go many per pass.
 GREATER_PRESETS: dict[str, dict[str, int]] = {
-    "cpu": {"max_items": 16, "max_new_tokens": 128, "batch_size": 48, "grad_batch_size": 4, "max_step_tokens": 4096},
-    "gpu": {"max_items": 50, "max_new_tokens": 384, "batch_size": 150, "grad_batch_size": 10, "max_step_tokens": 65536},
+    "cpu": {
+        "max_items": 16,
+        "max_new_tokens": 128,
+        "batch_size": 48,
+        "grad_batch_size": 16,
+        "max_step_tokens": 4096,
+        "pass_tokens": 2048,
+    },
+    "gpu": {
+        "max_items": 50,
+        "max_new_tokens": 384,
+        "batch_size": 150,
+        "grad_batch_size": 10,
+        "max_step_tokens": 65536,
+        "pass_tokens": 65536,
+    },
 }
 
 S = TypeVar("S", bound="MethodSettings")
@@ -202,10 +217,14 @@ class GreaterSettings(MethodSettings):
         None, ge=1, description="Rows per batched generation (KV cache memory). " + _preset_note("batch_size")
     )
     grad_batch_size: int | None = Field(
+        None, ge=1, description="Rows per gradient pass (activation memory). " + _preset_note("grad_batch_size")
+    )
+    pass_tokens: int | None = Field(
         None,
         ge=1,
-        description="Rows per pass over whole sequences (the gradient's, the rollouts' prefill), sorted by length so "
-        "that a pass pads little (activation memory). " + _preset_note("grad_batch_size"),
+        description="Padded tokens (rows x the longest) per forward pass over whole sequences, the gradient's and the "
+        "rollouts' prefill: rows are sorted by length and grouped up to this, so long rows pad and attend little. "
+        + _preset_note("pass_tokens"),
     )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Item order and subset sampling; null: optimize.seed (or --seed)."

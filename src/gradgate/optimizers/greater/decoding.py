@@ -9,8 +9,8 @@ Every row goes through the same phases, one token per forward pass::
     done:      the row leaves the batch, and its rows of the KV cache with it
 
 Why shrink: reasoning lengths are uneven. On causal_judgement most rows stop after a token or two while a few run to
-the cap, and a rectangular batch would run all of them to the longest. Each forward pass here costs what its live
-rows cost.
+the cap, and a rectangular batch would run all of them to the longest. A finished row is fed a masked pad until a
+quarter of the batch has finished; then those rows leave it together.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# Finished rows leave the batch once they are this fraction (1/COMPACT_AT) of it: each compaction copies the whole
+# KV cache, so dropping rows one at a time would cost more than feeding them a few masked steps longer.
+COMPACT_AT = 4
 
 # model's decoder stack: (input ids (B, 1), attention mask (B, T), position ids (B, 1), cache) -> (hidden (B, H), cache)
 Step = Callable[[Tensor, Tensor, Tensor, Any], tuple[Tensor, Any]]
@@ -67,28 +71,34 @@ def decode_rows(
     (B, T0) the prefill's (left-padded) attention mask; pos_next: (B,) each row's next position id."""
     outputs = [RowOutput() for _ in plans]
     cursors = [_Cursor() for _ in plans]
-    live = list(range(len(plans)))  # original row index of each batch row, in batch order
+    rows = list(range(len(plans)))  # original row index of each batch row, in batch order
+    live = [True] * len(rows)  # False: finished, fed a masked pad until the next compaction
     eos_ids = set(eos.tolist())
-    while live:
-        greedy = next_logits.argmax(-1).tolist()  # (B_live,)
-        feed = [_next_input(plans[r], cursors[r], outputs[r], g, eos_ids) for r, g in zip(live, greedy, strict=True)]
-        keep = [k for k, tok in enumerate(feed) if tok is not None]
-        if len(keep) < len(live):  # rows that finished leave the batch, and the cache
-            if not keep:
-                break
+    while True:
+        greedy = next_logits.argmax(-1).tolist()  # (B,)
+        feed = [
+            _next_input(plans[r], cursors[r], outputs[r], g, eos_ids) if on else None
+            for r, g, on in zip(rows, greedy, live, strict=True)
+        ]
+        live = [tok is not None for tok in feed]
+        if not any(live):
+            break
+        if live.count(False) * COMPACT_AT >= len(rows):  # finished rows leave the batch, and the cache
+            keep = [k for k, on in enumerate(live) if on]
             index = torch.tensor(keep, dtype=torch.long, device=mask.device)
             cache.reorder_cache(index)
             mask, pos_next = mask[index], pos_next[index]
-            live = [live[k] for k in keep]
-        ids = torch.tensor([[feed[k]] for k in keep], dtype=torch.long, device=mask.device)  # (B_live, 1)
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)  # (B_live, T + 1)
-        hidden, cache = step(ids, mask, pos_next[:, None], cache)  # hidden: (B_live, H)
-        pos_next = pos_next + 1
-        for k, r in enumerate(live):
+            rows, feed, live = [rows[k] for k in keep], [feed[k] for k in keep], [True] * len(keep)
+        on = torch.tensor(live, dtype=torch.long, device=mask.device)  # (B,)
+        ids = torch.tensor([[0 if tok is None else tok] for tok in feed], dtype=torch.long, device=mask.device)  # (B, 1)
+        mask = torch.cat([mask, on[:, None]], dim=1)  # (B, T + 1)
+        hidden, cache = step(ids, mask, pos_next[:, None], cache)  # hidden: (B, H)
+        pos_next = pos_next + on
+        for k, r in enumerate(rows):
             cur = cursors[r]
-            if cur.phase == "forced" and cur.at - 1 >= plans[r].collect_from:  # the token just fed was forced[at - 1]
+            if live[k] and cur.phase == "forced" and cur.at - 1 >= plans[r].collect_from:  # just fed forced[at - 1]
                 outputs[r].collected.append(hidden[k])
-        next_logits = to_logits(hidden)  # (B_live, V)
+        next_logits = to_logits(hidden)  # (B, V)
     return outputs
 
 
@@ -115,11 +125,17 @@ def _next_input(plan: RowPlan, cur: _Cursor, out: RowOutput, greedy: int, eos: s
     return None
 
 
-def by_length(lengths: Sequence[int], rows: int) -> list[list[int]]:
-    """Indices sorted by length, in runs of at most ``rows``: a padded pass over each run wastes little. On a 2-core
-    CPU four causal_judgement rows per gradient pass take 28% less time than sixteen unsorted ones."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[lo : lo + rows] for lo in range(0, len(order), rows)]
+def by_length(lengths: Sequence[int], rows: int, tokens: int) -> list[list[int]]:
+    """Indices sorted by length, grouped into passes of at most ``rows`` rows and ``tokens`` padded tokens (rows x
+    the longest), at least one row each. Padding and attention grow with the longest row: on a 2-core CPU four
+    causal_judgement rows per gradient pass (about 1,200 tokens) take 28% less time than sixteen unsorted ones."""
+    passes: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if passes and len(passes[-1]) < rows and (len(passes[-1]) + 1) * lengths[i] <= tokens:
+            passes[-1].append(i)
+        else:
+            passes.append([i])
+    return passes
 
 
 def merge_prefills(parts: Sequence[tuple[Tensor, Any]]) -> tuple[Tensor, Any]:

@@ -271,14 +271,17 @@ class GreaterEngine:
         *,
         merge: bool,
     ) -> tuple[list[Tensor], list[Tensor], list[float], tuple[Tensor, Any] | None]:
-        """Prefill the rows of ``order`` (sorted by length) in passes of ``grad_batch_size`` rows that pad little.
+        """Prefill the rows of ``order`` (sorted by length) in passes of up to ``pass_tokens`` padded tokens.
         Per row: its last ``keep`` hidden states (keep, H), its slot predictions and fluency. With ``merge``, also
         the passes' caches merged into one batch in ``order``: (mask (B, T0), cache); else None.
 
         A sliding-window cache (Gemma 3) keeps only its window and cannot be padded into a longer one: to be merged
         such models prefill the whole batch in one pass, padded to its longest row."""
-        n = self.config.grad_batch_size if self.mergeable or not merge else len(order)
-        passes = [list(order[lo : lo + n]) for lo in range(0, len(order), n)]
+        if merge and not self.mergeable:
+            passes = [list(order)]
+        else:
+            lengths = [len(prompts[b]) for b in order]
+            passes = [[order[i] for i in pass_] for pass_ in by_length(lengths, len(order), self.config.pass_tokens)]
         states: list[Tensor] = [torch.empty(0)] * len(prompts)
         topk: list[Tensor] = [torch.empty(0)] * len(prompts)
         fluency = [0.0] * len(prompts)
@@ -441,7 +444,7 @@ class GreaterEngine:
             for it, r in zip(items, reasoning, strict=True)
         ]
         self.meter.check(sum(lengths))  # one call, whatever the passes: grad_batch_size is a memory setting
-        for rows in by_length(lengths, self.config.grad_batch_size):
+        for rows in by_length(lengths, self.config.grad_batch_size, self.config.pass_tokens):
             part, why = [items[i] for i in rows], [reasoning[i] for i in rows]
             loss = self.objective(weights, instruction, position, insert, candidates, part, why)
             loss.backward()  # gradients accumulate in weights.grad over the passes

@@ -53,6 +53,7 @@ class GreaterConfig:
     ban_labels: bool = _DEFAULT.ban_labels
     batch_size: int = CPU_PRESET["batch_size"]
     grad_batch_size: int = CPU_PRESET["grad_batch_size"]
+    pass_tokens: int = CPU_PRESET["pass_tokens"]
     seed: int = 0
     device: str | None = _DEFAULT.device
     dtype: str | None = _DEFAULT.dtype
