@@ -1,5 +1,6 @@
 """A model's key/value cache across transformers versions: the keyword a forward pass takes it by, the cache a pass
-returns, and whether a cache can be cut back and padded.
+returns, whether a cache can be cut back, and several prefills padded into one (the one place that rewrites a cache's
+layers).
 
 transformers 5.2x renamed the forward keyword and the output field `past_key_values` to `cache`; the old names
 still work there with a deprecation warning and go in 5.40. 4.56, the oldest version gradgate allows, knows only
@@ -9,6 +10,7 @@ the old ones. Every forward pass that passes a cache goes through `cache_keyword
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from functools import cache as memoize
 from typing import Any
 
@@ -39,3 +41,19 @@ def reusable(cache: Any) -> bool:
     longer one). A sliding-window layer (Gemma 3's local layers) keeps only its last window."""
     layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(not getattr(layer, "is_sliding", False) for layer in layers) and hasattr(cache, "crop")
+
+
+def merge_prefills(parts: Sequence[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """One left-padded batch from prefills of different lengths, each (mask (b, T), cache): (mask (B, T_max), cache).
+    Padded key/value positions are zeros, masked out. The widest part's cache object carries the merged layers."""
+    if len(parts) == 1:
+        return parts[0]
+    import torch
+    import torch.nn.functional as F
+
+    width = max(mask.shape[1] for mask, _ in parts)
+    cache = next(c for mask, c in parts if mask.shape[1] == width)
+    for i, layer in enumerate(cache.layers):
+        layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, width - m.shape[1], 0)) for m, c in parts])
+        layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, width - m.shape[1], 0)) for m, c in parts])
+    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)) for mask, _ in parts]), cache

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # Finished rows leave the batch once they are this fraction (1/COMPACT_AT) of it: each compaction copies the whole
@@ -136,16 +135,3 @@ def by_length(lengths: Sequence[int], rows: int, tokens: int) -> list[list[int]]
         else:
             passes.append([i])
     return passes
-
-
-def merge_prefills(parts: Sequence[tuple[Tensor, Any]]) -> tuple[Tensor, Any]:
-    """One left-padded batch from prefills of different lengths, each (mask (b, T), cache): (mask (B, T_max), cache).
-    Padded key/value positions are zeros, masked out. The widest part's cache object carries the merged layers."""
-    if len(parts) == 1:
-        return parts[0]
-    width = max(mask.shape[1] for mask, _ in parts)
-    cache = next(c for mask, c in parts if mask.shape[1] == width)
-    for i, layer in enumerate(cache.layers):
-        layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, width - m.shape[1], 0)) for m, c in parts])
-        layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, width - m.shape[1], 0)) for m, c in parts])
-    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)) for mask, _ in parts]), cache

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradgate.models.local.kv import returned_cache, reusable, with_cache
-from gradgate.optimizers.greater.decoding import RowOutput, RowPlan, by_length, decode_rows, merge_prefills
+from gradgate.models.local.kv import merge_prefills, returned_cache, reusable, with_cache
+from gradgate.optimizers.greater.decoding import RowOutput, RowPlan, by_length, decode_rows
 from gradgate.optimizers.greater.settings import GreaterConfig
 
 # ----------------------------------------------------------------------------------------------------------------
