@@ -141,6 +141,32 @@ def test_seeded_sampling_reproduces_and_varies() -> None:
 
 
 @needs_smol
+def test_concurrent_sampled_requests_run_as_one_batch_with_their_own_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradgate.models.local import batching
+
+    poem = [{"role": "user", "content": "Write a short poem about the sea."}]
+    alone = [generate(SMOL, poem, max_tokens=12, temperature=1.5, seed=s).text for s in range(4)]
+    sizes: list[int] = []
+
+    def counted(model: str, batch: Any, **kwargs: Any) -> list[LocalGeneration]:
+        sizes.append(len(batch))
+        return generate_batch(model, batch, **kwargs)
+
+    monkeypatch.setattr(batching, "generate_batch", counted)
+    monkeypatch.setattr(batching.Batcher, "window_seconds", 0.5)  # every thread arrives inside the window
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: generate(SMOL, poem, max_tokens=12, temperature=1.5, seed=s).text, range(4)))
+    assert sizes == [4]
+    assert together == alone  # a reply depends on its seed, not on the rows beside it
+    rows = generate_batch(SMOL, [poem, poem], max_tokens=12, temperature=1.5, seeds=[3, 1])
+    assert [r.text for r in rows] == [alone[3], alone[1]]
+    with pytest.raises(ValueError, match="2 seeds for 1 conversations"):
+        generate_batch(SMOL, [poem], temperature=1.5, seeds=[1, 2])
+
+
+@needs_smol
 def test_stop_strings_truncate() -> None:
     full = generate(SMOL, CAPITAL, max_tokens=24).text
     word = "Paris"

@@ -2,7 +2,8 @@
 
     registry.py  which embedded models exist, where their GGUF files are, ``local/`` model strings
     convert.py   GGUF -> Hugging Face folder, once, in the user's cache
-    runtime.py   device and dtype, loading, chat rendering, generation, answer-option scoring
+    runtime.py   device and dtype, loading, chat rendering, batched generation, answer-option scoring
+    batching.py  one reply, run in one batch with the concurrent requests that share its settings
     prefix_cache.py  scoring reuses the key/values of a recent prompt's shared start (template, demonstrations)
     kv.py        a KV cache across transformers versions: the keyword, the returned cache, whether it can be cut
     provider.py  the litellm provider behind ``litellm.completion(model="local/...")``
@@ -12,6 +13,7 @@ Importing this package is cheap: torch, transformers and litellm are imported wh
 
 from __future__ import annotations
 
+from gradgate.models.local.batching import generate
 from gradgate.models.local.convert import converted_model_dir
 from gradgate.models.local.provider import register_local_provider
 from gradgate.models.local.registry import EMBEDDED_MODELS, LOCAL_PREFIX, is_local_model
@@ -20,7 +22,6 @@ from gradgate.models.local.runtime import (
     LocalGeneration,
     choose_device,
     eos_ids,
-    generate,
     generate_batch,
     load_causal_lm,
     score_options,

@@ -12,8 +12,8 @@ from typing import Any
 
 from gradgate.core.environment import prepare_process_env
 from gradgate.errors import ConfigError, GradgateError, UnknownModelError
+from gradgate.models.local.batching import generate
 from gradgate.models.local.registry import EMBEDDED_MODELS, LOCAL_PREFIX, embedded_name, known_models_text
-from gradgate.models.local.runtime import generate
 
 _PROVIDER_CLASS: type | None = None
 _PROVIDER_LOCK = threading.Lock()

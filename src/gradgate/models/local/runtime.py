@@ -44,15 +44,17 @@ DTYPE_NAMES: tuple[str, ...] = get_args(Dtype)
 
 _LOAD_LOCK = threading.Lock()
 # Torch work is serialized: litellm may call from several threads, and two forward passes on 2 cores only fight.
-_TORCH_LOCK = threading.RLock()
+TORCH_LOCK = threading.RLock()
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
 def choose_device(device: str | None = None, dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
     """Where an in-process model runs: CUDA in bfloat16 when present, else CPU in float32, unless given.
 
-    ``dtype`` is a torch dtype or one of ``DTYPE_NAMES`` (as gradgate.yaml spells it). fp32 on CPU: as fast as
-    bf16 there (generation is memory-bound) and numerically safer for gradients.
+    ``dtype`` is a torch dtype or one of ``DTYPE_NAMES`` (as gradgate.yaml spells it). fp32 on CPU: decoding a
+    row is bound by reading the weights and no faster in bf16; scoring long prompts is (1.4x on a 2-core AMX
+    machine, SmolLM2-135M, 230-token stories), but bf16 there flipped 3-4 of 105 causal_judgement decisions.
+    fp32 keeps scores stable between runs and machines, and is safer for gradients.
     """
     prepare_torch_env()
     import torch
@@ -192,11 +194,11 @@ def _make_stopping_criteria(tokenizer: PreTrainedTokenizerBase, stop: Sequence[s
     return StopOnStrings()
 
 
-def _make_sampler(temperature: float, seed: int | None) -> Any:
-    """A logits processor that samples with its own seeded generator and leaves only the chosen token.
+def _make_sampler(temperature: float, seeds: Sequence[int | None]) -> Any:
+    """A logits processor that samples each row with its own seeded generator and leaves only the chosen token.
 
     ``model.generate`` samples from the global RNG; drawing here instead (then decoding greedily) makes a seed
-    reproduce a reply whatever else the process did with torch's RNG.
+    reproduce a reply whatever else the process did with torch's RNG, and whatever rows shared its batch.
     """
     prepare_torch_env()
     import torch
@@ -204,17 +206,21 @@ def _make_sampler(temperature: float, seed: int | None) -> Any:
 
     class SeededSampler(LogitsProcessor):
         def __init__(self) -> None:
-            self.generator: torch.Generator | None = None
+            self.generators: list[torch.Generator] = []
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            if self.generator is None:
-                self.generator = torch.Generator(device=scores.device)
-                if seed is None:
-                    self.generator.seed()
-                else:
-                    self.generator.manual_seed(seed)
+            if not self.generators:
+                for seed in seeds:
+                    generator = torch.Generator(device=scores.device)
+                    if seed is None:
+                        generator.seed()
+                    else:
+                        generator.manual_seed(seed)
+                    self.generators.append(generator)
             probs = torch.softmax(scores.float() / temperature, dim=-1)  # (batch, vocab)
-            chosen = torch.multinomial(probs, 1, generator=self.generator)  # (batch, 1)
+            chosen = torch.cat(
+                [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(self.generators)]
+            )  # (batch, 1): row i drawn by its own generator, as if it ran alone
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(1, chosen, 0.0)
 
@@ -232,19 +238,21 @@ def generate_batch(
     *,
     max_tokens: int = 256,
     temperature: float = 0.0,
-    seed: int | None = None,
+    seeds: Sequence[int | None] | None = None,
     stop: Sequence[str] | None = None,
     max_time: float | None = None,
 ) -> list[LocalGeneration]:
     """Generate one reply per conversation in a single left-padded ``model.generate`` call (KV cache on).
 
-    Greedy when ``temperature == 0``. With sampling, one seeded generator drives the whole batch, so a reply
-    depends on the seed and on the batch it was generated in. Stop strings end generation and are cut from the
-    text; a base model (no chat template) stops at a blank line unless ``stop`` is given (``stop=[]`` disables
-    that).
+    Greedy when ``temperature == 0``. With sampling, row i draws from its own generator seeded with
+    ``seeds[i]`` (None: unseeded), so a seeded reply is the one that conversation gets alone. Stop strings end
+    generation and are cut from the text; a base model (no chat template) stops at a blank line unless
+    ``stop`` is given (``stop=[]`` disables that).
     """
     if not batch:
         return []
+    if seeds is not None and len(seeds) != len(batch):
+        raise ValueError(f"{len(seeds)} seeds for {len(batch)} conversations")
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
     if temperature < 0:
@@ -264,7 +272,7 @@ def generate_batch(
     stop = [s for s in stop if s]
     eos = eos_ids(lm, tokenizer)
 
-    with _TORCH_LOCK, torch.inference_mode():
+    with TORCH_LOCK, torch.inference_mode():
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special).to(lm.device)
         prompt_len = int(enc["input_ids"].shape[1])
         kwargs: dict[str, Any] = {
@@ -282,7 +290,8 @@ def generate_batch(
         if temperature > 0:
             from transformers import LogitsProcessorList
 
-            kwargs["logits_processor"] = LogitsProcessorList([_make_sampler(temperature, seed)])
+            row_seeds = [None] * len(batch) if seeds is None else list(seeds)
+            kwargs["logits_processor"] = LogitsProcessorList([_make_sampler(temperature, row_seeds)])
         if stop:
             from transformers import StoppingCriteriaList
 
@@ -312,94 +321,6 @@ def _replies(
         finish: Literal["stop", "length"] = "stop" if ended else "length"
         results.append(LocalGeneration(text=reply, prompt_tokens=n_prompt, completion_tokens=length, finish_reason=finish))
     return results
-
-
-def generate(
-    model: str,
-    messages: Sequence[dict[str, Any]],
-    *,
-    max_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    stop: Sequence[str] | None = None,
-    max_time: float | None = None,
-) -> LocalGeneration:
-    """One reply from a local model (see ``generate_batch`` for the parameters).
-
-    Greedy requests that arrive together from several threads (the gateway runs calls concurrently) are
-    answered by one batched ``generate`` call: on 2 CPU cores a batch of 16 runs about 4x the tokens per
-    second of batch 1.
-    """
-    if temperature == 0 and seed is None:
-        return _BATCHER.submit(model, messages, max_tokens=max_tokens, stop=stop, max_time=max_time)
-    return generate_batch(
-        model, [messages], max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop, max_time=max_time
-    )[0]
-
-
-class _GreedyBatcher:
-    """Collects concurrent greedy requests with the same settings and runs them as one batch."""
-
-    window_seconds = 0.02  # how long the first request waits for company
-    # SmolLM2-135M, 2 CPU cores, 256-token math answers: 16 tokens/s at batch 1, 41 at 8, 64 at 16.
-    max_batch = 16
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[Any, ...], list[tuple[Sequence[dict[str, Any]], Any]]] = {}
-
-    def submit(
-        self,
-        model: str,
-        messages: Sequence[dict[str, Any]],
-        *,
-        max_tokens: int,
-        stop: Sequence[str] | None,
-        max_time: float | None,
-    ) -> LocalGeneration:
-        from concurrent.futures import Future
-
-        key = (model, max_tokens, None if stop is None else tuple(stop))
-        future: Future[LocalGeneration] = Future()
-        with self._lock:
-            queue = self._pending.setdefault(key, [])
-            queue.append((messages, future))
-            leader = len(queue) == 1
-        if leader:
-            time.sleep(self.window_seconds)
-            # Take the group only once the model is free: requests that arrive while another batch
-            # runs join this one instead of waiting for a batch of their own.
-            _TORCH_LOCK.acquire()
-            try:
-                with self._lock:
-                    group = self._pending.pop(key, [])
-                self._run(model, group, max_tokens=max_tokens, stop=stop, max_time=max_time)
-            finally:
-                _TORCH_LOCK.release()
-        return future.result()
-
-    def _run(
-        self,
-        model: str,
-        group: list[tuple[Sequence[dict[str, Any]], Any]],
-        *,
-        max_tokens: int,
-        stop: Sequence[str] | None,
-        max_time: float | None,
-    ) -> None:
-        for start in range(0, len(group), self.max_batch):
-            chunk = group[start : start + self.max_batch]
-            try:
-                replies = generate_batch(model, [m for m, _ in chunk], max_tokens=max_tokens, stop=stop, max_time=max_time)
-            except BaseException as exc:
-                for _, waiting in chunk:
-                    waiting.set_exception(exc)
-            else:
-                for (_, waiting), reply in zip(chunk, replies, strict=True):
-                    waiting.set_result(reply)
-
-
-_BATCHER = _GreedyBatcher()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -446,7 +367,7 @@ def score_options(
     context_ids = tokenizer(stripped, add_special_tokens=special)["input_ids"]
     option_ids = [tokenizer(spaces + o, add_special_tokens=False)["input_ids"] for o in options]
 
-    with _TORCH_LOCK, torch.inference_mode():
+    with TORCH_LOCK, torch.inference_mode():
         device = lm.device
         prefix = torch.tensor([context_ids], device=device)  # (1, P)
         seen, cache = PREFIX_CACHE.take(id(lm), context_ids)  # the first `seen` tokens come from an earlier prompt

@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from gradgate.core.method_settings import GradSumSettings, parse_settings
 from gradgate.core.prompts import template_variables
@@ -51,6 +52,7 @@ from gradgate.optimizers.hygiene import keep_layout, parse_prompt_reply
 from gradgate.scoring.scorer import ItemResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GradSum(Optimizer):
@@ -119,12 +121,8 @@ class GradSum(Optimizer):
         if not failures:
             log.info("gradsum: %s passes every train item of iteration %d; no gradient", parent.id, iteration + 1)
             return []
-        # Wait for every request before raising, so no call is left running after a budget stop.
-        replies = await asyncio.gather(*(self._gradient(ctx, parent.text, r) for r in failures), return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-        per_item = [g for g in replies if isinstance(g, str) and g]
+        replies = await _all(self._gradient(ctx, parent.text, r) for r in failures)
+        per_item = [g for g in replies if g]
         if not per_item:
             log.info("gradsum: the optimizer model gave no usable advice for %s", parent.id)
             return []
@@ -138,12 +136,15 @@ class GradSum(Optimizer):
         shown = summary if summary else ("(summarization off)" if not cfg.summarize else "(empty summary)")
         ctx.trajectory.add_gradient(GradientNote(step=iteration, parent=parent.id, summary=shown, per_item=tuple(per_item)))
         note = f"gradient {len(ctx.trajectory.gradients) - 1}"
-        proposals: list[Proposal] = []
-        for k in range(cfg.candidates_per_prompt):
-            for text in await self._edit(ctx, parent.text, feedback, sample=iteration * cfg.candidates_per_prompt + k):
-                if text.strip() != parent.text.strip():
-                    proposals.append(Proposal(text=text, parent=parent.id, origin="edit", note=note))
-        return proposals
+        # The edits are sent together: a local editor samples them as one batch (models/local/batching.py).
+        first = iteration * cfg.candidates_per_prompt
+        edits = await _all(self._edit(ctx, parent.text, feedback, sample=first + k) for k in range(cfg.candidates_per_prompt))
+        return [
+            Proposal(text=text, parent=parent.id, origin="edit", note=note)
+            for texts in edits
+            for text in texts
+            if text.strip() != parent.text.strip()
+        ]
 
     def _mutations(self, ctx: OptimizeContext, parent: Candidate, iteration: int) -> list[Proposal]:
         facts = mutations.facts_for(ctx.target.suite, ctx.task_description)
@@ -232,6 +233,16 @@ class GradSum(Optimizer):
         )
         # One editor call asks for one prompt; extra blocks a model adds anyway are kept as candidates.
         return [keep_layout(text, ctx.original) for text in parse_prompt_reply(reply.text)]
+
+
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Every call's result in order, run concurrently; the first failure is raised only once every call has
+    ended, so no call is left running after a budget stop."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def _metric_criteria(ctx: OptimizeContext) -> str:
