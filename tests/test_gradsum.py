@@ -250,6 +250,36 @@ def test_without_summarization_per_item_gradients_go_to_the_editor(tmp_path: Pat
     assert result.gradients[0].summary == "(summarization off)"
 
 
+def test_a_parents_edits_are_sent_together(tmp_path: Path) -> None:
+    """All of a parent's edit requests are in flight at once, so a local editor samples them as one batch."""
+
+    class Overlapping(ScriptedBackend):
+        in_flight = 0
+        most_at_once = 0
+
+        async def complete(self, spec: ModelSpec, messages: list[dict[str, str]], **kw: Any) -> Any:
+            if spec.model != "fake/editor":
+                return await super().complete(spec, messages, **kw)
+            type(self).in_flight += 1
+            type(self).most_at_once = max(type(self).most_at_once, type(self).in_flight)
+            await asyncio.sleep(0.01)  # a model's reply takes a while; the other requests arrive meanwhile
+            type(self).in_flight -= 1
+            return await super().complete(spec, messages, **kw)
+
+    script = Script(sequence_editor(GOOD, "<prompt>SECOND: {{question}}</prompt>", "<prompt>THIRD: {{question}}</prompt>"))
+    repo = make_repo(tmp_path / "repo")
+    session = Session.open(
+        repo, config_for(), backend=Overlapping(script), use_cache=False, roles=("task", "judge", "optimizer", "editor")
+    )
+    target = discover(repo, session.config)[0]
+    settings = {"mutations": 0, "halving": False, **ONE, "candidates_per_prompt": 3}
+    result = asyncio.run(run_optimization(session, target, "gradsum", out_dir=tmp_path / "out", seed=0, settings=settings))
+    assert script.count("editor") == 3
+    assert Overlapping.most_at_once == 3
+    # Gathered in order: the candidates keep the order of their samples.
+    assert [c.text.split(":")[0] for c in result.candidates[1:4]] == ["GOOD", "SECOND", "THIRD"]
+
+
 def test_a_candidate_that_loses_a_template_variable_is_rejected_without_a_call(tmp_path: Path) -> None:
     script = Script(sequence_editor(LOST))
     result, _ = optimize(make_repo(tmp_path / "repo"), script, tmp_path / "out", ONE)
