@@ -323,6 +323,13 @@ def test_suite_defects_name_file_and_key(tmp_path: Path, name: str, text: str, n
     assert needle in str(info.value) and f"evals/{name}" in str(info.value)
 
 
+def test_a_csv_saved_with_two_byte_order_marks_names_its_first_column_plainly(tmp_path: Path) -> None:
+    # Found by test_any_suite_loads_or_is_a_config_error: one mark was stripped, the second named the column.
+    path = write(tmp_path, "evals/s.csv", "\ufeff\ufeffquestion,expected\n0,1\n")
+    [item] = load_suite(path, tmp_path).items
+    assert item.vars == {"question": "0"} and item.expected == "1"
+
+
 def test_jsonl_lines_split_only_at_newlines(tmp_path: Path) -> None:
     path = write(tmp_path, "evals/a.jsonl", '{"q": "a\u2028b\x85c\u2029", "expected": "x"}\r\n\n')
     [item] = load_suite(path, tmp_path).items
