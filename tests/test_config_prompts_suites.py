@@ -162,8 +162,8 @@ def test_a_git_include_is_refused_naming_the_prompt_and_the_include(tmp_path: Pa
     assert "c2VjcmV0" not in str(info.value)
 
 
-def test_a_bom_is_not_content(tmp_path: Path) -> None:
-    bom = "\ufeff"
+@pytest.mark.parametrize("bom", ["\ufeff", "\ufeff\ufeff"], ids=["one mark", "two marks"])
+def test_a_bom_is_not_content(tmp_path: Path, bom: str) -> None:
     path = write(tmp_path / "prompts" / "greet.md", (bom + "---\nid: hello\n---\nHi {{name}}\n").encode())
     prompt = load_prompt(path, tmp_path)
     assert prompt.id == "hello" and prompt.body == "Hi {{name}}\n"

@@ -141,8 +141,9 @@ def output_location(repo: Path, path: str | Path, *, what: str, hint: str, direc
 
 
 def strip_bom(text: str) -> str:
-    """A UTF-8 byte-order mark is an encoding artefact, not content (editors on Windows add it)."""
-    return text[1:] if text.startswith(BOM) else text
+    """A UTF-8 byte-order mark is an encoding artefact, not content (editors on Windows add it; a file saved
+    twice that way carries two)."""
+    return text.lstrip(BOM)
 
 
 def read_text(path: Path, *, what: str) -> str:

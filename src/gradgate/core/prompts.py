@@ -306,7 +306,7 @@ def prompt_file_bytes(prompt: Prompt, new_body: str) -> bytes:
     """The prompt file's bytes with its body replaced; front matter and newline habits kept byte-for-byte."""
     raw = prompt.path.read_bytes()
     text = raw.decode("utf-8")
-    bom = BOM if text.startswith(BOM) else ""  # kept as it was, before the front matter
+    bom = text[: len(text) - len(text.lstrip(BOM))]  # the byte-order marks, kept as they were, before the front matter
     head, old_body = split_front_matter(text[len(bom) :])
     head = bom + head
     newline = _dominant_newline(old_body) if old_body else _dominant_newline(text)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gradgate.core.config import JudgeConfig, check_metric_entries, format_validation_error
-from gradgate.core.files import BOM, check_tree, digest, parse_json, parse_yaml, read_text, resolve_inside
+from gradgate.core.files import check_tree, digest, parse_json, parse_yaml, read_text, resolve_inside
 from gradgate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,8 @@ def _read_jsonl(text: str, rel: str) -> list[dict[str, Any]]:
 
 
 def _read_csv(text: str, rel: str) -> list[dict[str, Any]]:
-    # read_text removed one byte-order mark; a file saved with a mark twice would name its first column
-    # "\ufeffquestion", which no {{question}} matches.
     try:
-        reader = csv.DictReader(io.StringIO(text.lstrip(BOM)), strict=True)
+        reader = csv.DictReader(io.StringIO(text), strict=True)
         rows = [dict(row) for row in reader]
     except csv.Error as exc:
         raise ConfigError(f"is not valid CSV: {exc}", where=rel) from None
